@@ -1,0 +1,3 @@
+"""bestrq: self-supervised speech pre-training with BEST-RQ."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,289 @@
+"""``bestrq synth``: an offline, multi-speaker, multi-task English speech corpus.
+
+One seed decides everything: speakers, texts, labels, splits and noise. Utterances are
+planned in a fixed order (speakers round-robin, labels and splits drawn per utterance),
+rendered in parallel, and taken in that order until the requested hours are reached, so
+any corpus is balanced and the same seed gives the same corpus. Finished FLAC files are
+written atomically and kept: an interrupted run picks up where it stopped.
+
+Splits: ``train``, ``dev`` and ``test`` hold disjoint utterances (and disjoint sentences)
+of the seen speakers, for ASR, emotion, intent and speaker identification; ``sv`` holds
+speakers never seen in the other splits, with ``sv_trials.txt`` (VoxCeleb's format:
+``1|0 cut_id cut_id``) for speaker verification.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+from lhotse.audio import AudioSource
+from tqdm import tqdm
+
+from ..data.audio import SAMPLE_RATE
+from ..data.manifest import atomic_path, save_split
+from .text import INTENTS, SentenceGenerator, make_command
+from .voices import EMOTIONS, Rendering, Speaker, make_speakers, plan_rendering, render
+
+SPLITS = ("train", "dev", "test", "sv")
+HELDOUT_FRACTION = 0.1  # of the seen speakers' utterances, each for dev and for test
+COMMAND_FRACTION = 0.2  # utterances that are spoken commands with an intent
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    hours: float = 1.0
+    seed: int = 0
+    speakers: int | None = None  # default: max(40, 125 per hour)
+    sv_speakers: int | None = None  # unseen speakers for verification; default max(20, 20%)
+
+    def n_speakers(self) -> int:
+        return self.speakers or max(40, math.ceil(125 * self.hours))
+
+    def n_sv_speakers(self) -> int:
+        n = self.sv_speakers or max(20, round(0.2 * self.n_speakers()))
+        if n >= self.n_speakers():
+            raise ValueError(f"{n} verification speakers leave no seen speaker out of {self.n_speakers()}")
+        return n
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    index: int
+    speaker: Speaker
+    split: str
+    text: str
+    emotion: str
+    intent: str | None
+    slots: dict[str, str] = field(default_factory=dict)
+    rendering: Rendering | None = None
+
+
+def plan(cfg: SynthConfig) -> tuple[list[Speaker], Iterator[Utterance]]:
+    """The speakers and the endless, deterministic sequence of utterances of a corpus."""
+    rng = np.random.default_rng(cfg.seed)
+    speakers = make_speakers(cfg.n_speakers(), rng)
+    sv_ids = {s.id for s in rng.choice(speakers, size=cfg.n_sv_speakers(), replace=False)}
+    sentences = SentenceGenerator()
+
+    decks: dict[tuple[str, str], list[str]] = {}
+
+    def deal(split: str, labels: tuple[str, ...]) -> str:
+        """Labels dealt from a shuffled deck per split: every split stays balanced."""
+        deck = decks.setdefault((split, labels[0]), [])
+        if not deck:
+            deck.extend(labels[int(i)] for i in rng.permutation(len(labels)))
+        return deck.pop()
+
+    def utterances() -> Iterator[Utterance]:
+        texts_by_split: dict[str, set[str]] = {"train": set(), "heldout": set()}
+        index = 0
+        while True:
+            for k in rng.permutation(len(speakers)):
+                spk = speakers[int(k)]
+                if spk.id in sv_ids:
+                    split = "sv"
+                else:
+                    r = rng.random()
+                    split = "dev" if r < HELDOUT_FRACTION else "test" if r < 2 * HELDOUT_FRACTION else "train"
+                # dev and test sentences never occur in train (commands may: they are few)
+                avoid = texts_by_split["heldout" if split == "train" else "train"]
+                for _ in range(20):
+                    if rng.random() < COMMAND_FRACTION:
+                        cmd = make_command(rng, deal(split, INTENTS))
+                        text, intent, slots = cmd.text, cmd.intent, cmd.slots
+                        break
+                    text, intent, slots = sentences(rng), None, {}
+                    if text not in avoid:
+                        break
+                if split in ("train", "dev", "test"):
+                    texts_by_split["train" if split == "train" else "heldout"].add(text)
+                emotion = deal(split, EMOTIONS)
+                yield Utterance(
+                    id=f"{spk.id}-{index:06d}", index=index, speaker=spk, split=split, text=text,
+                    emotion=emotion, intent=intent, slots=slots,
+                    rendering=plan_rendering(spk, emotion, text, rng),
+                )
+                index += 1
+
+    return speakers, utterances()
+
+
+def audio_path(out: Path, utt: Utterance) -> Path:
+    return out / "audio" / utt.speaker.id / f"{utt.id}.flac"
+
+
+def _render_to_file(job: tuple[Utterance, Path]) -> int:
+    """Render one utterance to FLAC (atomically; kept if already there); its sample count."""
+    utt, path = job
+    if path.exists():
+        return sf.info(str(path)).frames
+    wav = render(utt.rendering)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return wav.shape[0]
+
+
+def _cut(utt: Utterance, path: Path, num_samples: int):
+    duration = num_samples / SAMPLE_RATE
+    rec = Recording(
+        id=utt.id, sources=[AudioSource(type="file", channels=[0], source=str(path.resolve()))],
+        sampling_rate=SAMPLE_RATE, num_samples=num_samples, duration=duration,
+    )
+    custom = {"emotion": utt.emotion}
+    if utt.intent is not None:
+        custom.update(intent=utt.intent, slots=dict(utt.slots))
+    sup = SupervisionSegment(
+        id=utt.id, recording_id=utt.id, start=0.0, duration=duration, channel=0,
+        text=utt.text, speaker=utt.speaker.id, language="English", custom=custom,
+    )
+    return MonoCut(id=utt.id, start=0.0, duration=duration, channel=0, recording=rec, supervisions=[sup])
+
+
+def _trials(sv_cuts: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[int, str, str]]:
+    """Balanced verification trials: for each utterance, one same- and one other-speaker pair."""
+    by_spk: dict[str, list[str]] = {}
+    for cut_id, spk in sv_cuts:
+        by_spk.setdefault(spk, []).append(cut_id)
+    trials = []
+    for cut_id, spk in sv_cuts:
+        same = [c for c in by_spk[spk] if c != cut_id]
+        others = [s for s in by_spk if s != spk]
+        if not same or not others:
+            continue
+        trials.append((1, cut_id, same[int(rng.integers(len(same)))]))
+        other = by_spk[others[int(rng.integers(len(others)))]]
+        trials.append((0, cut_id, other[int(rng.integers(len(other)))]))
+    return trials
+
+
+def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None,
+               progress: bool = True) -> dict:
+    """Make the corpus in ``out`` and return its summary (also written to summary.json)."""
+    out = Path(out)
+    settings = {"hours": cfg.hours, "seed": cfg.seed, "speakers": cfg.n_speakers(),
+                "sv_speakers": cfg.n_sv_speakers()}
+    settings_file = out / "synth_settings.json"
+    if settings_file.exists():
+        previous = json.loads(settings_file.read_text())
+        if previous != settings:
+            raise FileExistsError(
+                f"{out} holds a corpus made with other settings ({previous}); "
+                f"choose another --out or remove it (asked for {settings})")
+        if (out / "summary.json").exists():
+            return json.loads((out / "summary.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(settings_file) as tmp:
+        tmp.write_text(json.dumps(settings))
+
+    speakers, utterances = plan(cfg)
+    jobs = jobs or len(os.sched_getaffinity(0))
+    target = cfg.hours * 3600.0
+    taken: list[tuple[Utterance, int]] = []
+    total = 0.0
+    start = time.perf_counter()
+    bar = tqdm(total=round(target), unit="s audio", disable=not progress, desc="synth")
+    # fork where there is one: no re-import of the caller's __main__ (spawn needs a guard
+    # there); the engine is per process and the parent never starts one when jobs > 1
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    pool = mp.get_context(method).Pool(jobs) if jobs > 1 else None
+    try:
+        # a bounded window of jobs in plan order: results are taken in that order, so the
+        # corpus is the same whatever the number of processes
+        pending: deque = deque()
+        while total < target:
+            while pool and len(pending) < 8 * jobs:
+                utt = next(utterances)
+                pending.append((utt, pool.apply_async(_render_to_file, ((utt, audio_path(out, utt)),))))
+            if pool:
+                utt, result = pending.popleft()
+                num_samples = result.get()
+            else:
+                utt = next(utterances)
+                num_samples = _render_to_file((utt, audio_path(out, utt)))
+            taken.append((utt, num_samples))
+            total += num_samples / SAMPLE_RATE
+            bar.update(min(round(total), bar.total) - bar.n)
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+            pool.join()
+    elapsed = time.perf_counter() - start
+    # files rendered ahead of the cut-off by busy workers are not part of the corpus
+    keep = {audio_path(out, u) for u, _ in taken}
+    for path in (out / "audio").rglob("*.flac"):
+        if path not in keep:
+            path.unlink()
+
+    by_split: dict[str, list] = {s: [] for s in SPLITS}
+    for utt, n in taken:
+        by_split[utt.split].append(_cut(utt, audio_path(out, utt), n))
+    for split, cuts in by_split.items():
+        save_split(out, split, CutSet.from_cuts(cuts))
+    sv = [(u.id, u.speaker.id) for u, _ in taken if u.split == "sv"]
+    trials = _trials(sv, np.random.default_rng(cfg.seed + 1))
+    with atomic_path(out / "sv_trials.txt") as tmp:
+        tmp.write_text("".join(f"{t} {a} {b}\n" for t, a, b in trials))
+    with atomic_path(out / "speakers.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(asdict(s)) + "\n" for s in speakers))
+
+    summary = summarize(taken, trials, elapsed=elapsed, jobs=jobs, settings=settings)
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarize(taken: list[tuple[Utterance, int]], trials, *, elapsed: float, jobs: int, settings: dict) -> dict:
+    splits = {}
+    for split in SPLITS:
+        items = [(u, n) for u, n in taken if u.split == split]
+        words = [w for u, _ in items for w in u.text.split()]
+        splits[split] = {
+            "utterances": len(items),
+            "hours": round(sum(n for _, n in items) / SAMPLE_RATE / 3600, 4),
+            "speakers": len({u.speaker.id for u, _ in items}),
+            "words": len(words),
+            "vocabulary": len(set(words)),
+            "emotion": dict(sorted(Counter(u.emotion for u, _ in items).items())),
+            "intent": dict(sorted(Counter(u.intent for u, _ in items if u.intent).items())),
+        }
+    audio_s = sum(n for _, n in taken) / SAMPLE_RATE
+    return {
+        "settings": settings,
+        "hours": round(audio_s / 3600, 4),
+        "utterances": len(taken),
+        "speakers": len({u.speaker.id for u, _ in taken}),
+        "mean_duration_s": round(audio_s / max(len(taken), 1), 2),
+        "sv_trials": {"target": sum(t for t, _, _ in trials), "nontarget": sum(1 - t for t, _, _ in trials)},
+        "splits": splits,
+        "generation": {"seconds": round(elapsed, 1), "jobs": jobs,
+                       "x_real_time": round(audio_s / max(elapsed, 1e-9), 1)},
+    }
+
+
+def format_summary(summary: dict) -> str:
+    rows = [f"corpus: {summary['hours']:.2f} h, {summary['utterances']} utterances, "
+            f"{summary['speakers']} speakers, mean {summary['mean_duration_s']} s",
+            f"{'split':<6} {'utts':>6} {'hours':>7} {'spk':>4} {'vocab':>6}  emotion (n/h/s/a)      intents"]
+    for split, s in summary["splits"].items():
+        emo = "/".join(str(s["emotion"].get(e, 0)) for e in EMOTIONS)
+        rows.append(f"{split:<6} {s['utterances']:>6} {s['hours']:>7.3f} {s['speakers']:>4} "
+                    f"{s['vocabulary']:>6}  {emo:<22} {sum(s['intent'].values())} in {len(s['intent'])} classes")
+    t = summary["sv_trials"]
+    g = summary["generation"]
+    rows.append(f"verification trials: {t['target']} target, {t['nontarget']} non-target")
+    rows.append(f"generated in {g['seconds']} s with {g['jobs']} processes: {g['x_real_time']}x real time")
+    return "\n".join(rows)
+
