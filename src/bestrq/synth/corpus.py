@@ -3,8 +3,12 @@
 One seed decides everything: speakers, texts, labels, splits and noise. Utterances are
 planned in a fixed order (speakers round-robin, labels and splits drawn per utterance),
 rendered in parallel, and taken in that order until the requested hours are reached, so
-any corpus is balanced and the same seed gives the same corpus. Finished FLAC files are
-written atomically and kept: an interrupted run picks up where it stopped.
+any corpus is balanced and the same seed gives the same corpus: the same speakers, texts,
+labels, splits, prosody and noise. Waveforms agree to within a few samples: eSpeak NG keeps
+its pitch-flutter phase in a function-level static that runs on across utterances and
+that its API cannot reset, so a rendering depends slightly on what its process rendered
+before. Finished FLAC files are written atomically and kept: an interrupted run picks up
+where it stopped.
 
 Splits: ``train``, ``dev`` and ``test`` hold disjoint utterances (and disjoint sentences)
 of the seen speakers, for ASR, emotion, intent and speaker identification; ``sv`` holds

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (acoustic.py)
+
+from bestrq.synth.corpus import SynthConfig, synthesize  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """The 1-hour demo corpus (seed 0), made once per test session."""
+    out = tmp_path_factory.mktemp("corpus")
+    synthesize(out, SynthConfig(hours=1.0, seed=0), progress=False)
+    return out
+
+
+def write_audio(path: Path, samples: np.ndarray, rate: int = 16000, subtype: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples, rate, subtype=subtype)
+    return path
+
+
+def tone(freq: float, seconds: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    x = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return x if channels == 1 else np.stack([x * (c + 1) / channels for c in range(channels)], axis=1)
