@@ -1,0 +1,114 @@
+"""Importers: look-alike trees of each format, built from the generated corpus, round-trip."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import tone, write_audio
+
+from bestrq.data.audio import audio_source, load_mono
+from bestrq.data.importers import prepare, write_fairseq, write_speechbrain
+from bestrq.data.manifest import ManifestError, load_split
+
+
+def sup(cut):
+    return cut.supervisions[0]
+
+
+@pytest.fixture(scope="module")
+def dev(corpus):
+    return load_split(corpus, "dev").subset(first=12)
+
+
+def test_librispeech_layout(dev, tmp_path):
+    """SRC/{part}/{speaker}/{chapter}/{speaker}-{chapter}-{n}.flac and .trans.txt, upper case."""
+    root = tmp_path / "LibriSpeech"
+    expected = {}
+    for i, cut in enumerate(dev):
+        spk = sup(cut).speaker.replace("spk", "")
+        folder = root / "dev-clean" / spk / "7"
+        folder.mkdir(parents=True, exist_ok=True)
+        utt = f"{spk}-7-{i:04d}"
+        shutil.copy(audio_source(cut), folder / f"{utt}.flac")
+        with open(folder / f"{spk}-7.trans.txt", "a") as f:
+            f.write(f"{utt} {sup(cut).text.upper()}\n")
+        expected[utt] = (sup(cut).text.upper(), spk, cut.num_samples)
+    report = prepare("librispeech", root, tmp_path / "out", jobs=1)
+    assert report.splits == {"dev-clean": len(dev)}
+    got = load_split(tmp_path / "out", "dev-clean")
+    assert {c.id: (sup(c).text, sup(c).speaker, c.num_samples) for c in got} == expected
+
+
+def test_fairseq_round_trip(dev, tmp_path):
+    tsv = write_fairseq(dev, tmp_path / "fs" / "valid.tsv")
+    assert (tmp_path / "fs" / "valid.wrd").exists()
+    prepare("fairseq", tsv.parent, tmp_path / "out", jobs=1)
+    got = load_split(tmp_path / "out", "valid")
+    assert [sup(c).text for c in got] == [sup(c).text for c in dev]
+    assert [c.num_samples for c in got] == [c.num_samples for c in dev]
+    assert [audio_source(c) for c in got] == [audio_source(c) for c in dev]
+
+
+def test_fairseq_letters_and_bad_lines(dev, tmp_path):
+    tsv = write_fairseq(dev, tmp_path / "fs" / "train.tsv")
+    wrd = tsv.with_suffix(".wrd")
+    ltr = [" ".join("|".join(line.upper().split())) + " |" for line in wrd.read_text().splitlines()]
+    tsv.with_suffix(".ltr").write_text("\n".join(ltr) + "\n")
+    wrd.unlink()
+    prepare("fairseq", tsv, tmp_path / "out", jobs=1)
+    assert [sup(c).text for c in load_split(tmp_path / "out", "train")] == [sup(c).text.upper() for c in dev]
+    tsv.write_text(tsv.read_text() + "no-tab-here\n")
+    with pytest.raises(ManifestError, match=rf"{tsv}:{len(dev) + 2}: expected"):
+        prepare("fairseq", tsv, tmp_path / "out2", jobs=1)
+
+
+def test_speechbrain_round_trip(corpus, tmp_path):
+    cuts = load_split(corpus, "test").subset(first=30)
+    table = write_speechbrain(cuts, tmp_path / "sb" / "test.csv", data_root=str(corpus))
+    assert "$data_root" in table.read_text()
+    prepare("speechbrain", table, tmp_path / "out", jobs=1, data_root=str(corpus))
+    got = load_split(tmp_path / "out", "test")
+    assert [c.id for c in got] == [c.id for c in cuts]
+    for a, b in zip(got, cuts):
+        assert (sup(a).text, sup(a).speaker, sup(a).custom.get("emotion"), (sup(a).custom or {}).get("intent")) == \
+               (sup(b).text, sup(b).speaker, sup(b).custom["emotion"], sup(b).custom.get("intent"))
+        np.testing.assert_array_equal(load_mono(a), load_mono(b))
+
+
+def test_speechbrain_segments_and_semantics(tmp_path):
+    write_audio(tmp_path / "a.wav", tone(220, 3.0))
+    (tmp_path / "train.csv").write_text(
+        "ID,duration,wav,spk_id,semantics,transcript,start,stop\n"
+        "u1,1.0,$data_root/a.wav,s1,\"{'scenario': 'alarm', 'action': 'set'}\",wake me up,16000,32000\n")
+    prepare("speechbrain", tmp_path / "train.csv", tmp_path / "out", jobs=1)
+    (cut,) = load_split(tmp_path / "out", "train")
+    assert (cut.start, cut.duration, sup(cut).custom["intent"], sup(cut).text) == (1.0, 1.0, "alarm_set", "wake me up")
+    assert load_mono(cut).shape == (16000,)
+
+
+def test_folder_of_audio(tmp_path):
+    src = tmp_path / "audio"
+    write_audio(src / "a" / "long.flac", tone(200, 70.0))
+    write_audio(src / "b" / "stereo.wav", tone(300, 2.0, rate=44100, channels=2), rate=44100)
+    (src / "b" / "broken.flac").write_bytes(b"this is not audio")
+    (src / "notes.txt").write_text("ignored")
+    report = prepare("folder", src, tmp_path / "out", jobs=1, max_duration=30.0)
+    assert report.skipped and "broken.flac" in report.skipped[0][0]
+    cuts = load_split(tmp_path / "out", "train")
+    durations = sorted(round(c.duration, 3) for c in cuts)
+    assert durations == [2.0, 10.0, 30.0, 30.0]  # 70 s cut into 30 + 30 + 10
+    stereo = next(c for c in cuts if "stereo" in c.id)
+    x = load_mono(stereo)
+    assert x.shape == (32000,)  # resampled to 16 kHz, down-mixed
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        prepare("folder", tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no audio files"):
+        prepare("folder", tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown format"):
+        prepare("kaldi", tmp_path, tmp_path / "out")

@@ -1,0 +1,132 @@
+"""The training data layer: duration batches, rank shards, exact resume, bad audio."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tone, write_audio
+from lhotse import CutSet, MonoCut, Recording
+
+from bestrq.data.audio import BadAudio, load_mono
+from bestrq.data.loader import AudioDataset, AudioLoader, collate
+from bestrq.data.manifest import load_split
+
+
+@pytest.fixture(scope="module")
+def train(corpus):
+    return load_split(corpus, "train")
+
+
+def _loader(cuts, **kw):
+    kw.setdefault("max_batch_duration", 60.0)
+    return AudioLoader(cuts, AudioDataset(seed=kw.get("seed", 0)), **kw)
+
+
+def test_collate_pads_right():
+    w, n = collate([np.ones(3, np.float32), np.full(5, 2.0, np.float32)])
+    assert w.tolist() == [[1, 1, 1, 0, 0], [2, 2, 2, 2, 2]] and n.tolist() == [3, 5] and n.dtype == torch.int64
+
+
+def test_batches_hold_their_duration_and_bucket(train):
+    batches = list(itertools.islice(iter(_loader(train, max_batch_duration=40.0)), 20))
+    durations = {c.id: c.duration for c in train}
+    for b in batches:
+        assert sum(durations[i] for i in b.cut_ids) <= 40.0 + 1e-6
+        assert b.waveforms.shape == (len(b), int(b.lengths.max()))
+        for row, n in zip(b.waveforms, b.lengths):  # padding is zeros, content is not
+            assert row[n:].abs().sum() == 0 and row[:n].abs().sum() > 0
+        assert b.lengths.tolist() == [round(durations[i] * 16000) for i in b.cut_ids]
+    spread = np.mean([np.ptp([durations[i] for i in b.cut_ids]) for b in batches])
+    assert spread < np.ptp(list(durations.values())) / 2  # bucketing groups similar lengths
+
+
+def test_rank_shards_are_disjoint(train):
+    seen = []
+    for rank in (0, 1):
+        loader = _loader(train, rank=rank, world_size=2, drop_last=False)
+        ids = [i for b in loader.epoch_batches() for i in [c.id for c in b]]
+        assert len(ids) == len(set(ids))
+        seen.append(set(ids))
+    assert not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) >= 0.95 * len(train)
+
+
+def test_resume_continues_exactly(train):
+    first = _loader(train, max_batch_duration=120.0, seed=5, num_workers=2)
+    stream = iter(first)
+    n_epoch = sum(1 for _ in _loader(train, max_batch_duration=120.0, seed=5).epoch_batches())
+    k = n_epoch - 2  # stop just before an epoch boundary, continue across it
+    for _ in range(k):
+        next(stream)
+    state = first.state_dict()
+    expected = [next(stream) for _ in range(5)]
+    resumed = _loader(train, max_batch_duration=120.0, seed=5)
+    resumed.load_state_dict(state)
+    got = list(itertools.islice(iter(resumed), 5))
+    assert [b.cut_ids for b in got] == [b.cut_ids for b in expected]
+    for a, b in zip(got, expected):
+        assert torch.equal(a.waveforms, b.waveforms)
+    assert resumed.epoch == 1 and first.epoch == 1
+    with pytest.raises(ValueError, match="seed"):
+        _loader(train, seed=6).load_state_dict(state)
+
+
+def test_random_crop_is_bounded_and_reproducible(train):
+    long = train.filter(lambda c: c.duration > 4.0).subset(first=8)
+    ds = AudioDataset(max_duration=2.0, seed=1)
+    a, b = ds[long], ds[long]
+    assert (a.lengths == 32000).all() and torch.equal(a.waveforms, b.waveforms)
+    ds.set_epoch(1)
+    assert not torch.equal(ds[long].waveforms, a.waveforms)  # another epoch, other crops
+    full = load_mono(long[0])
+    crop = a.waveforms[0].numpy()
+    starts = [i for i in range(len(full) - 32000) if np.allclose(full[i : i + 100], crop[:100], atol=1e-4)]
+    assert starts, "the crop is a window of the original audio"
+
+
+def test_resampling_keeps_the_pitch(tmp_path):
+    for rate in (8000, 22050, 44100):
+        path = write_audio(tmp_path / f"t{rate}.wav", tone(440, 1.0, rate=rate), rate=rate)
+        cut = Recording.from_file(path).to_cut()
+        x = load_mono(cut)
+        assert x.shape == (16000,)
+        peak_hz = np.abs(np.fft.rfft(x)).argmax() * 16000 / len(x)
+        assert abs(peak_hz - 440) <= 1.0
+
+
+def test_bad_audio_is_skipped_counted_and_named(train, tmp_path, caplog):
+    good = list(train.subset(first=3))
+    # unreadable: a recording whose file is garbage; missing: a file that is not there
+    write_audio(tmp_path / "ok.wav", tone(300, 1.0))
+    template = Recording.from_file(tmp_path / "ok.wav")
+    (tmp_path / "garbage.flac").write_bytes(b"\x00garbage" * 100)
+    bad_files = {
+        "garbage": tmp_path / "garbage.flac",
+        "missing": tmp_path / "missing.flac",
+        "nan": write_audio(tmp_path / "nan.wav", np.full(16000, np.nan, np.float32), subtype="FLOAT"),
+        "empty": write_audio(tmp_path / "empty.wav", np.zeros(0, np.float32)),
+        "short": write_audio(tmp_path / "short.wav", tone(300, 0.02)),
+    }
+    bad = []
+    for name, path in bad_files.items():
+        frames = sf.info(str(path)).frames if path.exists() and name != "garbage" else 16000
+        rec = Recording(id=name, sources=[type(template.sources[0])(type="file", channels=[0], source=str(path))],
+                        sampling_rate=16000, num_samples=max(frames, 1), duration=max(frames, 1) / 16000)
+        bad.append(MonoCut(id=name, start=0.0, duration=rec.duration, channel=0, recording=rec))
+    with caplog.at_level(logging.WARNING, logger="bestrq.data"):
+        batch = AudioDataset(min_duration=0.1)[CutSet.from_cuts(good + bad)]
+    assert batch.cut_ids == [c.id for c in good]
+    reasons = {s.cut_id: s.reason for s in batch.skipped}
+    assert set(reasons) == set(bad_files)
+    assert "unreadable" in reasons["garbage"] and "unreadable" in reasons["missing"]
+    assert "non-finite" in reasons["nan"] and "too short" in reasons["short"]
+    assert "empty" in reasons["empty"] or "unreadable" in reasons["empty"]
+    for name, path in bad_files.items():
+        assert str(path) in caplog.text
+    with pytest.raises(BadAudio, match="nan.wav: non-finite"):
+        load_mono(bad[2])
