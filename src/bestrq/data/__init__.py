@@ -1,0 +1,1 @@
+"""Manifests, corpus importers, audio loading, duration-bucketed batching."""

@@ -1,0 +1,288 @@
+"""``bestrq prepare FORMAT SRC --out DIR``: corpora users already have, into our manifests.
+
+Formats:
+  librispeech  the LibriSpeech layout (``SRC/{part}/{speaker}/{chapter}/*.flac`` with
+               ``*.trans.txt``), read by lhotse's own recipe; one split per part found
+  folder       every audio file under SRC, unlabelled (pre-training data); files longer
+               than ``max_duration`` are cut into windows; one split, ``train``
+  fairseq      wav2vec 2.0 TSV manifests (first line the root folder, then
+               ``relative/path<TAB>num_samples``), with ``.wrd`` or ``.ltr`` transcripts
+               beside them; SRC is one ``.tsv`` or a folder of them; split = file stem
+  speechbrain  SpeechBrain CSV manifests (``ID,duration,wav,spk_id,wrd`` and optionally
+               ``emo``, ``intent``, ``semantics``, ``start``/``stop`` in samples;
+               ``$data_root`` in paths); SRC is one ``.csv`` or a folder; split = file stem
+  lhotse       lhotse recording + supervision manifests (any lhotse recipe's output):
+               ``*recordings_{split}.jsonl.gz`` paired with ``*supervisions_{split}.jsonl.gz``
+
+Unreadable audio files are skipped with a warning naming each one, and counted.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import logging
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
+
+from .audio import audio_source
+from .manifest import ManifestError, save_split
+
+log = logging.getLogger("bestrq.data")
+
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".sph", ".aiff", ".aif")
+
+
+@dataclass
+class ImportReport:
+    splits: dict[str, int] = field(default_factory=dict)  # split -> cuts written
+    hours: dict[str, float] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _cut(rec: Recording, sups: list[SupervisionSegment], start: float = 0.0,
+         duration: float | None = None, cut_id: str | None = None) -> MonoCut:
+    return MonoCut(id=cut_id or rec.id, start=start, duration=rec.duration if duration is None else duration,
+                   channel=rec.channel_ids[0], recording=rec, supervisions=sups)
+
+
+def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jobs: int) -> dict[str, Recording]:
+    """Recordings from (id, path) pairs, reading only headers; unreadable files skipped."""
+
+    def one(item):
+        rec_id, path = item
+        try:
+            return Recording.from_file(path, recording_id=rec_id)
+        except Exception as e:  # noqa: BLE001 - any decoder failure: skip the file
+            return (str(path), f"unreadable ({type(e).__name__}: {e})")
+
+    out = {}
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for result in pool.map(one, list(items)):
+            if isinstance(result, Recording):
+                out[result.id] = result
+            else:
+                log.warning("skipping %s: %s", *result)
+                report.skipped.append(result)
+    return out
+
+
+def from_librispeech(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[str, CutSet]:
+    from lhotse.recipes import prepare_librispeech
+
+    parts = prepare_librispeech(src, dataset_parts="auto", num_jobs=jobs)
+    if not parts:
+        raise ManifestError(f"{src}: no LibriSpeech part found (expected e.g. {src}/train-clean-100/)")
+    return {part: from_manifests(m["recordings"], m["supervisions"]) for part, m in parts.items()}
+
+
+def from_manifests(recordings: RecordingSet, supervisions: SupervisionSet | None) -> CutSet:
+    by_rec: dict[str, list[SupervisionSegment]] = {}
+    for sup in supervisions or []:
+        by_rec.setdefault(sup.recording_id, []).append(sup)
+    return CutSet.from_cuts(_cut(rec, by_rec.get(rec.id, [])) for rec in recordings)
+
+
+def from_folder(src: Path, report: ImportReport, jobs: int = 4, max_duration: float = 30.0, **_) -> dict[str, CutSet]:
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise ManifestError(f"{src}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+    recs = _read_recordings(((str(p.relative_to(src).with_suffix("")), p) for p in files), report, jobs)
+    cuts = CutSet.from_cuts(_cut(r, []) for r in recs.values())
+    if max_duration:
+        cuts = cuts.cut_into_windows(duration=max_duration).to_eager()
+    return {"train": cuts}
+
+
+def _fairseq_labels(tsv: Path, n: int) -> list[str] | None:
+    wrd, ltr = tsv.with_suffix(".wrd"), tsv.with_suffix(".ltr")
+    if wrd.exists():
+        lines = wrd.read_text(encoding="utf-8").splitlines()
+    elif ltr.exists():  # "H E L L O | W O R L D |"
+        lines = [" ".join("".join(line.split()).split("|")).strip()
+                 for line in ltr.read_text(encoding="utf-8").splitlines()]
+    else:
+        return None
+    if len(lines) != n:
+        raise ManifestError(f"{wrd if wrd.exists() else ltr}: {len(lines)} transcripts for {n} audio lines in {tsv}")
+    return lines
+
+
+def _table_files(src: Path, suffix: str) -> list[Path]:
+    if src.is_file():
+        return [src]
+    files = sorted(src.glob(f"*{suffix}"))
+    if not files:
+        raise ManifestError(f"{src}: no {suffix} manifests found")
+    return files
+
+
+def from_fairseq(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[str, CutSet]:
+    out = {}
+    for tsv in _table_files(src, ".tsv"):
+        lines = tsv.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            raise ManifestError(f"{tsv}:1: empty file (expected the audio root folder)")
+        root = Path(lines[0].strip())
+        entries = []
+        for lineno, line in enumerate(lines[1:], start=2):
+            fields = line.split("\t")
+            if len(fields) != 2 or not fields[1].strip().isdigit():
+                raise ManifestError(f"{tsv}:{lineno}: expected 'relative/path<TAB>num_samples', got {line!r}")
+            entries.append((fields[0], int(fields[1])))
+        labels = _fairseq_labels(tsv, len(entries))
+        recs = _read_recordings(((str(Path(rel).with_suffix("")), root / rel) for rel, _ in entries), report, jobs)
+        cuts = []
+        for i, (rel, _n) in enumerate(entries):
+            rec = recs.get(str(Path(rel).with_suffix("")))
+            if rec is None:
+                continue
+            sups = [] if labels is None else [SupervisionSegment(
+                id=rec.id, recording_id=rec.id, start=0.0, duration=rec.duration, text=labels[i])]
+            cuts.append(_cut(rec, sups))
+        out[tsv.stem] = CutSet.from_cuts(cuts)
+    return out
+
+
+_SB_TEXT = ("wrd", "words", "transcript", "text")
+_SB_WAV = ("wav", "path", "file_path", "audio")
+
+
+def _sb_intent(row: dict) -> str | None:
+    if row.get("intent"):
+        return row["intent"]
+    if not row.get("semantics"):
+        return None
+    try:  # SLURP and Fluent Speech Commands recipes store a Python dict literal
+        sem = ast.literal_eval(row["semantics"])
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(sem, dict):
+        return None
+    if "scenario" in sem and "action" in sem:
+        return f"{sem['scenario']}_{sem['action']}"
+    parts = [str(sem[k]) for k in ("action", "object", "location") if k in sem]
+    return "_".join(parts) or None
+
+
+def from_speechbrain(src: Path, report: ImportReport, jobs: int = 4, data_root: str | None = None,
+                     **_) -> dict[str, CutSet]:
+    out = {}
+    for table in _table_files(src, ".csv"):
+        root = data_root or str(table.parent)
+        with open(table, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            wav_col = next((c for c in _SB_WAV if c in header), None)
+            if "ID" not in header or wav_col is None:
+                raise ManifestError(f"{table}:1: needs an 'ID' column and one of {_SB_WAV}; has {header}")
+            rows = list(enumerate(reader, start=2))
+        paths = {}
+        for lineno, row in rows:
+            if not row.get("ID") or not row.get(wav_col):
+                raise ManifestError(f"{table}:{lineno}: empty 'ID' or {wav_col!r}")
+            path = row[wav_col].replace("$data_root", root).replace("{data_root}", root)
+            paths.setdefault(path, str(Path(path).with_suffix("")).lstrip("/").replace("/", "_"))
+        recs = _read_recordings(((rid, Path(p)) for p, rid in paths.items()), report, jobs)
+        cuts = []
+        for lineno, row in rows:
+            path = row[wav_col].replace("$data_root", root).replace("{data_root}", root)
+            rec = recs.get(paths[path])
+            if rec is None:
+                continue
+            start, duration = 0.0, rec.duration
+            if row.get("start") and row.get("stop"):  # segments, in samples
+                try:
+                    start = int(float(row["start"])) / rec.sampling_rate
+                    duration = int(float(row["stop"])) / rec.sampling_rate - start
+                except ValueError:
+                    raise ManifestError(f"{table}:{lineno}: 'start'/'stop' must be sample numbers") from None
+            custom = {k: v for k, v in (("emotion", row.get("emo") or row.get("emotion")),
+                                        ("intent", _sb_intent(row))) if v}
+            text = next((row[c] for c in _SB_TEXT if row.get(c)), None)
+            sup = SupervisionSegment(id=row["ID"], recording_id=rec.id, start=start, duration=duration,
+                                     text=text, speaker=row.get("spk_id") or None, custom=custom or None)
+            cuts.append(_cut(rec, [sup], start=start, duration=duration, cut_id=row["ID"]))
+        out[table.stem] = CutSet.from_cuts(cuts)
+    return out
+
+
+def from_lhotse(src: Path, report: ImportReport, **_) -> dict[str, CutSet]:
+    out = {}
+    for rec_path in sorted(src.glob("*recordings_*.jsonl*")):
+        split = rec_path.name.split("recordings_", 1)[1].split(".jsonl", 1)[0]
+        sup_path = rec_path.with_name(rec_path.name.replace("recordings_", "supervisions_"))
+        recordings = load_manifest(rec_path)
+        supervisions = load_manifest(sup_path) if sup_path.exists() else None
+        out[split] = from_manifests(recordings, supervisions)
+    if not out:
+        raise ManifestError(f"{src}: no lhotse '*recordings_<split>.jsonl.gz' manifests found")
+    return out
+
+
+IMPORTERS: dict[str, Callable[..., dict[str, CutSet]]] = {
+    "librispeech": from_librispeech,
+    "folder": from_folder,
+    "fairseq": from_fairseq,
+    "speechbrain": from_speechbrain,
+    "lhotse": from_lhotse,
+}
+
+
+def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options) -> ImportReport:
+    """Import ``src`` in format ``fmt`` and write one manifest per split into ``out``."""
+    if fmt not in IMPORTERS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    report = ImportReport()
+    for split, cuts in IMPORTERS[fmt](src, report, **options).items():
+        save_split(out, split, cuts)
+        report.splits[split] = len(cuts)
+        report.hours[split] = round(sum(c.duration for c in cuts) / 3600, 4)
+    return report
+
+
+# --- writers, so that the table formats round-trip --------------------------------------
+
+
+def _text(cut) -> str | None:
+    return cut.supervisions[0].text if cut.supervisions else None
+
+
+def write_fairseq(cuts: CutSet, tsv: str | os.PathLike) -> Path:
+    """A wav2vec 2.0 TSV (and a ``.wrd`` beside it when the cuts have text)."""
+    tsv = Path(tsv)
+    paths = [Path(audio_source(c)).resolve() for c in cuts]
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    tsv.parent.mkdir(parents=True, exist_ok=True)
+    lines = [str(root)] + [f"{p.relative_to(root)}\t{c.num_samples}" for p, c in zip(paths, cuts)]
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    texts = [_text(c) for c in cuts]
+    if all(t is not None for t in texts):
+        tsv.with_suffix(".wrd").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return tsv
+
+
+def write_speechbrain(cuts: CutSet, table: str | os.PathLike, data_root: str | None = None) -> Path:
+    """A SpeechBrain CSV (ID, duration, wav, spk_id, wrd, emo, intent)."""
+    table = Path(table)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "duration", "wav", "spk_id", "wrd", "emo", "intent"])
+        for c in cuts:
+            sup = c.supervisions[0] if c.supervisions else None
+            custom = (sup.custom or {}) if sup else {}
+            path = str(Path(audio_source(c)).resolve())
+            if data_root:
+                path = path.replace(str(Path(data_root).resolve()), "$data_root", 1)
+            w.writerow([c.id, f"{c.duration:.4f}", path, (sup.speaker if sup else "") or "",
+                        (sup.text if sup else "") or "", custom.get("emotion", ""), custom.get("intent", "")])
+    return table

@@ -1,0 +1,170 @@
+"""Batches of padded waveforms for training, by total duration, resumable exactly.
+
+The sampler is lhotse's DynamicBucketingSampler (cuts of similar duration share a batch,
+each batch holds at most ``max_batch_duration`` seconds of audio, every rank gets its own
+disjoint batches); collation is separate, in :class:`AudioDataset`, which receives a
+whole batch of cuts (STYLE.md #10). :class:`AudioLoader` ties them together across
+epochs and counts the batches it has handed out, so its ``state_dict`` is exact whatever
+the number of prefetching workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler
+
+from .audio import SAMPLE_RATE, BadAudio, load_mono
+
+log = logging.getLogger("bestrq.data")
+
+
+@dataclass
+class Skipped:
+    cut_id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class AudioBatch:
+    waveforms: torch.Tensor  # (B, S) float32, zero-padded on the right
+    lengths: torch.Tensor  # (B,) int64, valid samples per row
+    cut_ids: list[str]
+    skipped: list[Skipped] = field(default_factory=list)  # bad items left out of this batch
+
+    def __len__(self) -> int:
+        return len(self.cut_ids)
+
+
+def collate(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (S,) arrays into (B, S) float32 and their (B,) int64 lengths."""
+    lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.int64)
+    out = torch.zeros(len(waves), int(lengths.max()) if waves else 0, dtype=torch.float32)
+    for i, w in enumerate(waves):
+        out[i, : w.shape[0]] = torch.from_numpy(w)
+    return out, lengths
+
+
+class AudioDataset(torch.utils.data.Dataset):
+    """Maps a CutSet (one batch) to an :class:`AudioBatch`.
+
+    Clips longer than ``max_duration`` are randomly cropped; the crop depends only on
+    (seed, epoch, cut id), so it is the same in every worker and after a resume. Bad
+    audio (unreadable, empty, non-finite, shorter than ``min_duration``) is left out with
+    a warning naming the file, and listed in ``AudioBatch.skipped``.
+    """
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, max_duration: float | None = None,
+                 min_duration: float = 0.1, seed: int = 0) -> None:
+        self.sample_rate = sample_rate
+        self.max_duration = max_duration
+        self.min_samples = max(1, int(min_duration * sample_rate))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _crop(self, cut):
+        if self.max_duration is None or cut.duration <= self.max_duration:
+            return cut
+        rng = random.Random(f"{self.seed}/{self.epoch}/{cut.id}")
+        offset = rng.uniform(0.0, cut.duration - self.max_duration)
+        return cut.truncate(offset=offset, duration=self.max_duration, preserve_id=True)
+
+    def __getitem__(self, cuts: CutSet) -> AudioBatch:
+        waves, ids, skipped = [], [], []
+        for cut in cuts:
+            try:
+                waves.append(load_mono(self._crop(cut), self.sample_rate, self.min_samples))
+                ids.append(cut.id)
+            except BadAudio as e:
+                log.warning("skipping %s (cut %s): %s", e.path, cut.id, e.reason)
+                skipped.append(Skipped(cut.id, e.path, e.reason))
+        waveforms, lengths = collate(waves)
+        return AudioBatch(waveforms, lengths, ids, skipped)
+
+
+class AudioLoader:
+    """Duration-bucketed batches over epochs for one rank; ``state_dict`` resumes exactly.
+
+    Iterating yields AudioBatch objects forever (epoch after epoch); ``epoch`` and
+    ``position`` (batches handed out in this epoch) are the state.
+    """
+
+    def __init__(self, cuts: CutSet, dataset: AudioDataset, *, max_batch_duration: float,
+                 num_buckets: int = 10, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, drop_last: bool = True) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.cuts = cuts
+        self.dataset = dataset
+        self.max_batch_duration = max_batch_duration
+        self.num_buckets = num_buckets
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.position = 0
+
+    def _sampler(self, epoch: int) -> DynamicBucketingSampler:
+        sampler = DynamicBucketingSampler(
+            self.cuts, max_duration=self.max_batch_duration, num_buckets=self.num_buckets,
+            shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
+            world_size=self.world_size, rank=self.rank,
+        )
+        sampler.set_epoch(epoch)
+        return sampler
+
+    def epoch_batches(self) -> Iterator[CutSet]:
+        """The cut batches of the current epoch for this rank, from ``position`` on."""
+        # a generator driving the sampler with next() alone: lhotse's samplers are their own
+        # iterators and restart whenever iter() is called on them (by the DataLoader, by
+        # `for` or `yield from`), which would undo the fast-forward
+        def batches(sampler: DynamicBucketingSampler, skip: int) -> Iterator[CutSet]:
+            it = iter(sampler)
+            for _ in range(skip):  # fast-forward: metadata only, no audio is read
+                if next(it, None) is None:
+                    return
+            while (batch := next(it, None)) is not None:
+                yield batch
+
+        return batches(self._sampler(self.epoch), self.position)
+
+    def __iter__(self) -> Iterator[AudioBatch]:
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, sampler=self.epoch_batches(), batch_size=None,
+                num_workers=self.num_workers, persistent_workers=False,
+            )
+            for batch in loader:
+                self.position += 1
+                yield batch
+            if self.position == 0:
+                raise RuntimeError(
+                    f"no batch in an epoch: {len(self.cuts)} cuts for rank {self.rank}/{self.world_size} "
+                    f"with max_batch_duration={self.max_batch_duration}s")
+            self.epoch += 1
+            self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "world_size": self.world_size, "rank": self.rank}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "world_size"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"cannot resume the data loader: saved {key}={state[key]}, "
+                                 f"now {getattr(self, key)}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -1,0 +1,146 @@
+"""Manifests: lhotse CutSets in JSONL, one file per split, checked line by line.
+
+A manifest folder holds, for each split, ``cuts_{split}.jsonl.gz`` (what every tool
+reads) and ``recordings_{split}.jsonl.gz`` / ``supervisions_{split}.jsonl.gz`` (the
+same information in lhotse's other two manifests). Labels live in the supervisions:
+``text``, ``speaker``, ``custom["emotion"]``, ``custom["intent"]`` (absent where they do
+not apply; ``custom["slots"]`` may accompany an intent).
+
+A malformed manifest fails at once, naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lhotse import CutSet
+from lhotse.cut.set import deserialize_cut
+
+CUTS = "cuts_{split}.jsonl.gz"
+RECORDINGS = "recordings_{split}.jsonl.gz"
+SUPERVISIONS = "supervisions_{split}.jsonl.gz"
+LABEL_KEYS = ("emotion", "intent")  # string labels in supervision.custom
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read; the message starts with ``path:line:``."""
+
+
+def cuts_path(folder: str | os.PathLike, split: str) -> Path:
+    return Path(folder) / CUTS.format(split=split)
+
+
+def list_splits(folder: str | os.PathLike) -> list[str]:
+    prefix, suffix = CUTS.split("{split}")
+    return sorted(p.name[len(prefix):-len(suffix)] for p in Path(folder).glob(CUTS.format(split="*")))
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _check_cut(raw: object) -> str | None:
+    """What is wrong with one parsed line, or None."""
+    if not isinstance(raw, dict):
+        return f"expected a JSON object, got {type(raw).__name__}"
+    for key in ("id", "start", "duration", "recording"):
+        if key not in raw:
+            return f"cut has no {key!r} field"
+    if not isinstance(raw["id"], str) or not raw["id"]:
+        return "cut 'id' must be a non-empty string"
+    for key in ("start", "duration"):
+        if not isinstance(raw[key], (int, float)) or raw[key] < 0:
+            return f"cut {raw['id']}: {key!r} must be a number >= 0, got {raw[key]!r}"
+    rec = raw["recording"]
+    if not isinstance(rec, dict) or not rec.get("sources"):
+        return f"cut {raw['id']}: 'recording' must be an object with a non-empty 'sources' list"
+    if not isinstance(rec.get("sampling_rate"), int) or rec["sampling_rate"] <= 0:
+        return f"cut {raw['id']}: recording 'sampling_rate' must be a positive integer"
+    for sup in raw.get("supervisions", []) or []:
+        if not isinstance(sup, dict) or "id" not in sup:
+            return f"cut {raw['id']}: each supervision must be an object with an 'id'"
+        for key in ("text", "speaker"):
+            if sup.get(key) is not None and not isinstance(sup[key], str):
+                return f"cut {raw['id']}: supervision {key!r} must be a string"
+        custom = sup.get("custom") or {}
+        if not isinstance(custom, dict):
+            return f"cut {raw['id']}: supervision 'custom' must be an object"
+        for key in LABEL_KEYS:
+            if key in custom and not isinstance(custom[key], str):
+                return f"cut {raw['id']}: custom[{key!r}] must be a string, got {custom[key]!r}"
+    return None
+
+
+def iter_checked(path: str | os.PathLike) -> Iterator[dict]:
+    """Parsed, checked cut dicts of a JSONL(.gz) manifest; ManifestError names file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest")
+    seen: set[str] = set()
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                problem = _check_cut(raw)
+                if problem is None and raw["id"] in seen:
+                    problem = f"duplicate cut id {raw['id']!r}"
+                if problem:
+                    raise ManifestError(f"{path}:{lineno}: {problem}")
+                seen.add(raw["id"])
+                yield raw
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+
+
+def load_cuts(path: str | os.PathLike) -> CutSet:
+    """A cuts manifest, checked line by line (an error names the file and line)."""
+    cuts = []
+    for lineno, raw in enumerate(iter_checked(path), start=1):
+        try:
+            cuts.append(deserialize_cut(raw))
+        except Exception as e:  # noqa: BLE001 - lhotse raises many kinds on bad fields
+            raise ManifestError(f"{path}: cut {raw['id']!r} (entry {lineno}): {type(e).__name__}: {e}") from None
+    return CutSet.from_cuts(cuts)
+
+
+def load_split(folder: str | os.PathLike, split: str) -> CutSet:
+    path = cuts_path(folder, split)
+    if not path.is_file():
+        have = ", ".join(list_splits(folder)) or "none"
+        raise ManifestError(f"{path}: no manifest for split {split!r} (splits in {folder}: {have})")
+    return load_cuts(path)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path with the same suffixes that replaces ``path`` only once written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_split(folder: str | os.PathLike, split: str, cuts: CutSet) -> Path:
+    """Write the cuts, recordings and supervisions manifests of one split, atomically."""
+    folder = Path(folder)
+    cuts = cuts.to_eager()
+    recordings, supervisions, _ = cuts.decompose()
+    for name, manifest in ((RECORDINGS, recordings), (SUPERVISIONS, supervisions), (CUTS, cuts)):
+        if manifest is None:  # no supervisions (unlabelled audio)
+            continue
+        with atomic_path(folder / name.format(split=split)) as tmp:
+            manifest.to_file(tmp)
+    return cuts_path(folder, split)
