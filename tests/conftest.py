@@ -9,7 +9,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (acoustic.py)
 
-from bestrq.synth.corpus import SynthConfig, synthesize  # noqa: E402
+from bestrq.synth.corpus import SynthConfig, synthesize
 
 
 @pytest.fixture(scope="session")

@@ -112,3 +112,13 @@ def test_bad_sources(tmp_path):
         prepare("folder", tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ValueError, match="unknown format"):
         prepare("kaldi", tmp_path, tmp_path / "out")
+
+
+def test_lhotse_recipe_output(dev, tmp_path):
+    recordings, supervisions, _ = dev.decompose()
+    (tmp_path / "src").mkdir()
+    recordings.to_file(tmp_path / "src" / "mycorpus_recordings_dev.jsonl.gz")
+    supervisions.to_file(tmp_path / "src" / "mycorpus_supervisions_dev.jsonl.gz")
+    prepare("lhotse", tmp_path / "src", tmp_path / "out")
+    got = load_split(tmp_path / "out", "dev")
+    assert [(c.id, sup(c).text, sup(c).custom) for c in got] == [(c.id, sup(c).text, sup(c).custom) for c in dev]

@@ -278,8 +278,8 @@ def summarize(taken: list[tuple[Utterance, int]], trials, *, elapsed: float, job
 
 
 def format_summary(summary: dict) -> str:
-    rows = [f"corpus: {summary['hours']:.2f} h, {summary['utterances']} utterances, "
-            f"{summary['speakers']} speakers, mean {summary['mean_duration_s']} s",
+    rows = [(f"corpus: {summary['hours']:.2f} h, {summary['utterances']} utterances, "
+             f"{summary['speakers']} speakers, mean {summary['mean_duration_s']} s"),
             f"{'split':<6} {'utts':>6} {'hours':>7} {'spk':>4} {'vocab':>6}  emotion (n/h/s/a)      intents"]
     for split, s in summary["splits"].items():
         emo = "/".join(str(s["emotion"].get(e, 0)) for e in EMOTIONS)

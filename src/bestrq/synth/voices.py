@@ -103,10 +103,10 @@ def plan_rendering(speaker: Speaker, emotion: str, text: str, rng: np.random.Gen
     style = EMOTION_STYLES[emotion]
     jitter = rng.uniform(-1.0, 1.0, size=4)
     prosody = Prosody(
-        rate=int(round(np.clip(speaker.rate * style.rate_scale * (1 + 0.05 * jitter[0]), 80, 400))),
+        rate=round(float(np.clip(speaker.rate * style.rate_scale * (1 + 0.05 * jitter[0]), 80, 400))),
         volume=50,  # leaves headroom: loudness is applied as a float gain afterwards
-        pitch=int(round(np.clip(speaker.pitch + style.pitch_shift + 3 * jitter[1], 0, 100))),
-        pitch_range=int(round(np.clip(speaker.pitch_range * style.range_scale * (1 + 0.08 * jitter[2]), 0, 100))),
+        pitch=round(float(np.clip(speaker.pitch + style.pitch_shift + 3 * jitter[1], 0, 100))),
+        pitch_range=round(float(np.clip(speaker.pitch_range * style.range_scale * (1 + 0.08 * jitter[2]), 0, 100))),
         word_gap=style.word_gap,
     )
     return Rendering(text=text, voice=speaker.voice, prosody=prosody, warp=speaker.warp,
