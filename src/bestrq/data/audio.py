@@ -57,7 +57,7 @@ def load_mono(cut, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.n
     rec = cut.recording
     try:
         audio = rec.load_audio(offset=cut.start, duration=cut.duration)  # (C, S), all channels
-    except Exception as e:
+    except Exception as e:  # any decoder failure means the same thing here: unusable audio
         raise BadAudio(path, f"unreadable ({type(e).__name__}: {e})") from e
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 2:

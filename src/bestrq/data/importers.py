@@ -58,7 +58,7 @@ def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jo
         rec_id, path = item
         try:
             return Recording.from_file(path, recording_id=rec_id)
-        except Exception as e:
+        except Exception as e:  # any decoder failure: skip the file
             return (str(path), f"unreadable ({type(e).__name__}: {e})")
 
     out = {}

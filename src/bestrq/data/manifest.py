@@ -108,7 +108,7 @@ def load_cuts(path: str | os.PathLike) -> CutSet:
     for lineno, raw in enumerate(iter_checked(path), start=1):
         try:
             cuts.append(deserialize_cut(raw))
-        except Exception as e:
+        except Exception as e:  # lhotse raises many kinds on bad fields
             raise ManifestError(f"{path}: cut {raw['id']!r} (entry {lineno}): {type(e).__name__}: {e}") from None
     return CutSet.from_cuts(cuts)
 
