@@ -182,16 +182,17 @@ def from_speechbrain(src: Path, report: ImportReport, jobs: int = 4, data_root: 
             if "ID" not in header or wav_col is None:
                 raise ManifestError(f"{table}:1: needs an 'ID' column and one of {_SB_WAV}; has {header}")
             rows = list(enumerate(reader, start=2))
-        paths = {}
+        paths = {}  # resolved audio path -> recording id
+        row_paths = []
         for lineno, row in rows:
             if not row.get("ID") or not row.get(wav_col):
                 raise ManifestError(f"{table}:{lineno}: empty 'ID' or {wav_col!r}")
             path = row[wav_col].replace("$data_root", root).replace("{data_root}", root)
             paths.setdefault(path, str(Path(path).with_suffix("")).lstrip("/").replace("/", "_"))
+            row_paths.append(path)
         recs = _read_recordings(((rid, Path(p)) for p, rid in paths.items()), report, jobs)
         cuts = []
-        for lineno, row in rows:
-            path = row[wav_col].replace("$data_root", root).replace("{data_root}", root)
+        for (lineno, row), path in zip(rows, row_paths):
             rec = recs.get(paths[path])
             if rec is None:
                 continue

@@ -64,7 +64,6 @@ class SynthConfig:
 @dataclass(frozen=True)
 class Utterance:
     id: str
-    index: int
     speaker: Speaker
     split: str
     text: str
@@ -115,7 +114,7 @@ def plan(cfg: SynthConfig) -> tuple[list[Speaker], Iterator[Utterance]]:
                     texts_by_split["train" if split == "train" else "heldout"].add(text)
                 emotion = deal(split, EMOTIONS)
                 yield Utterance(
-                    id=f"{spk.id}-{index:06d}", index=index, speaker=spk, split=split, text=text,
+                    id=f"{spk.id}-{index:06d}", speaker=spk, split=split, text=text,
                     emotion=emotion, intent=intent, slots=slots,
                     rendering=plan_rendering(spk, emotion, text, rng),
                 )
