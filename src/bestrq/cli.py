@@ -35,6 +35,24 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train.loop import pretrain
+
+    overrides = list(args.set)
+    if args.out:
+        overrides.append(f"train.out_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    result = pretrain(cfg)
+    if result.valid:
+        v = result.valid
+        print(f"step {result.step}: valid masked accuracy {v['accuracy']:.4f} "
+              f"({v['accuracy'] / max(v['majority_accuracy'], 1e-9):.1f}x the most frequent code's "
+              f"{v['majority_accuracy']:.4f}), loss {v['loss']:.3f}")
+    print(f"run folder: {result.out_dir.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -65,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder: cut longer files into windows of this many seconds (0: never)")
     p.add_argument("--data-root", default=None, help="speechbrain: value of $data_root in paths")
     p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("pretrain", help="BEST-RQ pre-training (multi-GPU: torchrun ... -m bestrq pretrain)")
+    p.add_argument("--config", default="bestrq_tiny",
+                   help="YAML file or preset name (bestrq_tiny, bestrq_base; default bestrq_tiny)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--out", default=None, help="run folder (same as --set train.out_dir=...)")
+    p.set_defaults(func=_pretrain)
     return parser
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -118,11 +119,13 @@ class AudioLoader:
         self.position = 0
 
     def _sampler(self, epoch: int) -> DynamicBucketingSampler:
-        sampler = DynamicBucketingSampler(
-            self.cuts, max_duration=self.max_batch_duration, num_buckets=self.num_buckets,
-            shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
-            world_size=self.world_size, rank=self.rank,
-        )
+        with warnings.catch_warnings():  # our manifests are small and read eagerly, on purpose
+            warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
+            sampler = DynamicBucketingSampler(
+                self.cuts, max_duration=self.max_batch_duration, num_buckets=self.num_buckets,
+                shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
+                world_size=self.world_size, rank=self.rank,
+            )
         sampler.set_epoch(epoch)
         return sampler
 
@@ -147,6 +150,9 @@ class AudioLoader:
             loader = torch.utils.data.DataLoader(
                 self.dataset, sampler=self.epoch_batches(), batch_size=None,
                 num_workers=self.num_workers, persistent_workers=False,
+                # its own generator: a DataLoader otherwise draws its worker seed from the global
+                # RNG, which the trainer restores on resume (dropout) and must not share
+                generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
             )
             for batch in loader:
                 self.position += 1

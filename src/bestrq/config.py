@@ -1,0 +1,254 @@
+"""Structured, validated configuration: dataclasses, YAML files and ``--set a.b=value``.
+
+Every key of a YAML preset maps to a field below, and every field says what it does.
+Unknown keys are rejected with the valid ones listed; values are type-checked. Only the
+builder functions read these objects: modules take explicit arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - the documented field
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    corpus: str = _f("data/demo", "folder of bestrq manifests (cuts_<split>.jsonl.gz), e.g. from synth/prepare")
+    train_split: str = _f("train", "split to pre-train on")
+    valid_split: str = _f("dev", "held-out split for validation metrics ('' for none)")
+    max_batch_duration: float = _f(120.0, "seconds of audio per batch on each process")
+    max_duration: float = _f(20.0, "longer clips are randomly cropped to this many seconds")
+    min_duration: float = _f(0.5, "shorter clips are left out (and counted)")
+    num_buckets: int = _f(10, "duration buckets of the sampler")
+    num_workers: int = _f(2, "audio-loading worker processes per training process")
+    valid_max_batches: int = _f(50, "validation uses at most this many batches")
+
+
+@dataclass
+class FeatureConfig:
+    num_mel_bins: int = _f(80, "log-mel filterbank channels")
+    normalization: str = _f("utterance", "mean/variance normalisation: utterance, global or none")
+    stack: int = _f(4, "10 ms frames stacked into one target frame (4 = 40 ms)")
+
+
+@dataclass
+class QuantizerConfig:
+    codebook_size: int = _f(8192, "codes per codebook (V)")
+    codebook_dim: int = _f(16, "dimension of the projected space (d)")
+    num_codebooks: int = _f(1, "independent codebooks, one softmax head each (K)")
+    seed: int = _f(0, "seed of the frozen projection and codebooks (the same on every process)")
+    input_layer_norm: bool = _f(False, "LayerNorm the stacked features before projecting")
+
+
+@dataclass
+class MaskingConfig:
+    preset: str = _f("speechbrain", "speechbrain (prob 0.15, 4-frame aligned spans, ~60%) or original "
+                     "(prob 0.01 per 10 ms, 400 ms spans, ~33%)")
+    mode: str = _f("", "override the preset: aligned or independent ('' keeps the preset's)")
+    prob: float = _f(0.0, "override the preset's start probability per target frame (0 keeps it)")
+    span: int = _f(0, "override the preset's span in target frames (0 keeps it)")
+    noise_std: float = _f(0.1, "masked input frames are replaced by N(0, noise_std^2) noise")
+
+
+@dataclass
+class EncoderConfig:
+    frontend: str = _f("stack", "4x front-end: stack (stacked frames + linear) or conv2d (two strided convs)")
+    d_model: int = _f(576, "model width (D)")
+    num_layers: int = _f(12, "Conformer layers")
+    num_heads: int = _f(8, "attention heads")
+    ffn_dim: int = _f(2048, "feed-forward width")
+    conv_kernel: int = _f(31, "depthwise convolution kernel (odd)")
+    position: str = _f("relative_key", "relative_key (exports to transformers) or rotary")
+    left_context: int = _f(64, "relative_key: distances clipped to -left_context")
+    right_context: int = _f(8, "relative_key: distances clipped to +right_context")
+    dropout: float = _f(0.1, "dropout in every layer")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(8e-4, "peak learning rate (AdamW)")
+    betas: list = _f([0.9, 0.98], "AdamW betas")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not on biases, norms or embeddings)")
+    schedule: str = _f("noam", "noam (warm-up then inverse square root), cosine or constant")
+    warmup_steps: int = _f(25000, "linear warm-up steps")
+    min_lr_ratio: float = _f(0.0, "cosine: final learning rate as a fraction of the peak")
+    grad_clip: float = _f(5.0, "clip the global gradient norm to this (0: no clipping)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = _f("runs/bestrq", "run folder: checkpoints, metrics.jsonl, TensorBoard events")
+    steps: int = _f(100000, "optimizer steps to train for")
+    max_minutes: float = _f(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)")
+    seed: int = _f(0, "seed of initialisation, data order, masks and dropout")
+    device: str = _f("auto", "auto (cuda if available), cpu or cuda")
+    precision: str = _f("fp32", "fp32 or bf16 (autocast; for GPUs: this CPU has no fast bf16)")
+    compile: bool = _f(False, "torch.compile the encoder")
+    threads: int = _f(0, "CPU threads per process (0: PyTorch's default)")
+    log_every: int = _f(10, "steps between logged training metrics")
+    valid_every: int = _f(500, "steps between validations (0: only at the end)")
+    checkpoint_every: int = _f(500, "steps between checkpoints")
+    keep_checkpoints: int = _f(3, "most recent checkpoints kept")
+    tensorboard: bool = _f(True, "write TensorBoard scalars to out_dir/tensorboard")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> PretrainConfig:
+        def check(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}: {msg}")
+
+        check(self.features.normalization in ("utterance", "global", "none"), "features.normalization",
+              f"must be utterance, global or none, not {self.features.normalization!r}")
+        check(self.masking.preset in ("speechbrain", "original"), "masking.preset",
+              f"must be speechbrain or original, not {self.masking.preset!r}")
+        check(self.masking.mode in ("", "aligned", "independent"), "masking.mode",
+              f"must be aligned or independent, not {self.masking.mode!r}")
+        check(0 <= self.masking.prob <= 1, "masking.prob", "must be in [0, 1]")
+        check(self.encoder.frontend in ("stack", "conv2d"), "encoder.frontend", "must be stack or conv2d")
+        check(self.encoder.position in ("relative_key", "rotary"), "encoder.position",
+              "must be relative_key or rotary")
+        check(self.encoder.d_model % self.encoder.num_heads == 0, "encoder.d_model",
+              f"{self.encoder.d_model} is not divisible by num_heads {self.encoder.num_heads}")
+        check(self.encoder.conv_kernel % 2 == 1, "encoder.conv_kernel", "must be odd")
+        check(self.optim.schedule in ("noam", "cosine", "constant"), "optim.schedule",
+              "must be noam, cosine or constant")
+        check(len(self.optim.betas) == 2, "optim.betas", "must be two numbers")
+        check(self.train.precision in ("fp32", "bf16"), "train.precision", "must be fp32 or bf16")
+        check(self.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
+        for key, value in (("optim.grad_accum", self.optim.grad_accum), ("train.steps", self.train.steps),
+                           ("train.keep_checkpoints", self.train.keep_checkpoints),
+                           ("train.checkpoint_every", self.train.checkpoint_every),
+                           ("train.log_every", self.train.log_every), ("features.stack", self.features.stack),
+                           ("quantizer.codebook_size", self.quantizer.codebook_size),
+                           ("quantizer.num_codebooks", self.quantizer.num_codebooks)):
+            check(value >= 1, key, f"must be >= 1, got {value}")
+        check(self.data.max_batch_duration > 0, "data.max_batch_duration", "must be > 0")
+        return self
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _type_ok(value: Any, tp: Any) -> Any:
+    """``value`` converted to the field's type, or ConfigError."""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is list and isinstance(value, (list, tuple)):
+        return list(value)
+    if tp in (int, float, str, bool, list) and type(value) is tp:
+        return value
+    raise TypeError(f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!s}; valid keys{' of ' + prefix[:-1] if prefix else ''}"
+                          f": {', '.join(fields)}")
+    values = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = from_dict(tp, value, f"{prefix}{name}.")
+            continue
+        try:
+            values[name] = _type_ok(value, tp if not isinstance(tp, types.GenericAlias) else list)
+        except TypeError as e:
+            raise ConfigError(f"{prefix}{name}: {e}") from None
+    return cls(**values)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["optim.lr=1e-3", "train.steps=10"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+CONFIG_DIRS = (Path("configs"), Path(__file__).resolve().parents[2] / "configs")
+
+
+def find_config(name: str) -> Path:
+    """A YAML path, or a preset name looked up in ./configs and the source tree's configs/."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        return path
+    for folder in CONFIG_DIRS:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    presets = sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+    raise FileNotFoundError(f"no config {name!r}: give a YAML path or one of {', '.join(presets) or '(none)'}")
+
+
+def load_config(name: str | None, overrides: list[str] = (), cls: type = PretrainConfig) -> Any:
+    data: dict = {}
+    if name:
+        path = find_config(name)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        cfg = from_dict(cls, _merge(data, parse_overrides(list(overrides))))
+    except ConfigError as e:
+        raise ConfigError(f"{name or 'config'}: {e}") from None
+    return cfg.validate() if hasattr(cfg, "validate") else cfg

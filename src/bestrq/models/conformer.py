@@ -1,0 +1,189 @@
+"""The Conformer encoder (Gulati et al., 2020): lengths in, lengths out, every layer's output.
+
+The layer layout is Wav2Vec2BertModel's in Hugging Face transformers, parameter names
+included, so a trained encoder exports there without retraining:
+
+    x = x + 0.5 * FFN1(LN(x))                      macaron feed-forward, SiLU
+    x = x + MHSA(LN(x))                            relative-key position bias (default) or rotary
+    x = x + Conv(x)                                LN, pointwise -> GLU, depthwise (kernel 31,
+                                                   padded on the left), LN, SiLU, pointwise
+    x = LN(x + 0.5 * FFN2(LN(x)))
+
+Attention runs through ``scaled_dot_product_attention``. ``relative_key`` adds a learned
+bias per query and clipped distance (-64..+8 frames by default, as transformers' default
+for this model), computed as q . E[distance] with one small matmul and a gather.
+``rotary`` rotates queries and keys (RoFormer); it does not export to transformers, whose
+rotary variant rotates the layer input instead.
+
+Padding never reaches a valid frame: keys at padding are masked, the convolution's input
+is zeroed at padding and the depthwise kernel only looks left, so an utterance gets the
+same output alone or padded in a batch.
+
+Shapes: B batch, T frames, D model width, H heads; lengths (B,) int64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from ..features import padding_mask
+
+POSITIONS = ("relative_key", "rotary")
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    hidden_states: tuple[torch.Tensor, ...]  # num_layers + 1 tensors (B, T, D): input, then each layer
+    lengths: torch.Tensor  # (B,) valid frames per utterance
+    padding_mask: torch.Tensor  # (B, T) True on padding
+
+    @property
+    def last(self) -> torch.Tensor:
+        return self.hidden_states[-1]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.intermediate_dense = nn.Linear(d_model, ffn_dim)
+        self.intermediate_dropout = nn.Dropout(dropout)
+        self.output_dense = nn.Linear(ffn_dim, d_model)
+        self.output_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.intermediate_dropout(F.silu(self.intermediate_dense(x)))
+        return self.output_dropout(self.output_dense(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, dropout: float, position: str,
+                 left_context: int, right_context: int) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by {num_heads} heads")
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
+        self.num_heads, self.head_dim = num_heads, d_model // num_heads
+        self.position, self.dropout = position, dropout
+        self.linear_q = nn.Linear(d_model, d_model)
+        self.linear_k = nn.Linear(d_model, d_model)
+        self.linear_v = nn.Linear(d_model, d_model)
+        self.linear_out = nn.Linear(d_model, d_model)
+        if position == "relative_key":
+            self.left_context, self.right_context = left_context, right_context
+            self.distance_embedding = nn.Embedding(left_context + right_context + 1, self.head_dim)
+
+    def _relative_key_bias(self, q: torch.Tensor) -> torch.Tensor:
+        t = q.shape[2]
+        pos = torch.arange(t, device=q.device)
+        distance = (pos[None, :] - pos[:, None]).clamp(-self.left_context, self.right_context)  # (T, T)
+        per_distance = q @ self.distance_embedding.weight.to(q.dtype).T  # (B, H, T, P)
+        index = (distance + self.left_context).expand(*q.shape[:2], t, t)
+        return per_distance.gather(-1, index) / math.sqrt(self.head_dim)  # (B, H, T, T)
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (lin(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+                   for lin in (self.linear_q, self.linear_k, self.linear_v))  # (B, H, T, hd)
+        if self.position == "rotary":
+            q, k = _rotate(q, *rotary), _rotate(k, *rotary)
+            mask = ~key_padding[:, None, None, :]  # (B, 1, 1, T) True = attend
+        else:
+            mask = self._relative_key_bias(q).masked_fill(key_padding[:, None, None, :], float("-inf"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.linear_out(out.transpose(1, 2).reshape(b, t, d))
+
+
+def rotary_tables(t: int, head_dim: int, device: torch.device, base: float = 10000.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(t, device=device, dtype=torch.float32)[:, None] * inv_freq  # (T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
+    return angles.cos(), angles.sin()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class ConvModule(nn.Module):
+    def __init__(self, d_model: int, kernel_size: int, dropout: float) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"conv kernel size must be odd, got {kernel_size}")
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.pointwise_conv1 = nn.Conv1d(d_model, 2 * d_model, 1, bias=False)
+        self.depthwise_conv = nn.Conv1d(d_model, d_model, kernel_size, groups=d_model, bias=False)
+        self.depthwise_layer_norm = nn.LayerNorm(d_model)
+        self.pointwise_conv2 = nn.Conv1d(d_model, d_model, 1, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(x).masked_fill(pad[..., None], 0.0).transpose(1, 2)  # (B, D, T)
+        x = F.glu(self.pointwise_conv1(x), dim=1)
+        # left padding only (transformers' layout): frame t sees t - k + 1 .. t, never padding
+        x = self.depthwise_conv(F.pad(x, (self.depthwise_conv.kernel_size[0] - 1, 0)))
+        x = F.silu(self.depthwise_layer_norm(x.transpose(1, 2)).transpose(1, 2))
+        return self.dropout(self.pointwise_conv2(x)).transpose(1, 2)  # (B, T, D)
+
+
+class ConformerLayer(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, conv_kernel: int, dropout: float,
+                 position: str, left_context: int, right_context: int) -> None:
+        super().__init__()
+        self.ffn1_layer_norm = nn.LayerNorm(d_model)
+        self.ffn1 = FeedForward(d_model, ffn_dim, dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.self_attn = SelfAttention(d_model, num_heads, dropout, position, left_context, right_context)
+        self.self_attn_dropout = nn.Dropout(dropout)
+        self.conv_module = ConvModule(d_model, conv_kernel, dropout)
+        self.ffn2_layer_norm = nn.LayerNorm(d_model)
+        self.ffn2 = FeedForward(d_model, ffn_dim, dropout)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        x = x + 0.5 * self.ffn1(self.ffn1_layer_norm(x))
+        x = x + self.self_attn_dropout(self.self_attn(self.self_attn_layer_norm(x), pad, rotary))
+        x = x + self.conv_module(x, pad)
+        x = x + 0.5 * self.ffn2(self.ffn2_layer_norm(x))
+        return self.final_layer_norm(x)
+
+
+class ConformerEncoder(nn.Module):
+    """(B, T, F) features + (B,) lengths -> EncoderOutput at the front-end's frame rate."""
+
+    def __init__(self, frontend: nn.Module, d_model: int, num_layers: int, num_heads: int, ffn_dim: int,
+                 conv_kernel: int = 31, dropout: float = 0.1, position: str = "relative_key",
+                 left_context: int = 64, right_context: int = 8) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.d_model, self.num_heads = d_model, num_heads
+        self.dropout = nn.Dropout(dropout)
+        self.position = position
+        self.layers = nn.ModuleList(
+            ConformerLayer(d_model, num_heads, ffn_dim, conv_kernel, dropout, position, left_context,
+                           right_context) for _ in range(num_layers))
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        x, out_lengths = self.frontend(feats, lengths)  # (B, T', D)
+        pad = padding_mask(out_lengths, x.shape[1])  # (B, T')
+        # a row with no valid frame would attend to nothing (NaN); let it see its padding instead
+        key_pad = pad & (out_lengths > 0)[:, None]
+        x = self.dropout(x.masked_fill(pad[..., None], 0.0))
+        rotary = (rotary_tables(x.shape[1], self.d_model // self.num_heads, x.device)
+                  if self.position == "rotary" else None)
+        hidden = [x]
+        for layer in self.layers:
+            x = layer(x, key_pad, rotary)
+            hidden.append(x)
+        return EncoderOutput(tuple(hidden), out_lengths, pad)

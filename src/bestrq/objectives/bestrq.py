@@ -1,0 +1,139 @@
+"""The BEST-RQ objective: mask, encode, predict the quantizer's codes of masked frames.
+
+    waveforms -> fbank (B, T, F), normalised -> targets = quantizer(stack4(fbank)) (B, T/4, K)
+    mask (B, T/4) per utterance -> masked 40 ms frames of the fbank replaced by N(0, 0.1)
+    -> encoder (B, T/4, D) -> K linear heads -> cross-entropy on masked frames only
+
+Targets always come from the clean features. The loss is the mean over masked frames and
+codebooks; unmasked frames and padding carry none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from ..config import PretrainConfig
+from ..features import FeatureNormalizer, LogMelFbank, stack_frames
+from ..masking import MaskSpec, preset, span_mask
+from ..models.conformer import ConformerEncoder, EncoderOutput
+from ..models.frontend import FRONTENDS
+from ..quantizer import RandomProjectionQuantizer
+
+
+@dataclass(frozen=True)
+class Output:
+    """One forward pass. ``loss`` has a graph; the metrics are detached scalars."""
+
+    loss: torch.Tensor
+    accuracy: torch.Tensor  # top-1 on masked frames, averaged over codebooks
+    masked_frames: torch.Tensor  # number of masked target frames (int64)
+    frames: torch.Tensor  # number of valid target frames (int64)
+    code_usage: torch.Tensor  # fraction of the V codes that occur among the masked targets
+    target_entropy: torch.Tensor  # entropy (bits) of the masked targets' code histogram
+    code_histogram: torch.Tensor  # (K, V) int64 counts of the masked targets
+
+    def metrics(self) -> dict[str, float]:
+        masked = self.masked_frames.item()
+        return {"loss": self.loss.item(), "accuracy": self.accuracy.item(),
+                "mask_fraction": masked / max(1, self.frames.item()),
+                "code_usage": self.code_usage.item(), "target_entropy": self.target_entropy.item()}
+
+
+def masked_prediction_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and top-1 accuracy of the masked frames' predictions.
+
+    logits (N, K, V) and targets (N, K) int64 for the N masked frames -> (loss, accuracy),
+    both means over frames and codebooks.
+    """
+    if logits.shape[0] == 0:  # nothing masked: a zero loss that still touches the graph
+        zero = logits.sum() * 0.0
+        return zero, zero.detach()
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    accuracy = (logits.argmax(dim=-1) == targets).float().mean()
+    return loss, accuracy.detach()
+
+
+def code_statistics(targets: torch.Tensor, codebook_size: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) codes -> (fraction of codes used, entropy in bits, (K, V) counts), over codebooks."""
+    k = targets.shape[1]
+    offsets = torch.arange(k, device=targets.device) * codebook_size
+    counts = torch.bincount((targets + offsets).flatten(), minlength=k * codebook_size).view(k, codebook_size)
+    p = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    entropy = -(p * torch.log2(p.clamp(min=1e-12))).sum(dim=1)
+    return (counts > 0).double().mean(), entropy.mean(), counts
+
+
+class BestRQ(nn.Module):
+    """Features, frozen quantizer, masking, encoder and prediction heads in one module."""
+
+    def __init__(self, features: LogMelFbank, normalizer: FeatureNormalizer,
+                 quantizer: RandomProjectionQuantizer, encoder: ConformerEncoder, mask: MaskSpec,
+                 noise_std: float = 0.1, stack: int = 4) -> None:
+        super().__init__()
+        self.features, self.normalizer = features, normalizer
+        self.quantizer, self.encoder = quantizer, encoder
+        self.mask_spec, self.noise_std, self.stack = mask, noise_std, stack
+        k, v = quantizer.num_codebooks, quantizer.codebook_size
+        self.heads = nn.Linear(encoder.d_model, k * v)  # K heads of V classes, as one matmul
+
+    def input_features(self, waveforms: torch.Tensor, lengths: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(waveforms.device.type, enabled=False):  # features stay fp32 under bf16
+            feats, frame_lengths = self.features(waveforms, lengths)
+            return self.normalizer(feats, frame_lengths), frame_lengths
+
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """Unmasked encoding: hidden states of every layer (for probes and export)."""
+        return self.encoder(*self.input_features(waveforms, lengths))
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor,
+                generator: torch.Generator | None = None) -> Output:
+        feats, frame_lengths = self.input_features(waveforms, lengths)  # (B, T, F)
+        stacked, target_lengths = stack_frames(feats, frame_lengths, self.stack)  # (B, T4, stack*F)
+        targets = self.quantizer(stacked)  # (B, T4, K), from the clean features
+        mask = span_mask(target_lengths, stacked.shape[1], self.mask_spec, generator)  # (B, T4)
+        # each masked 40 ms target frame masks its `stack` 10 ms input frames
+        input_mask = mask.repeat_interleave(self.stack, dim=1)
+        input_mask = F.pad(input_mask, (0, feats.shape[1] - input_mask.shape[1]))  # (B, T)
+        noise = torch.randn(feats.shape, generator=generator, device=feats.device) * self.noise_std
+        feats = torch.where(input_mask[..., None], noise, feats)
+
+        hidden = self.encoder(feats, frame_lengths).last  # (B, T4, D)
+        # the heads see masked frames only: (N, K, V) logits instead of (B, T4, K, V)
+        logits = self.heads(hidden[mask]).unflatten(-1, (self.quantizer.num_codebooks, -1))
+        loss, accuracy = masked_prediction_loss(logits, targets[mask])
+        usage, entropy, histogram = code_statistics(targets[mask], self.quantizer.codebook_size)
+        return Output(loss, accuracy, mask.sum(), target_lengths.sum(), usage, entropy, histogram)
+
+
+def mask_spec(cfg: PretrainConfig) -> MaskSpec:
+    base = preset(cfg.masking.preset, cfg.features.stack)
+    return MaskSpec(cfg.masking.mode or base.mode, cfg.masking.prob or base.prob, cfg.masking.span or base.span)
+
+
+def build_encoder(cfg: PretrainConfig) -> ConformerEncoder:
+    e = cfg.encoder
+    if e.frontend == "stack":
+        frontend = FRONTENDS["stack"](cfg.features.num_mel_bins, e.d_model, cfg.features.stack, e.dropout)
+    else:
+        if cfg.features.stack != 4:
+            raise ValueError("the conv2d front-end subsamples by 4: set features.stack=4")
+        frontend = FRONTENDS["conv2d"](cfg.features.num_mel_bins, e.d_model, dropout=e.dropout)
+    return ConformerEncoder(frontend, e.d_model, e.num_layers, e.num_heads, e.ffn_dim, e.conv_kernel,
+                            e.dropout, e.position, e.left_context, e.right_context)
+
+
+def build_bestrq(cfg: PretrainConfig) -> BestRQ:
+    """The model a config describes. Parameters come from the global RNG; buffers from seeds."""
+    f, q = cfg.features, cfg.quantizer
+    return BestRQ(
+        LogMelFbank(num_mel_bins=f.num_mel_bins),
+        FeatureNormalizer(f.num_mel_bins, f.normalization),
+        RandomProjectionQuantizer(f.num_mel_bins * f.stack, q.codebook_size, q.codebook_dim, q.num_codebooks,
+                                  q.seed, q.input_layer_norm),
+        build_encoder(cfg), mask_spec(cfg), cfg.masking.noise_std, f.stack)

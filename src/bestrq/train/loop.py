@@ -1,0 +1,295 @@
+"""The pre-training loop: one readable function, the same on a laptop CPU and on many GPUs.
+
+Launch one process (``bestrq pretrain``) or many (``torchrun --nproc_per_node N -m bestrq
+pretrain``); each process reads its rank from torchrun's environment, draws its own
+batches and wraps the model in DistributedDataParallel, which syncs gradients on the last
+micro-batch of each step only.
+
+Everything random is either restored from the checkpoint (weights, optimizer, data
+position, the dropout RNG) or derived from (seed, step, rank) (the masks and their noise),
+so stopping and resuming gives the same weights as training straight through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..config import PretrainConfig, to_dict
+from ..data.loader import AudioDataset, AudioLoader
+from ..data.manifest import load_split
+from ..objectives.bestrq import Output, build_bestrq
+from . import checkpoint, distributed
+from .optim import build_optimizer, lr_at
+
+log = logging.getLogger("bestrq.train")
+
+# config sections that define the model: a checkpoint resumes only into the same ones
+MODEL_SECTIONS = ("features", "quantizer", "encoder")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out_dir: Path
+    step: int
+    train: dict[str, float]  # the last logged training metrics
+    valid: dict[str, float]  # the last validation metrics (empty without a validation split)
+    model: torch.nn.Module  # the trained BestRQ module (unwrapped), on its training device
+
+
+class Meter:
+    """Sums of per-batch metrics, weighted by masked frames, reduced across ranks on demand."""
+
+    NAMES = ("loss", "accuracy", "code_usage", "target_entropy")
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(len(self.NAMES) + 4, dtype=torch.float64, device=device)
+
+    def add(self, out: Output, audio_seconds: float) -> None:
+        m = out.masked_frames.double()
+        values = [out.loss.detach() * m, out.accuracy * m, out.code_usage, out.target_entropy]
+        self.sums += torch.stack([v.double() for v in values] + [
+            m, out.frames.double(), torch.tensor(audio_seconds, dtype=torch.float64, device=m.device),
+            torch.ones((), dtype=torch.float64, device=m.device)])
+
+    def reduce(self) -> dict[str, float]:
+        s = distributed.all_reduce_sum(self.sums.clone()).tolist()
+        masked, frames, audio, batches = s[-4:]
+        out = {name: s[i] / max(masked, 1) for i, name in enumerate(self.NAMES[:2])}
+        out.update({name: s[i] / max(batches, 1) for i, name in enumerate(self.NAMES) if i >= 2})
+        out.update(mask_fraction=masked / max(frames, 1), audio_seconds=audio)
+        self.sums.zero_()
+        return out
+
+
+def _mask_generator(device: torch.device, seed: int, *counters: int) -> torch.Generator:
+    """A generator for masks and noise that depends only on (seed, counters): no state to save."""
+    key = seed
+    for c in counters:
+        key = (key * 1_000_003 + c) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(key)
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, device: torch.device,
+             rank: int) -> dict[str, float]:
+    """Masked accuracy on held-out data with fixed masks, and the majority-code baseline."""
+    was_training = model.training
+    model.eval()
+    meter = Meter(device)
+    k, v = model.quantizer.num_codebooks, model.quantizer.codebook_size
+    histogram = torch.zeros(k, v, dtype=torch.float64, device=device)
+    for i, cuts in enumerate(loader.epoch_batches()):
+        if i >= cfg.data.valid_max_batches:
+            break
+        batch = loader.dataset[cuts]
+        if len(batch) == 0:
+            continue
+        out = model(batch.waveforms.to(device), batch.lengths.to(device),
+                    _mask_generator(device, cfg.train.seed, 7, i, rank))
+        meter.add(out, float(batch.lengths.sum()) / model.features.sample_rate)
+        histogram += out.code_histogram.double()
+    metrics = meter.reduce()
+    histogram = distributed.all_reduce_sum(histogram)
+    # always predicting the most frequent code of these very targets: an upper bound of that baseline
+    metrics["majority_accuracy"] = (histogram.max(dim=1).values / histogram.sum(dim=1).clamp(min=1)).mean().item()
+    model.train(was_training)
+    return metrics
+
+
+def _check_resumable(saved: dict, cfg: PretrainConfig, path: Path) -> None:
+    now = to_dict(cfg)
+    for section in MODEL_SECTIONS:
+        if saved.get(section) != now[section]:
+            raise checkpoint.CheckpointError(
+                f"{path} was trained with a different {section} config ({saved.get(section)} vs "
+                f"{now[section]}): pick a new train.out_dir or the same model settings")
+
+
+def pretrain(cfg: PretrainConfig) -> RunResult:
+    """Train (or resume training of) the model ``cfg`` describes; returns the final metrics."""
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        return _pretrain(cfg, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
+    t, device = cfg.train, ctx.device
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    out_dir = Path(t.out_dir)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    model = build_bestrq(cfg).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs across ranks
+
+    def make_loader(split: str, train: bool) -> AudioLoader:
+        dataset = AudioDataset(max_duration=cfg.data.max_duration, min_duration=cfg.data.min_duration,
+                               seed=t.seed)
+        cuts = load_split(cfg.data.corpus, split)
+        # too-short clips are dropped up front from the manifest's durations, once, not warned per batch
+        kept = cuts.filter(lambda c: c.duration >= cfg.data.min_duration).to_eager()
+        if ctx.is_main and len(kept) < len(cuts):
+            log.warning("%s: left out %d of %d cuts shorter than data.min_duration=%gs", split,
+                        len(cuts) - len(kept), len(cuts), cfg.data.min_duration)
+        if len(kept) == 0:
+            raise ValueError(f"{cfg.data.corpus}: split {split!r} has no cut of at least {cfg.data.min_duration}s")
+        return AudioLoader(kept, dataset,
+                           max_batch_duration=cfg.data.max_batch_duration, num_buckets=cfg.data.num_buckets,
+                           shuffle=train, seed=t.seed, rank=ctx.rank, world_size=ctx.world_size,
+                           num_workers=cfg.data.num_workers if train else 0, drop_last=train)
+
+    loader = make_loader(cfg.data.train_split, train=True)
+    valid_loader = make_loader(cfg.data.valid_split, train=False) if cfg.data.valid_split else None
+
+    step = 0
+    resume_from = checkpoint.latest(out_dir)
+    if resume_from is not None:
+        ckpt = checkpoint.load(resume_from, map_location="cpu")
+        _check_resumable(ckpt.config, cfg, resume_from)
+        missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+        if missing or unexpected:
+            raise checkpoint.CheckpointError(f"{resume_from}: weights do not fit this model (missing "
+                                             f"{missing[:3]}, unexpected {unexpected[:3]})")
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        if len(ckpt.state["loader"]) != ctx.world_size:
+            raise checkpoint.CheckpointError(f"{resume_from} was written by {len(ckpt.state['loader'])} "
+                                             f"processes; resume it with as many")
+        loader.load_state_dict(ckpt.state["loader"][ctx.rank])
+        torch.set_rng_state(ckpt.state["rng"][ctx.rank]["torch"])
+        if device.type == "cuda" and ckpt.state["rng"][ctx.rank].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt.state["rng"][ctx.rank]["cuda"])
+        step = ckpt.step
+        if ctx.is_main:
+            log.warning("resuming from %s (step %d)", resume_from, step)
+
+    if t.compile:
+        model.encoder.compile(dynamic=True)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if ctx.distributed else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+
+    writer, metrics_file = None, out_dir / "metrics.jsonl"
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        _truncate_metrics(metrics_file, step)
+        if t.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step)
+
+    def record(split: str, values: dict[str, float]) -> None:
+        if not ctx.is_main:
+            return
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        if writer is not None:
+            for name, value in values.items():
+                writer.add_scalar(f"{split}/{name}", value, step)
+
+    def save() -> None:
+        states = {"loader": loader.state_dict(), "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}}
+        gathered = [None] * ctx.world_size
+        if ctx.distributed:
+            dist.all_gather_object(gathered, states)
+        else:
+            gathered = [states]
+        if ctx.is_main:
+            checkpoint.save(out_dir, step, model.state_dict(), {
+                "optimizer": optimizer.state_dict(),
+                "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered],
+            }, to_dict(cfg), keep=t.keep_checkpoints)
+        distributed.barrier()
+
+    meter = Meter(device)
+    train_metrics: dict[str, float] = {}
+    valid_metrics: dict[str, float] = {}
+    batches = iter(loader)
+    started = time.monotonic()
+    window_start, window_audio = started, 0.0
+    bar = tqdm(total=t.steps, initial=step, disable=not (ctx.is_main and t.progress), unit="step",
+               dynamic_ncols=True)
+    model.train()
+    while step < t.steps:
+        lr = lr_at(step, cfg.optim, t.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(cfg.optim.grad_accum):
+            batch = next(batches)
+            waveforms = batch.waveforms.to(device, non_blocking=True)
+            lengths = batch.lengths.to(device, non_blocking=True)
+            last = micro == cfg.optim.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not ctx.distributed else ddp.no_sync()
+            with sync:
+                with autocast:
+                    out = ddp(waveforms, lengths, _mask_generator(device, t.seed, step, micro, ctx.rank))
+                (out.loss / cfg.optim.grad_accum).backward()
+            seconds = float(batch.lengths.sum()) / model.features.sample_rate
+            meter.add(out, seconds)
+            window_audio += seconds
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:  # the same on every rank: gradients are all-reduced before the norm
+            log.warning("step %d: non-finite gradient norm, update skipped", step)
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        if step % t.log_every == 0 or step == t.steps:
+            train_metrics = meter.reduce()
+            now = time.monotonic()
+            audio_rate = distributed.all_reduce_sum(torch.tensor([window_audio], device=device)).item() / max(
+                now - window_start, 1e-9)
+            window_start, window_audio = now, 0.0
+            train_metrics.update(lr=lr, grad_norm=float(grad_norm), audio_per_second=audio_rate,
+                                 elapsed=now - started)
+            record("train", train_metrics)
+            bar.set_postfix(loss=f"{train_metrics['loss']:.3f}", acc=f"{train_metrics['accuracy']:.3f}",
+                            lr=f"{lr:.2e}", audio=f"{audio_rate:.0f}s/s")
+        out_of_time = t.max_minutes > 0 and _any_rank(time.monotonic() - started > 60 * t.max_minutes, device)
+        if valid_loader is not None and ((t.valid_every and step % t.valid_every == 0) or step == t.steps
+                                         or out_of_time):
+            valid_metrics = validate(model, valid_loader, cfg, device, ctx.rank)
+            record("valid", valid_metrics)
+            if ctx.is_main:
+                bar.write(f"step {step}: valid loss {valid_metrics['loss']:.3f}, masked accuracy "
+                          f"{valid_metrics['accuracy']:.4f} (majority code {valid_metrics['majority_accuracy']:.4f})")
+        if step % t.checkpoint_every == 0 or step == t.steps or out_of_time:
+            save()
+        if out_of_time:
+            if ctx.is_main:
+                bar.write(f"stopping after {t.max_minutes} minutes at step {step} (checkpoint saved)")
+            break
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return RunResult(out_dir, step, train_metrics, valid_metrics, model)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    return bool(distributed.all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after ``step`` (by a run that crashed later): a resume rewrites them."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))

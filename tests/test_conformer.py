@@ -1,0 +1,81 @@
+"""The encoder: padding invariance, lengths, and parity with transformers' Wav2Vec2BertModel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bestrq.models.conformer import ConformerEncoder
+from bestrq.models.frontend import Conv2dSubsampling, StackedFrames
+
+
+def encoder(frontend: str = "stack", position: str = "relative_key", d: int = 64) -> ConformerEncoder:
+    torch.manual_seed(0)
+    fe = StackedFrames(80, d) if frontend == "stack" else Conv2dSubsampling(80, d, channels=8)
+    return ConformerEncoder(fe, d, num_layers=3, num_heads=4, ffn_dim=128, conv_kernel=7, dropout=0.1,
+                            position=position, left_context=8, right_context=3).eval()
+
+
+@pytest.mark.parametrize("frontend,position", [("stack", "relative_key"), ("stack", "rotary"),
+                                               ("conv2d", "relative_key")])
+def test_batched_output_equals_each_utterance_alone(frontend, position):
+    enc = encoder(frontend, position)
+    lengths = torch.tensor([203, 160, 57, 9])
+    feats = torch.randn(4, 203, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = enc(feats, lengths)
+        assert out.lengths.tolist() == [50, 40, 14, 2]
+        assert len(out.hidden_states) == 4
+        for i, n in enumerate(lengths.tolist()):
+            alone = enc(feats[i : i + 1, :n], lengths[i : i + 1])
+            t = alone.lengths.item()
+            for h_batch, h_alone in zip(out.hidden_states, alone.hidden_states):
+                diff = (h_batch[i, :t] - h_alone[0]).abs().max().item()
+                assert diff <= 1e-5, diff
+        assert out.padding_mask.tolist()[3][:3] == [False, False, True]
+
+
+def test_relative_key_bias_makes_attention_position_aware():
+    enc = encoder()
+    x = torch.randn(1, 80, 80, generator=torch.Generator().manual_seed(2)).repeat(1, 1, 1)
+    x[:, 40:] = x[:, :40]  # the same 10 frames twice: only position tells them apart
+    with torch.no_grad():
+        h = enc(x, torch.tensor([80])).last
+    assert (h[0, :10] - h[0, 10:20]).abs().max() > 1e-3
+
+
+def test_zero_length_utterance_gives_finite_output():
+    enc = encoder()
+    with torch.no_grad():
+        out = enc(torch.randn(2, 40, 80), torch.tensor([40, 0]))
+    assert torch.isfinite(out.last).all() and out.lengths.tolist() == [10, 0]
+
+
+def test_layer_layout_matches_transformers_wav2vec2bert():
+    """The default encoder, weights copied by name, gives Wav2Vec2BertModel's hidden states."""
+    transformers = pytest.importorskip("transformers")
+    enc = encoder()
+    with torch.no_grad():  # non-trivial norms and position table, so the comparison means something
+        for name, p in enc.named_parameters():
+            if "norm" in name or "distance" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    config = transformers.Wav2Vec2BertConfig(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+        feature_projection_input_dim=320, conv_depthwise_kernel_size=7, position_embeddings_type="relative_key",
+        left_max_position_embeddings=8, right_max_position_embeddings=3, hidden_act="swish",
+        layer_norm_eps=1e-5, add_adapter=False, use_intermediate_ffn_before_adapter=False)
+    hf = transformers.Wav2Vec2BertModel(config).eval()
+    mapped = {k.replace("frontend.", "feature_projection."): v for k, v in enc.state_dict().items()}
+    mapped = {("encoder." + k if k.startswith("layers.") else k): v for k, v in mapped.items()}
+    missing, unexpected = hf.load_state_dict(mapped, strict=False)
+    assert not unexpected and all("masked_spec_embed" in m for m in missing), (missing, unexpected)
+
+    lengths = torch.tensor([120, 77])
+    feats = torch.randn(2, 120, 80, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = enc(feats, lengths)
+        stacked = feats[:, :120].reshape(2, 30, 320)
+        theirs = hf(stacked, attention_mask=~ours.padding_mask, output_hidden_states=True)
+    for i, n in enumerate(ours.lengths.tolist()):
+        diff = (ours.last[i, :n] - theirs.last_hidden_state[i, :n]).abs().max().item()
+        assert diff < 1e-4, diff

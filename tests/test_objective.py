@@ -1,0 +1,119 @@
+"""The BEST-RQ objective: only masked frames carry loss; targets come from clean features."""
+
+from __future__ import annotations
+
+import torch
+
+from bestrq.config import load_config
+from bestrq.features import stack_frames
+from bestrq.masking import span_mask
+from bestrq.objectives.bestrq import build_bestrq, code_statistics, masked_prediction_loss
+
+SMALL = ["encoder.d_model=32", "encoder.num_layers=1", "encoder.num_heads=2", "encoder.ffn_dim=64",
+         "encoder.dropout=0.0", "quantizer.codebook_size=64"]
+
+
+def model_and_batch(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_bestrq(load_config(None, SMALL)).eval()
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([32000, 24000, 12000])
+    waves = torch.zeros(3, 32000)
+    for i, n in enumerate(lengths.tolist()):
+        waves[i, :n] = 0.1 * torch.randn(n, generator=g)
+    return model, waves, lengths
+
+
+class Recorder(torch.nn.Module):
+    """Stands in for the quantizer: records its input, returns fixed targets."""
+
+    def __init__(self, real, targets=None):
+        super().__init__()
+        self.real, self.targets, self.seen = real, targets, None
+        self.num_codebooks, self.codebook_size = real.num_codebooks, real.codebook_size
+
+    def forward(self, x):
+        self.seen = x.clone()
+        return self.real(x) if self.targets is None else self.targets
+
+
+def test_changing_targets_of_unmasked_frames_leaves_the_loss_unchanged():
+    model, waves, lengths = model_and_batch()
+    rec = Recorder(model.quantizer)
+    model.quantizer = rec
+    out = model(waves, lengths, torch.Generator().manual_seed(9))
+    targets = model.quantizer.real(rec.seen)  # (B, T4, K)
+    # the forward's generator makes the mask first: the same seed gives the same mask
+    frame_lengths = model.features.output_lengths(lengths)
+    mask = span_mask(torch.div(frame_lengths, 4, rounding_mode="floor"), targets.shape[1],
+                     model.mask_spec, torch.Generator().manual_seed(9))
+    assert 0 < mask.sum() < mask.numel()
+    scrambled = targets.clone()
+    scrambled[~mask] = torch.randint(0, 64, scrambled[~mask].shape)
+    assert not torch.equal(scrambled, targets)
+    rec.targets = scrambled
+    again = model(waves, lengths, torch.Generator().manual_seed(9))
+    assert torch.equal(out.loss, again.loss)
+    changed = targets.clone()
+    changed[mask] = (changed[mask] + 1) % 64  # changing a masked target does change it
+    rec.targets = changed
+    assert not torch.equal(model(waves, lengths, torch.Generator().manual_seed(9)).loss, out.loss)
+
+
+def test_targets_come_from_the_clean_features():
+    model, waves, lengths = model_and_batch()
+    rec = Recorder(model.quantizer)
+    model.quantizer = rec
+    model(waves, lengths, torch.Generator().manual_seed(1))
+    feats, frame_lengths = model.input_features(waves, lengths)
+    clean, _ = stack_frames(feats, frame_lengths, 4)
+    assert torch.equal(rec.seen, clean)
+
+
+def test_masked_input_frames_are_noise_and_unmasked_frames_untouched():
+    model, waves, lengths = model_and_batch()
+    seen = {}
+    real_forward = model.encoder.forward
+    model.encoder.forward = lambda feats, lens: seen.setdefault("x", feats) is None or real_forward(feats, lens)
+    model(waves, lengths, torch.Generator().manual_seed(3))
+    feats, frame_lengths = model.input_features(waves, lengths)
+    mask = span_mask(torch.div(frame_lengths, 4, rounding_mode="floor"), feats.shape[1] // 4,
+                     model.mask_spec, torch.Generator().manual_seed(3)).repeat_interleave(4, dim=1)
+    x = seen["x"][:, : mask.shape[1]]
+    clean = feats[:, : mask.shape[1]]
+    assert torch.equal(x[~mask], clean[~mask])
+    noise = x[mask]
+    assert abs(noise.std().item() - 0.1) < 0.01 and abs(noise.mean().item()) < 0.01
+
+
+def test_loss_is_cross_entropy_over_masked_frames_and_codebooks():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(10, 2, 16, generator=g)
+    targets = torch.randint(0, 16, (10, 2), generator=g)
+    loss, acc = masked_prediction_loss(logits, targets)
+    manual = -torch.log_softmax(logits, -1).gather(-1, targets[..., None]).mean()
+    torch.testing.assert_close(loss, manual)
+    assert acc.item() == (logits.argmax(-1) == targets).float().mean().item()
+    usage, entropy, hist = code_statistics(torch.tensor([[0], [0], [1], [3]]), 4)
+    assert usage.item() == 0.75 and abs(entropy.item() - 1.5) < 1e-9 and hist.tolist() == [[2, 1, 0, 1]]
+
+
+def test_gradients_flow_only_from_masked_frames():
+    model, waves, lengths = model_and_batch()
+    captured = {}
+    real_forward = model.encoder.forward
+
+    def spy(feats, lens):
+        out = real_forward(feats, lens)
+        out.last.retain_grad()
+        captured["h"] = out.last
+        return out
+
+    model.encoder.forward = spy
+    out = model(waves, lengths, torch.Generator().manual_seed(5))
+    out.loss.backward()
+    frame_lengths = model.features.output_lengths(lengths)
+    mask = span_mask(torch.div(frame_lengths, 4, rounding_mode="floor"), captured["h"].shape[1],
+                     model.mask_spec, torch.Generator().manual_seed(5))
+    grad = captured["h"].grad.abs().sum(-1)
+    assert torch.all(grad[~mask] == 0) and torch.all(grad[mask] > 0)

@@ -1,0 +1,126 @@
+"""Configs, the training loop's exact resume, checkpoints, and 2-process DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bestrq.config import ConfigError, load_config
+from bestrq.train import checkpoint
+from bestrq.train.loop import pretrain
+from bestrq.train.optim import lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64",
+         "quantizer.codebook_size=64", "data.max_batch_duration=20", "data.num_workers=0",
+         "data.valid_max_batches=2", "train.device=cpu", "train.progress=false", "train.tensorboard=false",
+         "train.valid_every=0", "optim.warmup_steps=2", "optim.lr=1e-3"]
+
+
+def small(corpus: Path, out: Path, *extra: str):
+    return load_config("bestrq_tiny", [*SMALL, f"data.corpus={corpus}", f"train.out_dir={out}", *extra])
+
+
+def test_unknown_keys_are_rejected_with_the_valid_ones_listed():
+    with pytest.raises(ConfigError, match=r"unknown key encoder\.d_modle.*d_model, num_layers"):
+        load_config(None, ["encoder.d_modle=3"])
+    with pytest.raises(ConfigError, match=r"unknown key optimiser.*data, features"):
+        load_config(None, ["optimiser.lr=3"])
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected float, got str"):
+        load_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match=r"encoder\.d_model: 100 is not divisible"):
+        load_config(None, ["encoder.d_model=100"])
+    with pytest.raises(FileNotFoundError, match="bestrq_base"):
+        load_config("no_such_preset")
+
+
+def test_presets_load_and_the_base_model_is_the_papers():
+    from bestrq.objectives.bestrq import build_bestrq
+
+    base = load_config("bestrq_base")
+    assert (base.encoder.num_layers, base.encoder.d_model, base.encoder.num_heads, base.encoder.ffn_dim) == (
+        12, 576, 8, 2048)
+    assert (base.quantizer.codebook_size, base.quantizer.codebook_dim, base.optim.lr,
+            base.optim.warmup_steps) == (8192, 16, 8e-4, 25000)
+    with torch.device("meta"):
+        n = sum(p.numel() for p in build_bestrq(base).parameters())
+    assert 85e6 < n < 100e6
+    assert load_config("bestrq_tiny", ["optim.lr=0.5"]).optim.lr == 0.5
+
+
+def test_noam_schedule_peaks_at_lr_after_warmup_then_decays_as_inverse_sqrt():
+    cfg = load_config(None, ["optim.warmup_steps=100", "optim.lr=1e-3"]).optim
+    assert lr_at(49, cfg, 1000) == pytest.approx(5e-4)
+    assert lr_at(99, cfg, 1000) == pytest.approx(1e-3)
+    assert lr_at(399, cfg, 1000) == pytest.approx(5e-4)  # sqrt(100 / 400) = 1/2
+    cos = load_config(None, ["optim.warmup_steps=100", "optim.schedule=cosine"]).optim
+    assert lr_at(999, cos, 1000) == pytest.approx(0.0, abs=1e-9)
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(corpus, tmp_path):
+    straight = pretrain(small(corpus, tmp_path / "a", "train.steps=6", "train.checkpoint_every=3"))
+    first = pretrain(small(corpus, tmp_path / "b", "train.steps=3", "train.checkpoint_every=3"))
+    assert checkpoint.latest(tmp_path / "b").name == "step-00000003"
+    resumed = pretrain(small(corpus, tmp_path / "b", "train.steps=6", "train.checkpoint_every=3"))
+    assert resumed.step == 6
+    a, b = weights(straight.model), weights(resumed.model)
+    assert not torch.equal(weights(first.model)["heads.weight"], b["heads.weight"])  # it did train on
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # the checkpoint holds the same weights, the quantizer's frozen tensors included
+    saved = checkpoint.load(checkpoint.latest(tmp_path / "b"))
+    assert saved.step == 6 and torch.equal(saved.weights["quantizer.codebooks"], b["quantizer.codebooks"])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_resume_refuses_a_different_model(corpus, tmp_path):
+    pretrain(small(corpus, tmp_path, "train.steps=1"))
+    with pytest.raises(checkpoint.CheckpointError, match="different encoder config"):
+        pretrain(small(corpus, tmp_path, "train.steps=2", "encoder.num_layers=3"))
+
+
+def test_checkpoints_are_pruned_and_foreign_files_refused(corpus, tmp_path):
+    pretrain(small(corpus, tmp_path, "train.steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2"))
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    bad = tmp_path / "checkpoints" / "step-00000004" / "model.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(checkpoint.CheckpointError, match="model.safetensors: corrupt"):
+        checkpoint.load(bad.parent)
+    evil = tmp_path / "checkpoints" / "step-00000003" / "state.pt"
+    torch.save({"format": checkpoint.FORMAT, "step": 3, "x": Path("/")}, evil)  # a pickled class
+    with pytest.raises(checkpoint.CheckpointError, match="state.pt: corrupt or not"):
+        checkpoint.load(evil.parent)
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(ROOT / "tests" / "ddp_worker.py"), str(corpus), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert digests[0]["step"] == digests[1]["step"] == 3
+    assert digests[0]["weights"] == digests[1]["weights"]
+    assert digests[0]["quantizer"] == digests[1]["quantizer"]
+    saved = checkpoint.load(checkpoint.latest(tmp_path / "run"))
+    assert [s["rank"] for s in saved.state["loader"]] == [0, 1]  # both ranks' data positions kept
+    assert digest_of(saved.weights) == digests[0]["weights"]
+
+
+def digest_of(weights: dict[str, torch.Tensor]) -> str:
+    from ddp_worker import digest
+
+    return digest({k: v for k, v in weights.items() if not k.startswith("quantizer.")})
