@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 DEMO_HOURS ?= 1
 
-.PHONY: install test demo clean
+.PHONY: install test demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: install
 
 demo: install
 	$(VENV)/bin/bestrq synth --out $(DEMO_DIR) --hours $(DEMO_HOURS) --seed 0
+
+bench: install
+	$(PY) bench/bench_bestrq.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

