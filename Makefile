@@ -7,6 +7,7 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 DEMO_HOURS ?= 1
+DEMO_RUN ?= runs/demo
 
 .PHONY: install test demo bench clean
 
@@ -24,6 +25,7 @@ test: install
 
 demo: install
 	$(VENV)/bin/bestrq synth --out $(DEMO_DIR) --hours $(DEMO_HOURS) --seed 0
+	$(VENV)/bin/bestrq pretrain --config bestrq_tiny --set data.corpus=$(DEMO_DIR) --out $(DEMO_RUN)
 
 bench: install
 	$(PY) bench/bench_bestrq.py

@@ -6,8 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from bestrq.train.loop import pretrain
 from test_train import small
+
+from bestrq.train.loop import pretrain
 
 
 def digest(tensors) -> str:

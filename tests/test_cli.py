@@ -35,3 +35,16 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "bestrq.cli", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "synth" in result.stdout and "prepare" in result.stdout
+
+
+def test_pretrain_config_errors_name_the_key_and_the_valid_ones(tmp_path, capsys):
+    assert main(["pretrain", "--set", "encoder.layers=3", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key encoder.layers" in err and "num_layers" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [1, 2\n")
+    assert main(["pretrain", "--config", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["pretrain", "--config", "bestrq_tiny", "--set", f"data.corpus={tmp_path / 'none'}",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "none" in capsys.readouterr().err

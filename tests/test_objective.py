@@ -25,49 +25,56 @@ def model_and_batch(seed: int = 0):
 
 
 class Recorder(torch.nn.Module):
-    """Stands in for the quantizer: records its input, returns fixed targets."""
+    """Stands in for the quantizer: records its input; returns ``table[mask]`` when given a table."""
 
-    def __init__(self, real, targets=None):
+    def __init__(self, real, table=None, mask=None):
         super().__init__()
-        self.real, self.targets, self.seen = real, targets, None
+        self.real, self.table, self.mask, self.seen = real, table, mask, None
         self.num_codebooks, self.codebook_size = real.num_codebooks, real.codebook_size
 
     def forward(self, x):
         self.seen = x.clone()
-        return self.real(x) if self.targets is None else self.targets
+        return self.real(x) if self.table is None else self.table[self.mask]
 
 
-def test_changing_targets_of_unmasked_frames_leaves_the_loss_unchanged():
-    model, waves, lengths = model_and_batch()
-    rec = Recorder(model.quantizer)
-    model.quantizer = rec
-    out = model(waves, lengths, torch.Generator().manual_seed(9))
-    targets = model.quantizer.real(rec.seen)  # (B, T4, K)
-    # the forward's generator makes the mask first: the same seed gives the same mask
+def forward_mask(model, lengths, seed, num_frames):
+    """The mask the forward draws: its generator makes the mask first."""
     frame_lengths = model.features.output_lengths(lengths)
-    mask = span_mask(torch.div(frame_lengths, 4, rounding_mode="floor"), targets.shape[1],
-                     model.mask_spec, torch.Generator().manual_seed(9))
-    assert 0 < mask.sum() < mask.numel()
-    scrambled = targets.clone()
-    scrambled[~mask] = torch.randint(0, 64, scrambled[~mask].shape)
-    assert not torch.equal(scrambled, targets)
-    rec.targets = scrambled
-    again = model(waves, lengths, torch.Generator().manual_seed(9))
-    assert torch.equal(out.loss, again.loss)
-    changed = targets.clone()
-    changed[mask] = (changed[mask] + 1) % 64  # changing a masked target does change it
-    rec.targets = changed
-    assert not torch.equal(model(waves, lengths, torch.Generator().manual_seed(9)).loss, out.loss)
+    return span_mask(torch.div(frame_lengths, 4, rounding_mode="floor"), num_frames, model.mask_spec,
+                     torch.Generator().manual_seed(seed))
 
 
-def test_targets_come_from_the_clean_features():
+def test_only_masked_frames_are_quantised_from_the_clean_features():
     model, waves, lengths = model_and_batch()
     rec = Recorder(model.quantizer)
     model.quantizer = rec
     model(waves, lengths, torch.Generator().manual_seed(1))
     feats, frame_lengths = model.input_features(waves, lengths)
     clean, _ = stack_frames(feats, frame_lengths, 4)
-    assert torch.equal(rec.seen, clean)
+    mask = forward_mask(model, lengths, 1, clean.shape[1])
+    assert 0 < mask.sum() < (~mask).sum() + mask.sum()
+    assert torch.equal(rec.seen, clean[mask])
+
+
+def test_changing_targets_of_unmasked_frames_leaves_the_loss_unchanged():
+    model, waves, lengths = model_and_batch()
+    feats, frame_lengths = model.input_features(waves, lengths)
+    clean, _ = stack_frames(feats, frame_lengths, 4)
+    table = model.quantizer(clean)  # (B, T4, K): every frame's code
+    mask = forward_mask(model, lengths, 9, clean.shape[1])
+    real = model.quantizer
+    out = model(waves, lengths, torch.Generator().manual_seed(9))
+    model.quantizer = Recorder(real, table, mask)
+    assert torch.equal(model(waves, lengths, torch.Generator().manual_seed(9)).loss, out.loss)
+    scrambled = table.clone()
+    scrambled[~mask] = torch.randint(0, 64, scrambled[~mask].shape)
+    assert not torch.equal(scrambled, table)
+    model.quantizer = Recorder(real, scrambled, mask)
+    assert torch.equal(model(waves, lengths, torch.Generator().manual_seed(9)).loss, out.loss)
+    changed = table.clone()
+    changed[mask] = (changed[mask] + 1) % 64  # changing a masked target does change it
+    model.quantizer = Recorder(real, changed, mask)
+    assert not torch.equal(model(waves, lengths, torch.Generator().manual_seed(9)).loss, out.loss)
 
 
 def test_masked_input_frames_are_noise_and_unmasked_frames_untouched():

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
     pass
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - the documented field
+def _f(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
@@ -83,7 +83,7 @@ class EncoderConfig:
 @dataclass
 class OptimConfig:
     lr: float = _f(8e-4, "peak learning rate (AdamW)")
-    betas: list = _f([0.9, 0.98], "AdamW betas")
+    betas: list = _f([0.9, 0.98], "AdamW betas")  # noqa: RUF009 - _f gives a default_factory
     eps: float = _f(1e-8, "AdamW epsilon")
     weight_decay: float = _f(0.01, "AdamW weight decay (not on biases, norms or embeddings)")
     schedule: str = _f("noam", "noam (warm-up then inverse square root), cosine or constant")

@@ -77,8 +77,8 @@ class LogMelFbank(nn.Module):
         super().__init__()
         self.sample_rate = sample_rate
         self.num_mel_bins = num_mel_bins
-        self.frame_length = int(round(sample_rate * frame_length_ms / 1000))
-        self.frame_shift = int(round(sample_rate * frame_shift_ms / 1000))
+        self.frame_length = round(sample_rate * frame_length_ms / 1000)
+        self.frame_shift = round(sample_rate * frame_shift_ms / 1000)
         self.fft_size = 1 << (self.frame_length - 1).bit_length()  # next power of two
         self.preemphasis = preemphasis
         self.waveform_scale = waveform_scale

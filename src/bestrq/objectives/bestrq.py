@@ -1,7 +1,8 @@
 """The BEST-RQ objective: mask, encode, predict the quantizer's codes of masked frames.
 
-    waveforms -> fbank (B, T, F), normalised -> targets = quantizer(stack4(fbank)) (B, T/4, K)
-    mask (B, T/4) per utterance -> masked 40 ms frames of the fbank replaced by N(0, 0.1)
+    waveforms -> fbank (B, T, F), normalised -> mask (B, T/4) per utterance
+    targets = quantizer(stack4(fbank)[mask]) (N, K): clean features, masked frames only
+    masked 40 ms frames of the fbank replaced by N(0, 0.1)
     -> encoder (B, T/4, D) -> K linear heads -> cross-entropy on masked frames only
 
 Targets always come from the clean features. The loss is the mean over masked frames and
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import PretrainConfig
@@ -35,12 +36,6 @@ class Output:
     code_usage: torch.Tensor  # fraction of the V codes that occur among the masked targets
     target_entropy: torch.Tensor  # entropy (bits) of the masked targets' code histogram
     code_histogram: torch.Tensor  # (K, V) int64 counts of the masked targets
-
-    def metrics(self) -> dict[str, float]:
-        masked = self.masked_frames.item()
-        return {"loss": self.loss.item(), "accuracy": self.accuracy.item(),
-                "mask_fraction": masked / max(1, self.frames.item()),
-                "code_usage": self.code_usage.item(), "target_entropy": self.target_entropy.item()}
 
 
 def masked_prediction_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +90,9 @@ class BestRQ(nn.Module):
                 generator: torch.Generator | None = None) -> Output:
         feats, frame_lengths = self.input_features(waveforms, lengths)  # (B, T, F)
         stacked, target_lengths = stack_frames(feats, frame_lengths, self.stack)  # (B, T4, stack*F)
-        targets = self.quantizer(stacked)  # (B, T4, K), from the clean features
         mask = span_mask(target_lengths, stacked.shape[1], self.mask_spec, generator)  # (B, T4)
+        # targets from the clean features, for the masked frames only: nothing else reads them
+        targets = self.quantizer(stacked[mask])  # (N, K)
         # each masked 40 ms target frame masks its `stack` 10 ms input frames
         input_mask = mask.repeat_interleave(self.stack, dim=1)
         input_mask = F.pad(input_mask, (0, feats.shape[1] - input_mask.shape[1]))  # (B, T)
@@ -106,8 +102,8 @@ class BestRQ(nn.Module):
         hidden = self.encoder(feats, frame_lengths).last  # (B, T4, D)
         # the heads see masked frames only: (N, K, V) logits instead of (B, T4, K, V)
         logits = self.heads(hidden[mask]).unflatten(-1, (self.quantizer.num_codebooks, -1))
-        loss, accuracy = masked_prediction_loss(logits, targets[mask])
-        usage, entropy, histogram = code_statistics(targets[mask], self.quantizer.codebook_size)
+        loss, accuracy = masked_prediction_loss(logits, targets)
+        usage, entropy, histogram = code_statistics(targets, self.quantizer.codebook_size)
         return Output(loss, accuracy, mask.sum(), target_lengths.sum(), usage, entropy, histogram)
 
 
