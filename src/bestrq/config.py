@@ -16,6 +16,11 @@ from typing import Any
 
 import yaml
 
+from .features import NORMALIZATIONS
+from .masking import MODES
+from .models.conformer import POSITIONS
+from .models.frontend import FRONTENDS
+
 
 class ConfigError(ValueError):
     pass
@@ -126,16 +131,15 @@ class PretrainConfig:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
 
-        check(self.features.normalization in ("utterance", "global", "none"), "features.normalization",
-              f"must be utterance, global or none, not {self.features.normalization!r}")
+        check(self.features.normalization in NORMALIZATIONS, "features.normalization",
+              f"must be one of {', '.join(NORMALIZATIONS)}, not {self.features.normalization!r}")
         check(self.masking.preset in ("speechbrain", "original"), "masking.preset",
               f"must be speechbrain or original, not {self.masking.preset!r}")
-        check(self.masking.mode in ("", "aligned", "independent"), "masking.mode",
-              f"must be aligned or independent, not {self.masking.mode!r}")
+        check(self.masking.mode in ("", *MODES), "masking.mode",
+              f"must be one of {', '.join(MODES)} (or '' for the preset's), not {self.masking.mode!r}")
         check(0 <= self.masking.prob <= 1, "masking.prob", "must be in [0, 1]")
-        check(self.encoder.frontend in ("stack", "conv2d"), "encoder.frontend", "must be stack or conv2d")
-        check(self.encoder.position in ("relative_key", "rotary"), "encoder.position",
-              "must be relative_key or rotary")
+        check(self.encoder.frontend in FRONTENDS, "encoder.frontend", f"must be one of {', '.join(FRONTENDS)}")
+        check(self.encoder.position in POSITIONS, "encoder.position", f"must be one of {', '.join(POSITIONS)}")
         check(self.encoder.d_model % self.encoder.num_heads == 0, "encoder.d_model",
               f"{self.encoder.d_model} is not divisible by num_heads {self.encoder.num_heads}")
         check(self.encoder.conv_kernel % 2 == 1, "encoder.conv_kernel", "must be odd")

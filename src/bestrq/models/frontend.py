@@ -35,7 +35,6 @@ class StackedFrames(nn.Module):
 class Conv2dSubsampling(nn.Module):
     def __init__(self, num_mel_bins: int, d_model: int, channels: int = 64, dropout: float = 0.0) -> None:
         super().__init__()
-        self.stride = 4
         self.conv = nn.Sequential(
             nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.SiLU(),
