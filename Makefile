@@ -27,8 +27,16 @@ demo: install
 	$(VENV)/bin/bestrq synth --out $(DEMO_DIR) --hours $(DEMO_HOURS) --seed 0
 	$(VENV)/bin/bestrq pretrain --config bestrq_tiny --set data.corpus=$(DEMO_DIR) --out $(DEMO_RUN)
 
+# SpeechBrain (a peer in the speed benchmark) without its dependencies: they pin a torchaudio
+# that needs another torch build, and the modules the benchmark uses are pure PyTorch
+SB_PEER ?= speechbrain==1.1.2 hyperpyyaml==1.2.3 ruamel.yaml
+BENCH_ARGS ?=
+
 bench: install
+	$(PY) -m pip install -q --no-deps $(SB_PEER)
+	test -f $(DEMO_DIR)/cuts_train.jsonl.gz || $(VENV)/bin/bestrq synth --out $(DEMO_DIR) --hours $(DEMO_HOURS) --seed 0
 	$(PY) bench/bench_bestrq.py
+	$(PY) bench/pretrain_speed.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

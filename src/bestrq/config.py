@@ -20,6 +20,10 @@ from .features import NORMALIZATIONS
 from .masking import MODES
 from .models.conformer import POSITIONS
 from .models.frontend import FRONTENDS
+from .models.wav2vec2 import CONV_NORMS
+
+OBJECTIVES = ("bestrq", "wav2vec2")
+ENCODERS = ("conformer", "transformer")
 
 
 class ConfigError(ValueError):
@@ -73,7 +77,9 @@ class MaskingConfig:
 
 @dataclass
 class EncoderConfig:
-    frontend: str = _f("stack", "4x front-end: stack (stacked frames + linear) or conv2d (two strided convs)")
+    kind: str = _f("conformer", "conformer or transformer (wav2vec 2.0's post-LN layers, conv positions)")
+    frontend: str = _f("stack", "BEST-RQ's 4x front-end: stack (stacked frames + linear) or conv2d (two "
+                       "strided convs); wav2vec 2.0 uses its waveform encoder instead")
     d_model: int = _f(576, "model width (D)")
     num_layers: int = _f(12, "Conformer layers")
     num_heads: int = _f(8, "attention heads")
@@ -83,6 +89,32 @@ class EncoderConfig:
     left_context: int = _f(64, "relative_key: distances clipped to -left_context")
     right_context: int = _f(8, "relative_key: distances clipped to +right_context")
     dropout: float = _f(0.1, "dropout in every layer")
+    pos_conv_kernel: int = _f(128, "transformer: width of the convolutional position embedding")
+    pos_conv_groups: int = _f(16, "transformer: groups of the convolutional position embedding")
+
+
+@dataclass
+class Wav2Vec2Config:
+    conv_channels: list = _f([512] * 7, "waveform encoder: channels per conv layer")  # noqa: RUF009
+    conv_kernels: list = _f([10, 3, 3, 3, 3, 2, 2], "waveform encoder: kernel per layer")  # noqa: RUF009
+    conv_strides: list = _f([5, 2, 2, 2, 2, 2, 2], "waveform encoder: stride per layer (product 320 = "  # noqa: RUF009
+                            "20 ms)")
+    conv_norm: str = _f("group", "group (first layer only, per channel over time: BASE) or layer (every layer)")
+    conv_bias: bool = _f(False, "bias in the conv layers")
+    feature_grad_mult: float = _f(0.1, "scale of the gradient that reaches the waveform encoder")
+    num_groups: int = _f(2, "Gumbel quantizer: codebooks (G)")
+    num_entries: int = _f(320, "Gumbel quantizer: entries per codebook (V)")
+    codevector_dim: int = _f(256, "quantized vector size (G slices of codevector_dim / G)")
+    final_dim: int = _f(256, "context and quantized vectors are projected to this size and compared")
+    temperature: list = _f([2.0, 0.5, 0.999995], "Gumbel temperature: start, end, decay per step")  # noqa: RUF009
+    num_negatives: int = _f(100, "distractors per masked frame, drawn from the same utterance's masked frames")
+    logit_temperature: float = _f(0.1, "cosine similarities are divided by this (kappa)")
+    diversity_weight: float = _f(0.1, "weight of the codebook diversity loss (alpha)")
+    feature_penalty: float = _f(10.0, "weight of the L2 penalty on the waveform encoder's features")
+    mask_prob: float = _f(0.65, "span starts per frame x mask_span (fairseq's mask_prob: ~49% masked)")
+    mask_span: int = _f(10, "masked span in 20 ms frames")
+    dropout_input: float = _f(0.1, "dropout on the projected features before masking")
+    dropout_features: float = _f(0.1, "dropout on the features before quantization")
 
 
 @dataclass
@@ -118,6 +150,7 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
+    objective: str = _f("bestrq", "bestrq or wav2vec2")
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -125,12 +158,33 @@ class PretrainConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    wav2vec2: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
 
     def validate(self) -> PretrainConfig:
         def check(ok: bool, key: str, msg: str) -> None:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
 
+        check(self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, "
+              f"not {self.objective!r}")
+        check(self.encoder.kind in ENCODERS, "encoder.kind", f"must be one of {', '.join(ENCODERS)}")
+        w = self.wav2vec2
+        n = len(w.conv_channels)
+        check(n >= 1 and len(w.conv_kernels) == n and len(w.conv_strides) == n, "wav2vec2.conv_channels",
+              "conv_channels, conv_kernels and conv_strides must be lists of the same length")
+        check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                  for v in (*w.conv_channels, *w.conv_kernels, *w.conv_strides)),
+              "wav2vec2.conv_channels", "conv channels, kernels and strides must be positive integers")
+        check(w.conv_norm in CONV_NORMS, "wav2vec2.conv_norm", f"must be one of {', '.join(CONV_NORMS)}")
+        check(len(w.temperature) == 3 and w.temperature[0] >= w.temperature[1] > 0 and 0 < w.temperature[2] <= 1,
+              "wav2vec2.temperature", "must be [start, end, decay] with start >= end > 0 and 0 < decay <= 1")
+        check(w.codevector_dim % w.num_groups == 0, "wav2vec2.codevector_dim",
+              f"{w.codevector_dim} is not divisible by num_groups {w.num_groups}")
+        check(0 < w.mask_prob <= w.mask_span, "wav2vec2.mask_prob", "must be in (0, mask_span]")
+        for key, value in (("wav2vec2.num_negatives", w.num_negatives), ("wav2vec2.num_entries", w.num_entries),
+                           ("wav2vec2.num_groups", w.num_groups), ("wav2vec2.mask_span", w.mask_span),
+                           ("wav2vec2.final_dim", w.final_dim)):
+            check(value >= 1, key, f"must be >= 1, got {value}")
         check(self.features.normalization in NORMALIZATIONS, "features.normalization",
               f"must be one of {', '.join(NORMALIZATIONS)}, not {self.features.normalization!r}")
         check(self.masking.preset in ("speechbrain", "original"), "masking.preset",
@@ -155,6 +209,9 @@ class PretrainConfig:
                            ("quantizer.codebook_size", self.quantizer.codebook_size),
                            ("quantizer.num_codebooks", self.quantizer.num_codebooks)):
             check(value >= 1, key, f"must be >= 1, got {value}")
+        check(self.encoder.kind != "transformer" or self.encoder.d_model % self.encoder.pos_conv_groups == 0,
+              "encoder.pos_conv_groups",
+              f"d_model {self.encoder.d_model} is not divisible by {self.encoder.pos_conv_groups}")
         check(self.data.max_batch_duration > 0, "data.max_batch_duration", "must be > 0")
         return self
 

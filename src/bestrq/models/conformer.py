@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 from ..features import padding_mask
@@ -48,15 +48,16 @@ class EncoderOutput:
 
 
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation=F.silu) -> None:
         super().__init__()
+        self.activation = activation
         self.intermediate_dense = nn.Linear(d_model, ffn_dim)
         self.intermediate_dropout = nn.Dropout(dropout)
         self.output_dense = nn.Linear(ffn_dim, d_model)
         self.output_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.intermediate_dropout(F.silu(self.intermediate_dense(x)))
+        x = self.intermediate_dropout(self.activation(self.intermediate_dense(x)))
         return self.output_dropout(self.output_dense(x))
 
 

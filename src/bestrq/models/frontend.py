@@ -53,4 +53,11 @@ class Conv2dSubsampling(nn.Module):
         return self.dropout(self.projection(x)), out_lengths
 
 
+class PassThrough(nn.Module):
+    """No front-end: the input is already at the model width and frame rate (wav2vec 2.0's projection)."""
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return feats, lengths
+
+
 FRONTENDS = {"stack": StackedFrames, "conv2d": Conv2dSubsampling}

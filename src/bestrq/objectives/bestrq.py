@@ -21,8 +21,8 @@ from ..config import PretrainConfig
 from ..features import FeatureNormalizer, LogMelFbank, stack_frames
 from ..masking import MaskSpec, preset, span_mask
 from ..models.conformer import ConformerEncoder, EncoderOutput
-from ..models.frontend import FRONTENDS
 from ..quantizer import RandomProjectionQuantizer
+from .encoders import build_encoder, fbank_frontend
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class Output:
     code_usage: torch.Tensor  # fraction of the V codes that occur among the masked targets
     target_entropy: torch.Tensor  # entropy (bits) of the masked targets' code histogram
     code_histogram: torch.Tensor  # (K, V) int64 counts of the masked targets
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        """Per-batch metrics, averaged over batches by the training loop."""
+        return {"code_usage": self.code_usage, "target_entropy": self.target_entropy}
 
 
 def masked_prediction_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +80,10 @@ class BestRQ(nn.Module):
         k, v = quantizer.num_codebooks, quantizer.codebook_size
         self.heads = nn.Linear(encoder.d_model, k * v)  # K heads of V classes, as one matmul
 
+    @property
+    def sample_rate(self) -> int:
+        return self.features.sample_rate
+
     def input_features(self, waveforms: torch.Tensor, lengths: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(waveforms.device.type, enabled=False):  # features stay fp32 under bf16
@@ -87,7 +95,8 @@ class BestRQ(nn.Module):
         return self.encoder(*self.input_features(waveforms, lengths))
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor,
-                generator: torch.Generator | None = None) -> Output:
+                generator: torch.Generator | None = None, step: int | None = None) -> Output:
+        """``step`` is part of the objectives' common interface; BEST-RQ does not anneal anything."""
         feats, frame_lengths = self.input_features(waveforms, lengths)  # (B, T, F)
         stacked, target_lengths = stack_frames(feats, frame_lengths, self.stack)  # (B, T4, stack*F)
         mask = span_mask(target_lengths, stacked.shape[1], self.mask_spec, generator)  # (B, T4)
@@ -112,18 +121,6 @@ def mask_spec(cfg: PretrainConfig) -> MaskSpec:
     return MaskSpec(cfg.masking.mode or base.mode, cfg.masking.prob or base.prob, cfg.masking.span or base.span)
 
 
-def build_encoder(cfg: PretrainConfig) -> ConformerEncoder:
-    e = cfg.encoder
-    if e.frontend == "stack":
-        frontend = FRONTENDS["stack"](cfg.features.num_mel_bins, e.d_model, cfg.features.stack, e.dropout)
-    else:
-        if cfg.features.stack != 4:
-            raise ValueError("the conv2d front-end subsamples by 4: set features.stack=4")
-        frontend = FRONTENDS["conv2d"](cfg.features.num_mel_bins, e.d_model, dropout=e.dropout)
-    return ConformerEncoder(frontend, e.d_model, e.num_layers, e.num_heads, e.ffn_dim, e.conv_kernel,
-                            e.dropout, e.position, e.left_context, e.right_context)
-
-
 def build_bestrq(cfg: PretrainConfig) -> BestRQ:
     """The model a config describes. Parameters come from the global RNG; buffers from seeds."""
     f, q = cfg.features, cfg.quantizer
@@ -132,4 +129,4 @@ def build_bestrq(cfg: PretrainConfig) -> BestRQ:
         FeatureNormalizer(f.num_mel_bins, f.normalization),
         RandomProjectionQuantizer(f.num_mel_bins * f.stack, q.codebook_size, q.codebook_dim, q.num_codebooks,
                                   q.seed, q.input_layer_norm),
-        build_encoder(cfg), mask_spec(cfg), cfg.masking.noise_std, f.stack)
+        build_encoder(cfg, fbank_frontend(cfg)), mask_spec(cfg), cfg.masking.noise_std, f.stack)

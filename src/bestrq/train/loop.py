@@ -28,14 +28,14 @@ from tqdm import tqdm
 from ..config import PretrainConfig, to_dict
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import load_split
-from ..objectives.bestrq import Output, build_bestrq
+from ..objectives import build_model
 from . import checkpoint, distributed
 from .optim import build_optimizer, lr_at
 
 log = logging.getLogger("bestrq.train")
 
 # config sections that define the model: a checkpoint resumes only into the same ones
-MODEL_SECTIONS = ("features", "quantizer", "encoder")
+MODEL_SECTIONS = ("objective", "features", "quantizer", "encoder", "wav2vec2")
 
 
 @dataclass(frozen=True)
@@ -44,29 +44,40 @@ class RunResult:
     step: int
     train: dict[str, float]  # the last logged training metrics
     valid: dict[str, float]  # the last validation metrics (empty without a validation split)
-    model: torch.nn.Module  # the trained BestRQ module (unwrapped), on its training device
+    model: torch.nn.Module  # the trained objective module (unwrapped), on its training device
 
 
 class Meter:
-    """Sums of per-batch metrics, weighted by masked frames, reduced across ranks on demand."""
+    """Sums of per-batch metrics, reduced across ranks on demand.
 
-    NAMES = ("loss", "accuracy", "code_usage", "target_entropy")
+    ``loss`` and ``accuracy`` are weighted by masked frames; an objective's ``scalars()``
+    are averaged over batches. Every rank runs the same objective, so the names agree.
+    """
 
     def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(len(self.NAMES) + 4, dtype=torch.float64, device=device)
+        self.device = device
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None
 
-    def add(self, out: Output, audio_seconds: float) -> None:
+    def add(self, out, audio_seconds: float) -> None:
+        scalars = out.scalars()
+        if self.sums is None:
+            self.names = list(scalars)
+            self.sums = torch.zeros(2 + len(self.names) + 4, dtype=torch.float64, device=self.device)
         m = out.masked_frames.double()
-        values = [out.loss.detach() * m, out.accuracy * m, out.code_usage, out.target_entropy]
-        self.sums += torch.stack([v.double() for v in values] + [
+        values = [out.loss.detach().double() * m, out.accuracy.double() * m] + [
+            scalars[name].double() for name in self.names]
+        self.sums += torch.stack(values + [
             m, out.frames.double(), torch.tensor(audio_seconds, dtype=torch.float64, device=m.device),
             torch.ones((), dtype=torch.float64, device=m.device)])
 
     def reduce(self) -> dict[str, float]:
+        if self.sums is None:
+            return {}
         s = distributed.all_reduce_sum(self.sums.clone()).tolist()
         masked, frames, audio, batches = s[-4:]
-        out = {name: s[i] / max(masked, 1) for i, name in enumerate(self.NAMES[:2])}
-        out.update({name: s[i] / max(batches, 1) for i, name in enumerate(self.NAMES) if i >= 2})
+        out = {"loss": s[0] / max(masked, 1), "accuracy": s[1] / max(masked, 1)}
+        out.update({name: s[2 + i] / max(batches, 1) for i, name in enumerate(self.names)})
         out.update(mask_fraction=masked / max(frames, 1), audio_seconds=audio)
         self.sums.zero_()
         return out
@@ -82,13 +93,15 @@ def _mask_generator(device: torch.device, seed: int, *counters: int) -> torch.Ge
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, device: torch.device,
-             rank: int) -> dict[str, float]:
-    """Masked accuracy on held-out data with fixed masks, and the majority-code baseline."""
+             rank: int, step: int = 0) -> dict[str, float]:
+    """Masked accuracy on held-out data with fixed masks, and a baseline to read it against.
+
+    BEST-RQ: the majority-code accuracy; wav2vec 2.0: chance, 1 / (1 + distractors).
+    """
     was_training = model.training
     model.eval()
     meter = Meter(device)
-    k, v = model.quantizer.num_codebooks, model.quantizer.codebook_size
-    histogram = torch.zeros(k, v, dtype=torch.float64, device=device)
+    histogram = None
     for i, cuts in enumerate(loader.epoch_batches()):
         if i >= cfg.data.valid_max_batches:
             break
@@ -96,13 +109,22 @@ def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, d
         if len(batch) == 0:
             continue
         out = model(batch.waveforms.to(device), batch.lengths.to(device),
-                    _mask_generator(device, cfg.train.seed, 7, i, rank))
-        meter.add(out, float(batch.lengths.sum()) / model.features.sample_rate)
-        histogram += out.code_histogram.double()
+                    _mask_generator(device, cfg.train.seed, 7, i, rank), step)
+        meter.add(out, float(batch.lengths.sum()) / model.sample_rate)
+        if getattr(out, "code_histogram", None) is not None:
+            counts = out.code_histogram.double()
+            histogram = counts if histogram is None else histogram + counts
     metrics = meter.reduce()
-    histogram = distributed.all_reduce_sum(histogram)
-    # always predicting the most frequent code of these very targets: an upper bound of that baseline
-    metrics["majority_accuracy"] = (histogram.max(dim=1).values / histogram.sum(dim=1).clamp(min=1)).mean().item()
+    if cfg.objective == "bestrq":
+        if histogram is None:  # this rank had no batch: contribute zeros of the right shape
+            histogram = torch.zeros(model.quantizer.num_codebooks, model.quantizer.codebook_size,
+                                    dtype=torch.float64, device=device)
+        histogram = distributed.all_reduce_sum(histogram)
+        # always predicting the most frequent code of these very targets: an upper bound of that baseline
+        metrics["baseline_accuracy"] = (histogram.max(dim=1).values
+                                        / histogram.sum(dim=1).clamp(min=1)).mean().item()
+    else:
+        metrics["baseline_accuracy"] = 1.0 / (1 + cfg.wav2vec2.num_negatives)
     model.train(was_training)
     return metrics
 
@@ -131,7 +153,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
         torch.set_num_threads(t.threads)
     out_dir = Path(t.out_dir)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    model = build_bestrq(cfg).to(device)
+    model = build_model(cfg).to(device)
     optimizer = build_optimizer(model, cfg.optim)
     torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs across ranks
 
@@ -237,9 +259,9 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
             sync = contextlib.nullcontext() if last or not ctx.distributed else ddp.no_sync()
             with sync:
                 with autocast:
-                    out = ddp(waveforms, lengths, _mask_generator(device, t.seed, step, micro, ctx.rank))
+                    out = ddp(waveforms, lengths, _mask_generator(device, t.seed, step, micro, ctx.rank), step)
                 (out.loss / cfg.optim.grad_accum).backward()
-            seconds = float(batch.lengths.sum()) / model.features.sample_rate
+            seconds = float(batch.lengths.sum()) / model.sample_rate
             meter.add(out, seconds)
             window_audio += seconds
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -266,11 +288,12 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
         out_of_time = t.max_minutes > 0 and _any_rank(time.monotonic() - started > 60 * t.max_minutes, device)
         if valid_loader is not None and ((t.valid_every and step % t.valid_every == 0) or step == t.steps
                                          or out_of_time):
-            valid_metrics = validate(model, valid_loader, cfg, device, ctx.rank)
+            valid_metrics = validate(model, valid_loader, cfg, device, ctx.rank, step)
             record("valid", valid_metrics)
             if ctx.is_main:
+                baseline = "majority code" if cfg.objective == "bestrq" else "chance"
                 bar.write(f"step {step}: valid loss {valid_metrics['loss']:.3f}, masked accuracy "
-                          f"{valid_metrics['accuracy']:.4f} (majority code {valid_metrics['majority_accuracy']:.4f})")
+                          f"{valid_metrics['accuracy']:.4f} ({baseline} {valid_metrics['baseline_accuracy']:.4f})")
         if step % t.checkpoint_every == 0 or step == t.steps or out_of_time:
             save()
         if out_of_time:

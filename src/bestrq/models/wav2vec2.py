@@ -1,0 +1,258 @@
+"""wav2vec 2.0's networks: the convolutional waveform encoder and the Transformer context network.
+
+    waveforms (B, S) -> 7 strided convolutions (512 channels, 400-sample window, 320-sample
+    hop = 20 ms at 16 kHz) -> (B, T, C) features -> LayerNorm + Linear -> (B, T, D)
+    -> convolutional relative position embedding -> LayerNorm -> post-LN Transformer layers
+
+Parameter names follow Hugging Face transformers' ``Wav2Vec2Model`` (``conv_layers.0.conv``,
+``pos_conv_embed.conv``, ``layers.0.attention.q_proj``, ...), so weights map one to one and
+the parity test compares the two networks on the same weights.
+
+One deliberate difference: the first convolution's GroupNorm (the BASE model's ``group``
+norm) normalises each channel over the *valid* frames of each utterance. A plain GroupNorm
+also counts the padding, so a clip's features change with the batch it is padded into
+(which is why transformers does not pass an attention mask to that model). Here an
+utterance gets the same output alone or padded in a batch, for both norms.
+
+Shapes: B batch, S samples, T frames, C conv channels, D model width; lengths (B,) int64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..features import padding_mask
+from .conformer import EncoderOutput, FeedForward
+
+CONV_NORMS = ("group", "layer")
+# the BASE/LARGE waveform encoder: (channels, kernel, stride) per layer, 20 ms frames at 16 kHz
+BASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+
+
+def conv_output_lengths(lengths: torch.Tensor, layers: tuple[tuple[int, int, int], ...]) -> torch.Tensor:
+    """Frames each utterance keeps after every convolution (no padding: valid samples only)."""
+    for _, kernel, stride in layers:
+        lengths = (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+    return lengths
+
+
+class _GradMultiply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def grad_multiply(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; gradients scaled by ``scale`` (wav2vec 2.0 uses 0.1 for the conv encoder)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _GradMultiply.apply(x, scale)
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, norm: str | None, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
+        # He init (as fairseq and transformers): with PyTorch's default, each unnormalised layer shrinks
+        # the signal ~5x, the features reach the LayerNorm at ~1e-4 and every target looks the same
+        nn.init.kaiming_normal_(self.conv.weight)
+        self.norm = norm
+        if norm == "group":  # one group per channel: each channel normalised over time
+            self.layer_norm = nn.GroupNorm(out_dim, out_dim, affine=True)
+        elif norm == "layer":  # each frame normalised over channels
+            self.layer_norm = nn.LayerNorm(out_dim, elementwise_affine=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, T_in) -> (B, C_out, T); ``lengths`` are the output's valid frames."""
+        if self.norm == "group" and self.conv.in_channels == 1:
+            return F.gelu(self._waveform_group_norm(x[:, 0], lengths))
+        x = self.conv(x)  # (B, C, T)
+        if self.norm == "group":
+            x = _masked_channel_norm(x, lengths, self.layer_norm)
+        elif self.norm == "layer":
+            x = self.layer_norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
+
+    def _waveform_group_norm(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """conv -> per-channel norm over valid frames, as one GEMM on the waveform's frames.
+
+        With window vectors f_t (B, T, k), the conv gives w_c . f_t + b_c, so channel c's
+        mean over valid frames is w_c . mu + b_c and its variance w_c^T Sigma w_c, with mu
+        and Sigma (k x k) the frames' mean and covariance. Normalising is then a per-utterance
+        scaling of the weights: no pass over the (B, C, T) output but the product itself,
+        which at 3200 frames per second is the largest tensor of the model.
+        """
+        c, _, k = self.conv.weight.shape
+        frames = wave.unfold(1, k, self.conv.stride[0])  # (B, T, k), a view
+        t = frames.shape[1]
+        valid = (~padding_mask(lengths, t)).to(frames.dtype)[..., None]  # (B, T, 1)
+        count = valid.sum(1).clamp(min=1)  # (B, 1)
+        mu = (frames * valid).sum(1) / count  # (B, k)
+        centered = (frames - mu[:, None]) * valid
+        sigma = centered.transpose(1, 2) @ centered / count[..., None]  # (B, k, k)
+        w = self.conv.weight.view(c, k)
+        var = ((w @ sigma) * w).sum(-1)  # (B, C): w_c^T Sigma_b w_c
+        scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight  # (B, C)
+        shift = self.layer_norm.bias - (mu @ w.T) * scale  # (B, C); a conv bias cancels out
+        return torch.baddbmm(shift[..., None], w * scale[..., None], frames.transpose(1, 2))  # (B, C, T)
+
+
+def _masked_channel_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm with one channel per group, statistics over each utterance's valid frames only."""
+    t = x.shape[-1]
+    if bool((lengths >= t).all()):  # nothing padded: the fused kernel gives the same result
+        return norm(x)
+    valid = (~padding_mask(lengths, t)).to(x.dtype)[:, :, None]  # (B, T, 1)
+    count = valid.sum(1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+    mean = (x @ valid) / count  # (B, C, 1)
+    var = (x.square() @ valid) / count - mean.square()
+    scale = torch.rsqrt(var.clamp(min=0) + norm.eps) * norm.weight[:, None]
+    return torch.addcmul(norm.bias[:, None] - mean * scale, x, scale)
+
+
+class ConvFeatureEncoder(nn.Module):
+    """(B, S) waveforms + (B,) lengths -> (B, T, C) features + (B,) frame lengths."""
+
+    def __init__(self, layers: tuple[tuple[int, int, int], ...] = BASE_CONV_LAYERS, norm: str = "group",
+                 bias: bool = False, grad_scale: float = 1.0) -> None:
+        super().__init__()
+        if norm not in CONV_NORMS:
+            raise ValueError(f"conv norm must be one of {', '.join(CONV_NORMS)}, got {norm!r}")
+        self.layers_spec = tuple(tuple(layer) for layer in layers)
+        self.grad_scale = grad_scale
+        dims = [1] + [c for c, _, _ in self.layers_spec]
+        # `group`: only the first layer is normalised (the BASE model); `layer`: every layer (LARGE)
+        self.conv_layers = nn.ModuleList(
+            ConvLayer(dims[i], c, k, s, norm if (norm == "layer" or i == 0) else None, bias)
+            for i, (c, k, s) in enumerate(self.layers_spec))
+        self.output_dim = dims[-1]
+        self.hop = math.prod(s for _, _, s in self.layers_spec)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return conv_output_lengths(lengths, self.layers_spec)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # zero past each clip's end so that padding never leaks into a valid frame's window
+        x = waveforms.masked_fill(padding_mask(lengths, waveforms.shape[1]), 0.0)[:, None, :]  # (B, 1, S)
+        frame_lengths = lengths
+        for layer, (_, kernel, stride) in zip(self.conv_layers, self.layers_spec):
+            frame_lengths = (torch.div(frame_lengths - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+            x = layer(x, frame_lengths)
+        x = grad_multiply(x, self.grad_scale).transpose(1, 2)  # (B, T, C)
+        return x, frame_lengths
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm then Linear to the model width; returns (projected, normalised) features."""
+
+    def __init__(self, in_dim: int, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_dim)
+        self.projection = nn.Linear(in_dim, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        normed = self.layer_norm(x)
+        return self.dropout(self.projection(normed)), normed
+
+
+class PositionalConvEmbedding(nn.Module):
+    """A wide grouped convolution over time (weight-normalised), GELU: wav2vec 2.0's relative positions."""
+
+    def __init__(self, d_model: int, kernel: int = 128, groups: int = 16) -> None:
+        super().__init__()
+        if d_model % groups:
+            raise ValueError(f"d_model {d_model} is not divisible by pos_conv_groups {groups}")
+        conv = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=groups)
+        nn.init.normal_(conv.weight, mean=0.0, std=2 * math.sqrt(1 / (kernel * d_model)))
+        nn.init.zeros_(conv.bias)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.trim = 1 if kernel % 2 == 0 else 0  # an even kernel with padding k/2 gives one frame extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        y = self.conv(x.transpose(1, 2))
+        if self.trim:
+            y = y[..., : -self.trim]
+        return F.gelu(y).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by {num_heads} heads")
+        self.num_heads, self.head_dim, self.dropout = num_heads, d_model // num_heads, dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (lin(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+                   for lin in (self.q_proj, self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=~key_padding[:, None, None, :],
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN layer of the BASE model: LN(x + MHSA(x)), then LN(x + FFN(x))."""
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.attention = Attention(d_model, num_heads, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.feed_forward = FeedForward(d_model, ffn_dim, dropout, activation=F.gelu)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(x + self.dropout(self.attention(x, key_padding)))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class TransformerEncoder(nn.Module):
+    """Front-end output (B, T, D) + lengths -> EncoderOutput: wav2vec 2.0's context network.
+
+    Takes a ``frontend`` like ``ConformerEncoder`` does, so either encoder serves either
+    objective (wav2vec 2.0 passes its projected conv features through ``PassThrough``).
+    """
+
+    def __init__(self, frontend: nn.Module, d_model: int, num_layers: int, num_heads: int, ffn_dim: int,
+                 dropout: float = 0.1, pos_conv_kernel: int = 128, pos_conv_groups: int = 16) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.d_model, self.num_heads = d_model, num_heads
+        self.pos_conv_embed = PositionalConvEmbedding(d_model, pos_conv_kernel, pos_conv_groups)
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(TransformerLayer(d_model, num_heads, ffn_dim, dropout)
+                                    for _ in range(num_layers))
+        for module in self.layers.modules():  # BERT's init, as fairseq's and transformers' wav2vec 2.0
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        x, out_lengths = self.frontend(feats, lengths)
+        pad = padding_mask(out_lengths, x.shape[1])
+        key_pad = pad & (out_lengths > 0)[:, None]  # an empty row attends to its padding, not to nothing
+        x = x.masked_fill(pad[..., None], 0.0)  # the position conv sees zeros past the end, as alone
+        x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
+        hidden = [x]
+        for layer in self.layers:
+            x = layer(x, key_pad)
+            hidden.append(x)
+        return EncoderOutput(tuple(hidden), out_lengths, pad)

@@ -1,0 +1,200 @@
+"""wav2vec 2.0: distractor sampling, padding invariance, and agreement with transformers' model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bestrq.masking import MaskSpec, span_mask
+from bestrq.models.frontend import PassThrough
+from bestrq.models.wav2vec2 import BASE_CONV_LAYERS, ConvFeatureEncoder, TransformerEncoder
+from bestrq.objectives.wav2vec2 import (
+    GumbelQuantizer,
+    Wav2Vec2,
+    contrastive_loss,
+    diversity_loss,
+    perplexity,
+    sample_negatives,
+)
+
+SMALL_CONV = tuple((32, k, s) for _, k, s in BASE_CONV_LAYERS)
+
+
+def small_model(negatives: int = 5, norm: str = "group") -> Wav2Vec2:
+    torch.manual_seed(0)
+    return Wav2Vec2(ConvFeatureEncoder(SMALL_CONV, norm), TransformerEncoder(PassThrough(), 32, 2, 2, 64, 0.0, 16, 4),
+                    GumbelQuantizer(32, 2, 8, 16), MaskSpec("independent", 0.065, 10), final_dim=12,
+                    num_negatives=negatives, dropout_input=0.0, dropout_features=0.0)
+
+
+def test_distractors_are_other_masked_frames_of_the_same_utterance():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([300, 41, 7, 150, 60])
+    mask = span_mask(lengths, 300, MaskSpec("independent", 0.065, 10), g)
+    mask[2] = False
+    mask[2, 3] = True  # an utterance with a single masked frame has no distractor
+    utt, pos, neg = sample_negatives(mask, 100, g)
+    frames = mask.nonzero()  # (N, 2) in the same order as x[mask]
+    assert torch.equal(utt, frames[:, 0])
+    counts = mask.sum(1)
+    assert (counts == 0).any() and (counts > 1).sum() >= 3  # the cases below all occur
+    for b in range(5):
+        rows = utt == b
+        m = int(counts[b])
+        assert torch.equal(pos[rows], torch.arange(m))
+        negs = neg[rows]
+        if m == 0:
+            continue
+        assert negs.min() >= 0 and negs.max() < m
+        if m > 1:
+            assert not (negs == pos[rows][:, None]).any(), "the positive is among its own distractors"
+            assert set(negs.flatten().tolist()) == set(range(m)), "some masked frame is never drawn"
+            # every distractor is a masked, valid frame of utterance b
+            masked_frames = frames[rows, 1]
+            assert mask[b, masked_frames[negs]].all()
+            assert (masked_frames[negs] < lengths[b]).all()
+        else:
+            assert (negs == pos[rows][:, None]).all()  # flagged for the loss to ignore
+
+
+def test_lone_frames_and_identical_codes_carry_no_contrastive_loss():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(2, 20, dtype=torch.bool)
+    mask[0, 4] = True  # utterance 0: one masked frame, so no distractor
+    mask[1, 2:12] = True
+    context, targets = torch.randn(11, 8, generator=g), torch.randn(11, 8, generator=g)
+    codes = torch.arange(11)[:, None].repeat(1, 2)  # all different
+    lone, _ = contrastive_loss(context[:1], targets[:1], codes[:1], mask[:1], 20, 0.1, g)
+    assert lone.item() == 0.0
+    # utterance 1 alone and next to the lone frame: the same loss per frame (lone frame adds 0)
+    both, _ = contrastive_loss(context, targets, codes, mask, 20, 0.1, torch.Generator().manual_seed(1))
+    assert both.item() > 0
+    # every target with the same codes: every distractor is ignored, nothing to contrast
+    same, acc = contrastive_loss(context, targets, torch.zeros(11, 2, dtype=torch.long), mask, 20, 0.1, g)
+    assert same.item() == 0.0 and acc.item() == 1.0
+    # a perfect predictor (context == target, distinct targets) is right on every frame
+    _, perfect = contrastive_loss(targets, targets, codes, mask, 20, 0.1, g)
+    assert perfect.item() == 1.0
+
+
+def test_temperature_anneals_from_start_to_end():
+    model = small_model()
+    assert model.temperature(0) == 2.0
+    assert model.temperature(1000) == pytest.approx(2.0 * 0.999995**1000)
+    assert model.temperature(10**9) == 0.5
+
+
+def test_padded_batch_equals_each_utterance_alone():
+    model = small_model().eval()
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([16000, 11000, 5210])
+    waves = torch.randn(3, 16000, generator=g) * 0.1
+    batch = model.encode(waves, lengths)
+    assert torch.equal(batch.lengths, ConvFeatureEncoder(SMALL_CONV).output_lengths(lengths))
+    for b in range(3):
+        alone = model.encode(waves[b:b + 1, : lengths[b]], lengths[b:b + 1])
+        n = int(alone.lengths[0])
+        for h_batch, h_alone in zip(batch.hidden_states, alone.hidden_states):
+            torch.testing.assert_close(h_batch[b, :n], h_alone[0], atol=2e-5, rtol=1e-4)
+
+
+def test_gumbel_choice_is_hard_forward_and_soft_backward():
+    torch.manual_seed(0)
+    q = GumbelQuantizer(16, 2, 8, 16).train()
+    x = torch.randn(50, 16)
+    out = q(x, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    table = q.codevectors.view(2, 8, 8)
+    expected = torch.cat([table[0][out.codes[:, 0]], table[1][out.codes[:, 1]]], dim=1)
+    torch.testing.assert_close(out.vectors, expected)  # exactly one entry per group
+    out.vectors.square().sum().backward()
+    assert q.weight_proj.weight.grad.abs().sum() > 0  # straight-through gradient reaches the logits
+    assert 1 <= out.code_perplexity <= 16 and 1 <= out.prob_perplexity <= 16
+    uniform = torch.full((10, 2, 8), 1 / 8)
+    assert perplexity(uniform).item() == pytest.approx(16.0)
+    assert diversity_loss(perplexity(uniform), 2, 8).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _hf_model(ours: Wav2Vec2):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=[c for c, _, _ in SMALL_CONV], conv_kernel=[k for _, k, _ in SMALL_CONV],
+        conv_stride=[s for _, _, s in SMALL_CONV], feat_extract_norm="group", conv_bias=False,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_codevector_groups=2,
+        num_codevectors_per_group=8, codevector_dim=16, proj_codevector_dim=12, num_negatives=5,
+        contrastive_logits_temperature=0.1, diversity_loss_weight=0.1, hidden_dropout=0.0,
+        attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0, feat_quantizer_dropout=0.0,
+        final_dropout=0.0, layerdrop=0.0, do_stable_layer_norm=False, hidden_act="gelu")
+    hf = transformers.Wav2Vec2ForPreTraining(config).eval()
+    top_level = ("quantizer.", "project_hid.", "project_q.")
+    weights = {(k if k.startswith(top_level) else "wav2vec2." + k): v for k, v in ours.state_dict().items()}
+    missing, unexpected = hf.load_state_dict(weights, strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    return hf
+
+
+def test_hidden_states_match_transformers_on_the_same_weights():
+    ours = small_model().eval()
+    hf = _hf_model(ours)
+    waves = torch.randn(2, 16000, generator=torch.Generator().manual_seed(2)) * 0.1
+    with torch.no_grad():
+        mine = ours.encode(waves, torch.tensor([16000, 16000]))
+        theirs = hf.wav2vec2(waves, output_hidden_states=True)
+    assert len(mine.hidden_states) == len(theirs.hidden_states) == 3
+    for a, b in zip(mine.hidden_states, theirs.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_losses_and_perplexity_match_transformers_on_the_same_masks_and_distractors():
+    ours = small_model(negatives=5).eval()
+    hf = _hf_model(ours)
+    waves = torch.randn(2, 32000, generator=torch.Generator().manual_seed(3)) * 0.1
+    lengths = torch.tensor([32000, 32000])
+    with torch.no_grad():
+        out = ours(waves, lengths, torch.Generator().manual_seed(5))
+        # the same draws as the forward pass: the mask, then the distractors
+        g = torch.Generator().manual_seed(5)
+        t = int(ours.feature_extractor.output_lengths(lengths)[0])
+        mask = span_mask(ours.feature_extractor.output_lengths(lengths), t, ours.mask_spec, g)
+        utt, _, neg = sample_negatives(mask, 5, g)
+        frames = mask.nonzero()
+        offsets = mask.sum(1).cumsum(0) - mask.sum(1)
+        neg_frames = frames[offsets[utt][:, None] + neg, 1]  # (N, n) frame index of each distractor
+        sampled = torch.zeros(2, t, 5, dtype=torch.long)
+        sampled[mask] = utt[:, None] * t + neg_frames
+        theirs = hf(waves, mask_time_indices=mask, sampled_negative_indices=sampled)
+    n = mask.sum()
+    assert out.masked_frames == n
+    torch.testing.assert_close(out.contrastive_loss * n, theirs.contrastive_loss, atol=1e-3, rtol=1e-4)
+    # evaluation mode: transformers reports the hard code perplexity of the masked frames
+    torch.testing.assert_close(out.code_perplexity, theirs.codevector_perplexity, atol=1e-4, rtol=1e-5)
+
+    # training mode: the diversity loss uses the soft perplexity, which no Gumbel noise touches
+    hf.quantizer.train()
+    with torch.no_grad():
+        extract = hf.wav2vec2(waves).extract_features
+        _, soft_ppl = hf.quantizer(extract, mask_time_indices=mask)
+        ours.train()
+        mine = ours.quantizer(extract[mask], 2.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mine.prob_perplexity, soft_ppl, atol=1e-4, rtol=1e-5)
+    hf_diversity = (16 - soft_ppl) / 16  # transformers' formula, before its scaling by the masked count
+    torch.testing.assert_close(diversity_loss(mine.prob_perplexity, 2, 8), hf_diversity)
+
+
+def test_only_masked_frames_carry_loss():
+    """Targets of unmasked frames do not matter: changing the quantizer's unmasked inputs changes nothing."""
+    model = small_model().eval()
+    waves = torch.randn(1, 32000, generator=torch.Generator().manual_seed(4)) * 0.1
+    lengths = torch.tensor([32000])
+    base = model(waves, lengths, torch.Generator().manual_seed(0))
+    # the loss gradient w.r.t. the projected context is zero at unmasked frames
+    hidden = {}
+    handle = model.encoder.register_forward_hook(lambda m, i, o: hidden.update(h=o.last))
+    out = model(waves, lengths, torch.Generator().manual_seed(0))
+    handle.remove()
+    grad, = torch.autograd.grad(out.loss, hidden["h"])
+    mask = span_mask(model.feature_extractor.output_lengths(lengths), grad.shape[1], model.mask_spec,
+                     torch.Generator().manual_seed(0))
+    assert torch.equal(out.loss, base.loss)
+    assert grad[0, ~mask[0]].abs().max() == 0
+    assert grad[0, mask[0]].abs().sum(-1).gt(0).all()
