@@ -14,7 +14,7 @@ Models, at matched encoder sizes (same layers, width, heads, FFN):
 Every model trains on the same batches of audio, one training step each in turn (forward,
 backward, clipping, AdamW), so drifts of the machine hit all alike. Masks and distractors
 of the peers are drawn before the timer starts, as their data loaders would; ours are drawn
-inside the step. Reported: median step time, audio seconds per second, peak memory (CUDA:
+inside the step. Reported: mean step time, audio seconds per second, peak memory (CUDA:
 allocator peak; CPU: the peak resident memory a fresh process adds for that model, from a
 separate process per model), FLOPs per step (torch's FLOP counter, forward + backward) and
 model FLOPs utilisation: achieved FLOP/s over the matmul FLOP/s this machine reaches in the
@@ -33,8 +33,6 @@ import argparse
 import importlib.machinery
 import json
 import math
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -334,17 +332,27 @@ def peak_memory_cpu(name: str, size_name: str, args: argparse.Namespace) -> floa
     return json.loads(lines[-1])["peak_mib"]
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def memory_child(args: argparse.Namespace) -> None:
+    """Peak RSS above the RSS before the model exists (Linux: the high-water mark is reset first)."""
     size_name = args.sizes[0]
     device = torch.device("cpu")
     batches, _ = make_batches(args.corpus, 2, args.batch_seconds[size_name], seed=0)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.memory_of == "bestrq-sb":
+        _speechbrain()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    base = _status_kib("VmRSS")
     runner = build(args.memory_of, SIZES[size_name], device, False)
     autocast = torch.autocast("cpu", enabled=False)
     for batch in batches:
         runner.step(runner.prepare(batch), autocast)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (peak - base) / 1024}))
+    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - base) / 1024}))
 
 
 def run_size(size_name: str, names: list[str], args: argparse.Namespace, device: torch.device,
@@ -382,14 +390,14 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
         print(f"  round {i + 1}/{len(batches)}: " + ", ".join(
             f"{n} {times[n][-1]:.2f}s" for n in names if times[n]), flush=True)
     rows = []
-    audio = statistics.median(b.seconds for b in batches[args.warmup:])
+    audio = sum(b.seconds for b in batches[args.warmup:])  # the same batches for every model
     for name, runner in runners.items():
-        flops = step_flops(runner, prepared[name][-1], autocast)
-        t = statistics.median(times[name])
+        flops = step_flops(runner, prepared[name][-1], autocast) * audio / len(times[name]) / batches[-1].seconds
+        t = sum(times[name]) / len(times[name])
         memory = peaks[name] if device.type == "cuda" else (
             peak_memory_cpu(name, size_name, args) if args.memory else float("nan"))
         rows.append(dict(size=size_name, model=name, params=sum(p.numel() for p in runner.model.parameters()),
-                         step_s=t, audio_per_s=audio / t, peak_mib=memory, gflop=flops / 1e9,
+                         step_s=t, audio_per_s=audio / sum(times[name]), peak_mib=memory, gflop=flops / 1e9,
                          mfu=flops / t / peak_flops))
     del runners
     return rows
@@ -409,7 +417,9 @@ def report(rows: list[dict], device_name: str, peak_flops: float, args: argparse
         by = {r["model"]: r for r in rows if r["size"] == size}
 
         def ratio(a: str, b: str, key: str = "audio_per_s", by: dict = by) -> float | None:
-            return by[a][key] / by[b][key] if a in by and b in by else None
+            if a not in by or b not in by or not by[b][key] > 0:
+                return None
+            return by[a][key] / by[b][key]
 
         checks = [
             ("BEST-RQ (ours) / wav2vec 2.0 (transformers), throughput", ratio("bestrq-ours", "wav2vec2-hf"), ">= 2.4"),
@@ -471,10 +481,9 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         rows += run_size(size, names, args, device, peak)
-    text = report(rows, device_name, peak, args)
-    print("\n" + text)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+    print("\n" + report(rows, device_name, peak, args))
 
 
 if __name__ == "__main__":
