@@ -370,25 +370,21 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
         runners[name] = build(name, size, device, args.compile)
     prepared = {name: [r.prepare(b) for b in batches] for name, r in runners.items()}
     times: dict[str, list[float]] = {name: [] for name in names}
-    if device.type == "cuda":
-        for _ in names:
-            torch.cuda.reset_peak_memory_stats(device)
     peaks = dict.fromkeys(names, 0.0)
-    for i, batch in enumerate(batches):
+    for i in range(len(batches)):
         for name, runner in runners.items():  # interleaved: every model on this batch, in turn
-            for b in prepared[name][i:i + 1]:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                sync(device)
-                start = time.perf_counter()
-                runner.step(b, autocast)
-                sync(device)
-                if i >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
-                if device.type == "cuda":
-                    peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2**20)
-        print(f"  round {i + 1}/{len(batches)}: " + ", ".join(
-            f"{n} {times[n][-1]:.2f}s" for n in names if times[n]), flush=True)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            start = time.perf_counter()
+            runner.step(prepared[name][i], autocast)
+            sync(device)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2**20)
+        done = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names) if i >= args.warmup else "warm-up"
+        print(f"  round {i + 1}/{len(batches)}: {done}", flush=True)
     rows = []
     audio = sum(b.seconds for b in batches[args.warmup:])  # the same batches for every model
     for name, runner in runners.items():

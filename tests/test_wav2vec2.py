@@ -66,7 +66,7 @@ def test_lone_frames_and_identical_codes_carry_no_contrastive_loss():
     codes = torch.arange(11)[:, None].repeat(1, 2)  # all different
     lone, _ = contrastive_loss(context[:1], targets[:1], codes[:1], mask[:1], 20, 0.1, g)
     assert lone.item() == 0.0
-    # utterance 1 alone and next to the lone frame: the same loss per frame (lone frame adds 0)
+    # with an utterance that has distractors, there is a loss to learn from
     both, _ = contrastive_loss(context, targets, codes, mask, 20, 0.1, torch.Generator().manual_seed(1))
     assert both.item() > 0
     # every target with the same codes: every distractor is ignored, nothing to contrast

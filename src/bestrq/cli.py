@@ -46,10 +46,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     result = pretrain(cfg)
     if result.valid:
         v = result.valid
-        what = "the most frequent code's" if cfg.objective == "bestrq" else "chance,"
         print(f"step {result.step}: valid masked accuracy {v['accuracy']:.4f} "
-              f"({v['accuracy'] / max(v['baseline_accuracy'], 1e-9):.1f}x {what} "
-              f"{v['baseline_accuracy']:.4f}), loss {v['loss']:.3f}")
+              f"({v['accuracy'] / max(v['baseline_accuracy'], 1e-9):.1f}x the {result.model.baseline_name} "
+              f"baseline, {v['baseline_accuracy']:.4f}), loss {v['loss']:.3f}")
     print(f"run folder: {result.out_dir.resolve()}")
     return 0
 

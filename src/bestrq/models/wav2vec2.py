@@ -33,10 +33,15 @@ CONV_NORMS = ("group", "layer")
 BASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
 
 
+def _conv_length(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Frames a convolution without padding keeps: windows of valid samples only."""
+    return (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+
+
 def conv_output_lengths(lengths: torch.Tensor, layers: tuple[tuple[int, int, int], ...]) -> torch.Tensor:
-    """Frames each utterance keeps after every convolution (no padding: valid samples only)."""
+    """Frames each utterance keeps after every convolution."""
     for _, kernel, stride in layers:
-        lengths = (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+        lengths = _conv_length(lengths, kernel, stride)
     return lengths
 
 
@@ -147,7 +152,7 @@ class ConvFeatureEncoder(nn.Module):
         x = waveforms.masked_fill(padding_mask(lengths, waveforms.shape[1]), 0.0)[:, None, :]  # (B, 1, S)
         frame_lengths = lengths
         for layer, (_, kernel, stride) in zip(self.conv_layers, self.layers_spec):
-            frame_lengths = (torch.div(frame_lengths - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+            frame_lengths = _conv_length(frame_lengths, kernel, stride)
             x = layer(x, frame_lengths)
         x = grad_multiply(x, self.grad_scale).transpose(1, 2)  # (B, T, C)
         return x, frame_lengths

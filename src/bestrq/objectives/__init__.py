@@ -1,7 +1,9 @@
 """Pre-training objectives. Each is one module: ``forward(waveforms, lengths, generator, step)``
 returns an Output with ``loss``, ``accuracy``, ``masked_frames``, ``frames`` and ``scalars()``;
 ``encode(waveforms, lengths)`` returns every layer's hidden states; ``sample_rate`` is the
-audio rate it expects. The training loop knows only this interface."""
+audio rate it expects; ``baseline_name``, ``baseline_counts(out, device)`` and
+``baseline_accuracy(counts)`` give the validation baseline that its accuracy is read against.
+The training loop knows only this interface."""
 
 from __future__ import annotations
 

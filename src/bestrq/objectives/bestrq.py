@@ -80,6 +80,20 @@ class BestRQ(nn.Module):
         k, v = quantizer.num_codebooks, quantizer.codebook_size
         self.heads = nn.Linear(encoder.d_model, k * v)  # K heads of V classes, as one matmul
 
+    baseline_name = "most frequent code"
+
+    def baseline_counts(self, out: Output | None, device: torch.device) -> torch.Tensor:
+        """(K, V) code counts of a validation batch's masked targets (zeros for ``None``), summable."""
+        if out is None:
+            return torch.zeros(self.quantizer.num_codebooks, self.quantizer.codebook_size, dtype=torch.float64,
+                               device=device)
+        return out.code_histogram.double()
+
+    @staticmethod
+    def baseline_accuracy(counts: torch.Tensor) -> float:
+        """Always predicting the most frequent code of these very targets: an upper bound of that baseline."""
+        return (counts.max(dim=1).values / counts.sum(dim=1).clamp(min=1)).mean().item()
+
     @property
     def sample_rate(self) -> int:
         return self.features.sample_rate

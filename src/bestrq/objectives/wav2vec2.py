@@ -203,6 +203,16 @@ class Wav2Vec2(nn.Module):
         self.temperature_schedule = tuple(temperature)
         self.sample_rate = sample_rate
 
+    baseline_name = "chance"
+
+    def baseline_counts(self, out: Output | None, device: torch.device) -> torch.Tensor:
+        """Chance needs no statistics: a summable placeholder, as BEST-RQ's code counts."""
+        return torch.zeros(1, dtype=torch.float64, device=device)
+
+    def baseline_accuracy(self, counts: torch.Tensor) -> float:
+        """Picking the positive among it and ``num_negatives`` distractors at random."""
+        return 1.0 / (1 + self.num_negatives)
+
     def temperature(self, step: int | None) -> float:
         start, end, decay = self.temperature_schedule
         return max(start * decay ** (step or 0), end)

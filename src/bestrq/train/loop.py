@@ -94,14 +94,14 @@ def _mask_generator(device: torch.device, seed: int, *counters: int) -> torch.Ge
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, device: torch.device,
              rank: int, step: int = 0) -> dict[str, float]:
-    """Masked accuracy on held-out data with fixed masks, and a baseline to read it against.
+    """Masked accuracy on held-out data with fixed masks, and the objective's baseline to read it against.
 
     BEST-RQ: the majority-code accuracy; wav2vec 2.0: chance, 1 / (1 + distractors).
     """
     was_training = model.training
     model.eval()
     meter = Meter(device)
-    histogram = None
+    counts = model.baseline_counts(None, device)  # zeros, also on a rank that gets no batch
     for i, cuts in enumerate(loader.epoch_batches()):
         if i >= cfg.data.valid_max_batches:
             break
@@ -111,20 +111,9 @@ def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, d
         out = model(batch.waveforms.to(device), batch.lengths.to(device),
                     _mask_generator(device, cfg.train.seed, 7, i, rank), step)
         meter.add(out, float(batch.lengths.sum()) / model.sample_rate)
-        if getattr(out, "code_histogram", None) is not None:
-            counts = out.code_histogram.double()
-            histogram = counts if histogram is None else histogram + counts
+        counts += model.baseline_counts(out, device)
     metrics = meter.reduce()
-    if cfg.objective == "bestrq":
-        if histogram is None:  # this rank had no batch: contribute zeros of the right shape
-            histogram = torch.zeros(model.quantizer.num_codebooks, model.quantizer.codebook_size,
-                                    dtype=torch.float64, device=device)
-        histogram = distributed.all_reduce_sum(histogram)
-        # always predicting the most frequent code of these very targets: an upper bound of that baseline
-        metrics["baseline_accuracy"] = (histogram.max(dim=1).values
-                                        / histogram.sum(dim=1).clamp(min=1)).mean().item()
-    else:
-        metrics["baseline_accuracy"] = 1.0 / (1 + cfg.wav2vec2.num_negatives)
+    metrics["baseline_accuracy"] = model.baseline_accuracy(distributed.all_reduce_sum(counts))
     model.train(was_training)
     return metrics
 
@@ -291,7 +280,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
             valid_metrics = validate(model, valid_loader, cfg, device, ctx.rank, step)
             record("valid", valid_metrics)
             if ctx.is_main:
-                baseline = "majority code" if cfg.objective == "bestrq" else "chance"
+                baseline = model.baseline_name
                 bar.write(f"step {step}: valid loss {valid_metrics['loss']:.3f}, masked accuracy "
                           f"{valid_metrics['accuracy']:.4f} ({baseline} {valid_metrics['baseline_accuracy']:.4f})")
         if step % t.checkpoint_every == 0 or step == t.steps or out_of_time:
