@@ -53,6 +53,39 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_out(checkpoint: str) -> Path:
+    """Default probe folder: inside the run for our checkpoints, under runs/probes for the baselines."""
+    path = Path(checkpoint)
+    if checkpoint == "fbank" or checkpoint.startswith("random:"):
+        return Path("runs/probes") / checkpoint.replace(":", "-").replace("/", "_")
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    return run / "probes"
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from .probes import TASKS, ProbeConfig, run_probes
+    from .report import format_probe_results
+
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    cfg = ProbeConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, encoder_lr=args.encoder_lr,
+                      batch_seconds=args.batch_seconds, seed=args.seed, intent_head=args.intent_head,
+                      max_minutes=args.max_minutes, unfreeze=args.unfreeze, asr_hidden=args.asr_hidden)
+    out = Path(args.out) if args.out else _probe_out(args.checkpoint)
+    results = run_probes(args.checkpoint, tasks, args.data, out, cfg, device=args.device, progress=not args.quiet)
+    print(format_probe_results(results))
+    print(f"results in {out.resolve()}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.runs, args.out)
+    print(path.read_text())
+    print(f"report and plots in {Path(args.out).resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -91,6 +124,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--out", default=None, help="run folder (same as --set train.out_dir=...)")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("probe", help="downstream probes (ASR, speaker, emotion, intent) on a frozen encoder")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run folder or checkpoint folder of ours, 'fbank' (features alone) or 'random:CONFIG'")
+    p.add_argument("--task", default="all", choices=["asr", "speaker", "emotion", "intent", "all"])
+    p.add_argument("--data", required=True, help="manifest folder with train, dev, test (and sv) splits")
+    p.add_argument("--out", default=None,
+                   help="results folder (default: RUN/probes, or runs/probes/NAME for fbank and random)")
+    p.add_argument("--epochs", type=int, default=20, help="at most this many epochs per task (default 20)")
+    p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better dev score")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of the head and layer weights")
+    p.add_argument("--unfreeze", action="store_true", help="ASR only: fine-tune the encoder too")
+    p.add_argument("--encoder-lr", type=float, default=5e-5, help="encoder learning rate with --unfreeze")
+    p.add_argument("--batch-seconds", type=float, default=80.0, help="audio per batch (default 80 s)")
+    p.add_argument("--asr-hidden", type=int, default=256, help="BiLSTM width of the ASR head")
+    p.add_argument("--intent-head", default="mlp", choices=["mlp", "lstm"])
+    p.add_argument("--max-minutes", type=float, default=0.0, help="time limit per task (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_probe)
+
+    p = sub.add_parser("report", help="a markdown table and plots from pre-training runs and their probes")
+    p.add_argument("runs", nargs="+", help="run folders (with probes/) or probe folders")
+    p.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
+    p.set_defaults(func=_report)
     return parser
 
 

@@ -1,0 +1,127 @@
+"""The frozen encoders a probe reads: a checkpoint of ours, the fbank features alone, or a random init.
+
+    --checkpoint runs/x                      the newest checkpoint of a pre-training run
+    --checkpoint runs/x/checkpoints/step-N   that checkpoint
+    --checkpoint fbank                       80-dim log-mel, utterance-normalised: one "layer"
+    --checkpoint random:CONFIG               the model CONFIG describes, randomly initialised (seeded)
+
+Every one is a module with ``encode(waveforms, lengths) -> EncoderOutput`` and a
+``sample_rate``, in eval mode, with no gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, PretrainConfig, from_dict, load_config
+from ..features import FeatureNormalizer, LogMelFbank, padding_mask
+from ..models.conformer import EncoderOutput
+from ..train import checkpoint as ckpt_io
+
+
+class FbankEncoder(nn.Module):
+    """The features alone, as BEST-RQ computes them: the floor every encoder should beat."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__()
+        f = cfg.features
+        self.features = LogMelFbank(num_mel_bins=f.num_mel_bins)
+        self.normalizer = FeatureNormalizer(f.num_mel_bins, "utterance")
+
+    @property
+    def sample_rate(self) -> int:
+        return self.features.sample_rate
+
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        feats, frame_lengths = self.features(waveforms, lengths)
+        feats = self.normalizer(feats, frame_lengths)
+        return EncoderOutput((feats,), frame_lengths, padding_mask(frame_lengths, feats.shape[1]))
+
+
+@dataclass
+class Encoder:
+    """A frozen encoder and what the report says about it."""
+
+    name: str  # a short label for tables
+    spec: str  # what was given to --checkpoint
+    module: nn.Module
+    info: dict[str, Any] = field(default_factory=dict)  # objective, step, pre-training time and audio
+
+    @property
+    def sample_rate(self) -> int:
+        return self.module.sample_rate
+
+    @torch.no_grad()
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        return self.module.encode(waveforms, lengths)
+
+
+def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:
+    """Wall time and audio seen up to ``step``, from the run's metrics.jsonl (absent: empty)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    elapsed, audio = 0.0, 0.0
+    with open(path) as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            if rec.get("split") != "train" or rec.get("step", math.inf) > step:
+                continue
+            elapsed = max(elapsed, float(rec.get("elapsed", 0.0)))
+            audio += float(rec.get("audio_seconds", 0.0))
+    return {"pretrain_seconds": elapsed, "pretrain_audio_hours": audio / 3600}
+
+
+def _from_checkpoint(path: Path, device: torch.device) -> Encoder:
+    from ..objectives import build_model
+
+    folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
+    if folder is None:
+        raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint")
+    ckpt = ckpt_io.load(folder)
+    try:
+        cfg = from_dict(PretrainConfig, ckpt.config).validate()
+    except ConfigError as e:
+        raise ckpt_io.CheckpointError(f"{folder / 'config.json'}: not a usable model config: {e}") from None
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    if missing or unexpected:
+        raise ckpt_io.CheckpointError(
+            f"{folder / 'model.safetensors'}: does not fit a {cfg.objective} model of its own config "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    run_dir = folder.parent.parent
+    info = {"objective": cfg.objective, "step": ckpt.step, "checkpoint": str(folder),
+            **_pretraining_record(run_dir, ckpt.step)}
+    name = f"{run_dir.name}@{ckpt.step}"
+    return Encoder(name, str(path), model.to(device).eval().requires_grad_(False), info)
+
+
+def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -> Encoder:
+    """What ``--checkpoint`` names (see the module docstring); clear errors for anything else."""
+    device = torch.device(device)
+    if spec == "fbank":
+        module = FbankEncoder(load_config("bestrq_tiny"))
+        return Encoder("fbank", spec, module.to(device).eval(), {"objective": "none"})
+    if spec.startswith("random:"):
+        from ..objectives import build_model
+
+        cfg = load_config(spec.split(":", 1)[1])
+        torch.manual_seed(seed)
+        model = build_model(cfg)
+        return Encoder(f"random {cfg.objective}", spec, model.to(device).eval().requires_grad_(False),
+                       {"objective": cfg.objective, "step": 0, "pretrain_seconds": 0.0,
+                        "pretrain_audio_hours": 0.0})
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: no such checkpoint or run folder (or give fbank, random:CONFIG)")
+    return _from_checkpoint(path, device)

@@ -1,0 +1,141 @@
+"""``bestrq probe``: extract each split's hidden states once, train every task's head, write results.
+
+    OUT/cache/<split>/          hidden states (see cache.py), shared by the tasks
+    OUT/probe_<task>.json       metrics, best epoch, layer weights, curves, the encoder's record
+    OUT/encoder.json            which encoder, and its pre-training time and audio
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..data.manifest import list_splits, load_split
+from .cache import encode_cuts, extract
+from .encoders import Encoder, load_encoder
+from .tasks import TASKS, ProbeConfig, read_trials, task_data, train_probe
+
+log = logging.getLogger(__name__)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def run_probes(checkpoint: str, tasks: list[str], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+               cfg: ProbeConfig | None = None, device: str = "cpu", progress: bool = True,
+               cache_dtype: str = "float16") -> dict[str, dict]:
+    """Probe one encoder on ``tasks``; returns (and writes) each task's result."""
+    cfg = cfg or ProbeConfig()
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)} or all")
+    if cfg.unfreeze and tasks != ["asr"]:
+        raise ValueError("--unfreeze fine-tunes the encoder for ASR only: use it with --task asr")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    available = list_splits(data_dir)
+    missing = [s for s in ("train", "dev", "test") if s not in available]
+    if missing:
+        raise FileNotFoundError(f"{data_dir}: no {', '.join(missing)} split (found: {', '.join(available) or 'none'})")
+    dev = torch.device(device)
+    encoder = load_encoder(checkpoint, dev, seed=cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "encoder.json", {"name": encoder.name, "spec": encoder.spec, **encoder.info})
+
+    splits = {s: list(load_split(data_dir, s)) for s in ("train", "dev", "test")}
+    trials_path = data_dir / "sv_trials.txt"
+    sv = list(load_split(data_dir, "sv")) if "speaker" in tasks and "sv" in available else []
+    trials = read_trials(trials_path) if sv and trials_path.is_file() else []
+    if "speaker" in tasks and not trials:
+        log.warning("%s: no sv split or sv_trials.txt: speaker verification (EER) is skipped", data_dir)
+
+    results = {}
+    for task in tasks:
+        data = task_data(task, splits, trials)
+        if cfg.unfreeze:
+            result = _finetune(encoder, data, cfg, dev, progress, splits)
+        else:
+            states = {name: extract(encoder, _cuts_for(splits[name], items), out_dir / "cache" / name, device=dev,
+                                    dtype=cache_dtype, progress=progress)
+                      for name, items in (("train", data.train), ("dev", data.dev), ("test", data.test))}
+
+            def get(ids: list[str], _states=states) -> tuple[torch.Tensor, torch.Tensor]:
+                for s in _states.values():
+                    if ids[0] in s:
+                        return s.batch(ids)
+                raise KeyError(ids[0])
+
+            get_sv, durations = None, {}
+            if task == "speaker" and trials:
+                wanted = {i for _, a, b in trials for i in (a, b)}
+                sv_cuts = [c for c in sv if c.id in wanted]
+                lost = wanted - {c.id for c in sv_cuts}
+                if lost:
+                    raise ValueError(f"{trials_path}: {len(lost)} trial utterances are not in the sv split, "
+                                     f"e.g. {min(lost)}")
+                sv_states = extract(encoder, sv_cuts, out_dir / "cache" / "sv", device=dev, dtype=cache_dtype,
+                                    progress=progress)
+                trials_ok = [t for t in trials if t[1] in sv_states and t[2] in sv_states]
+                if len(trials_ok) < len(trials):
+                    log.warning("%d trials dropped: their audio was unusable", len(trials) - len(trials_ok))
+                data.trials = trials_ok
+                get_sv, durations = sv_states.batch, {c.id: c.duration for c in sv_cuts}
+            # items whose audio was unusable are not in the cache: drop them, counted
+            for name in ("train", "dev", "test"):
+                kept = [it for it in getattr(data, name) if it.cut_id in states[name]]
+                if len(kept) < len(getattr(data, name)):
+                    log.warning("%s/%s: %d items skipped (bad audio)", task, name, len(getattr(data, name)) - len(kept))
+                setattr(data, name, kept)
+            first = states["train"]
+            rate = first.frame_rate({it.cut_id: it.duration for it in data.train})
+            result, _ = train_probe(task, data, get, first.num_layers, first.dim, cfg, device=dev, get_sv=get_sv,
+                                    sv_durations=durations, progress=progress, frame_rate=rate)
+            result["frame_rate"] = rate
+        result["encoder"] = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
+        _write_json(out_dir / f"probe_{task}.json", result)
+        results[task] = result
+    return results
+
+
+def _cuts_for(cuts: list, items: list) -> list:
+    wanted = {it.cut_id for it in items}
+    return [c for c in cuts if c.id in wanted]
+
+
+def _finetune(encoder: Encoder, data, cfg: ProbeConfig, device: torch.device, progress: bool,
+              splits: dict[str, list]) -> dict:
+    """ASR with the encoder trained too: hidden states computed in every step, with gradient."""
+    module = encoder.module
+    module.requires_grad_(True)
+    by_id = {c.id: c for cuts in splits.values() for c in cuts}
+
+    def get(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(module.training):
+            return _encode_with_grad(module, [by_id[i] for i in ids], device)
+
+    first = data.train[0]
+    with torch.no_grad():
+        probe_input, lengths = _encode_with_grad(module, [by_id[first.cut_id]], device)
+    rate = float(lengths[0]) / first.duration
+    result, _ = train_probe("asr", data, get, probe_input.shape[0], probe_input.shape[-1], cfg, device=device,
+                            encoder=module, progress=progress, frame_rate=rate)
+    result["unfreeze"] = True
+    return result
+
+
+def _encode_with_grad(module, cuts: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..data.audio import load_mono
+    from ..data.loader import collate
+
+    waves, lengths = collate([load_mono(c, module.sample_rate) for c in cuts])
+    out = module.encode(waves.to(device), lengths.to(device))
+    return torch.stack([h.float() for h in out.hidden_states]), out.lengths.cpu()
+
+
+__all__ = ["encode_cuts", "run_probes"]

@@ -1,0 +1,287 @@
+"""The four downstream tasks: labels from the manifest, a head, training with early stopping, metrics.
+
+    asr      characters of ``text``; BiLSTM + CTC; greedy decoding; WER and CER
+    speaker  ``speaker``; attentive statistics pooling -> embedding -> classes; identification
+             accuracy on held-out utterances of seen speakers, and verification EER on
+             ``sv_trials.txt`` (unseen speakers, cosine of embeddings)
+    emotion  ``custom["emotion"]``; statistics pooling + linear; accuracy and macro-F1
+    intent   ``custom["intent"]`` (utterances without one are left out); statistics pooling +
+             MLP (or BiLSTM); accuracy
+
+A probe trains on ``train``, keeps the epoch with the best ``dev`` score and reports ``test``
+(and ``sv``) with it. The encoder stays frozen unless ASR is fine-tuned (``unfreeze``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .heads import CTCHead, PooledClassifier, SpeakerHead, WeightedLayerSum
+from .metrics import accuracy, ctc_greedy, equal_error_rate, error_rates, macro_f1
+
+TASKS = ("asr", "speaker", "emotion", "intent")
+MAIN_METRIC = {"asr": "cer", "speaker": "accuracy", "emotion": "accuracy", "intent": "accuracy"}
+LOWER_IS_BETTER = {"cer", "wer", "eer"}
+ASR_RATE = 50.0  # CTC labels per second, whatever the encoder's frame rate (see CTCHead)
+LSTM_RATE = 25.0  # BiLSTM steps per second at most: faster encoders' frames are stacked
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 20  # at most; early stopping usually ends sooner
+    patience: int = 4  # epochs without a better dev score before stopping
+    lr: float = 2e-3  # head and layer weights (AdamW)
+    encoder_lr: float = 5e-5  # only with unfreeze (ASR fine-tuning)
+    batch_seconds: float = 80.0  # audio per batch
+    seed: int = 0
+    asr_hidden: int = 256
+    asr_layers: int = 2
+    intent_head: str = "mlp"  # mlp or lstm
+    max_minutes: float = 0.0  # per task; 0: no limit (the epoch under way is finished)
+    unfreeze: bool = False
+
+
+@dataclass(frozen=True)
+class Item:
+    cut_id: str
+    duration: float
+    label: object  # str for ASR, an int class otherwise
+
+
+@dataclass
+class TaskData:
+    train: list[Item]
+    dev: list[Item]
+    test: list[Item]
+    classes: list[str] = field(default_factory=list)  # class names, or ASR characters after the blank
+    trials: list[tuple[int, str, str]] = field(default_factory=list)  # speaker verification
+
+
+def _label(cut, task: str) -> str | None:
+    sup = cut.supervisions[0] if cut.supervisions else None
+    if sup is None:
+        return None
+    if task == "asr":
+        return (sup.text or "").strip().lower() or None
+    if task == "speaker":
+        return sup.speaker
+    return (sup.custom or {}).get(task)
+
+
+def task_data(task: str, splits: dict[str, list], trials: list[tuple[int, str, str]] | None = None) -> TaskData:
+    """Items of each split; classes come from ``train`` and anything else unseen there is left out."""
+    labelled = {name: [(c, lab) for c in cuts if (lab := _label(c, task)) is not None]
+                for name, cuts in splits.items()}
+    if not labelled["train"]:
+        raise ValueError(f"{task}: no training utterance carries a {task} label")
+    if task == "asr":
+        classes = sorted({ch for _, text in labelled["train"] for ch in text})
+        keep = set(classes)
+
+        def convert(text: str) -> str | None:
+            return "".join(ch for ch in text if ch in keep) or None
+    else:
+        classes = sorted({lab for _, lab in labelled["train"]})
+        index = {c: i for i, c in enumerate(classes)}
+
+        def convert(lab: str) -> int | None:
+            return index.get(lab)
+    items = {name: [Item(c.id, c.duration, y) for c, lab in pairs if (y := convert(lab)) is not None]
+             for name, pairs in labelled.items()}
+    for name in ("dev", "test"):
+        if not items[name]:
+            raise ValueError(f"{task}: the {name} split has no usable {task} label")
+    return TaskData(items["train"], items["dev"], items["test"], classes, list(trials or []))
+
+
+class Probe(nn.Module):
+    """Weighted layer sum + the task's head."""
+
+    def __init__(self, task: str, num_layers: int, dim: int, num_classes: int, cfg: ProbeConfig,
+                 frame_rate: float = 50.0) -> None:
+        super().__init__()
+        self.task = task
+        self.layers = WeightedLayerSum(num_layers)
+        if task == "asr":  # + the blank, at 0; LSTM steps at LSTM_RATE, ASR_RATE labels per second
+            stack = max(1, round(frame_rate / LSTM_RATE))
+            upsample = max(1, round(ASR_RATE * stack / frame_rate))
+            self.head = CTCHead(dim, num_classes + 1, cfg.asr_hidden, cfg.asr_layers, stack=stack,
+                                upsample=upsample)
+        elif task == "speaker":
+            self.head = SpeakerHead(dim, num_classes)
+        elif task == "emotion":
+            self.head = PooledClassifier(dim, num_classes)
+        elif cfg.intent_head == "lstm":
+            self.head = PooledClassifier(dim, num_classes, mlp_hidden=256, lstm_hidden=128)
+        else:
+            self.head = PooledClassifier(dim, num_classes, mlp_hidden=256)
+
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(hidden), lengths)
+
+    def embed(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head.embed(self.layers(hidden), lengths)
+
+
+def batches(items: list[Item], seconds: float, generator: torch.Generator | None = None) -> list[list[Item]]:
+    """Shuffled (with a generator) or in order; cut where a batch would exceed ``seconds`` of audio."""
+    order = torch.randperm(len(items), generator=generator).tolist() if generator is not None else range(len(items))
+    out, current, total = [], [], 0.0
+    for i in order:
+        if current and total + items[i].duration > seconds:
+            out.append(current)
+            current, total = [], 0.0
+        current.append(items[i])
+        total += items[i].duration
+    return out + ([current] if current else [])
+
+
+def _targets(items: list[Item], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    index = {ch: i + 1 for i, ch in enumerate(classes)}
+    seqs = [torch.tensor([index[ch] for ch in it.label]) for it in items]
+    return torch.cat(seqs), torch.tensor([len(s) for s in seqs])
+
+
+def loss_of(probe: Probe, hidden: torch.Tensor, lengths: torch.Tensor, items: list[Item], classes: list[str]
+            ) -> torch.Tensor:
+    out = probe(hidden, lengths)
+    if probe.task == "asr":
+        log_probs, out_lengths = out
+        targets, target_lengths = _targets(items, classes)
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths, blank=0,
+                          zero_infinity=True)
+    return F.cross_entropy(out, torch.tensor([it.label for it in items], device=out.device))
+
+
+GetStates = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str], seconds: float,
+             device: torch.device) -> dict[str, float]:
+    probe.eval()
+    if probe.task == "asr":
+        refs, hyps = [], []
+        for batch in batches(items, seconds):
+            hidden, lengths = get([it.cut_id for it in batch])
+            decoded = ctc_greedy(*probe(hidden.to(device), lengths.to(device)))
+            hyps += ["".join(classes[c - 1] for c in seq) for seq in decoded]
+            refs += [it.label for it in batch]
+        return error_rates(refs, hyps)
+    preds, targets = [], []
+    for batch in batches(items, seconds):
+        hidden, lengths = get([it.cut_id for it in batch])
+        preds += probe(hidden.to(device), lengths.to(device)).argmax(dim=-1).tolist()
+        targets += [it.label for it in batch]
+    result = {"accuracy": accuracy(preds, targets)}
+    if probe.task == "emotion":
+        result["macro_f1"] = macro_f1(preds, targets, len(classes))
+    return result
+
+
+@torch.no_grad()
+def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetStates, seconds: float,
+                     device: torch.device, durations: dict[str, float]) -> float:
+    probe.eval()
+    ids = sorted({i for _, a, b in trials for i in (a, b)})
+    items = [Item(i, durations[i], None) for i in ids]
+    emb = {}
+    for batch in batches(items, seconds):
+        hidden, lengths = get([it.cut_id for it in batch])
+        vectors = F.normalize(probe.embed(hidden.to(device), lengths.to(device)), dim=-1)
+        emb.update({it.cut_id: v for it, v in zip(batch, vectors)})
+    scores = [float(emb[a] @ emb[b]) for _, a, b in trials]
+    return equal_error_rate(scores, [y for y, _, _ in trials])
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    return old is None or (new < old if metric in LOWER_IS_BETTER else new > old)
+
+
+def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim: int, cfg: ProbeConfig, *,
+                device: torch.device, frame_rate: float = 50.0, get_sv: GetStates | None = None, sv_durations: dict[str, float] | None = None,
+                encoder: nn.Module | None = None, progress: bool = True) -> tuple[dict, Probe]:
+    """Train on ``data.train``, pick the best dev epoch, report dev and test (and sv) with it.
+
+    ``encoder``: with ``cfg.unfreeze``, the encoder module whose parameters ``get`` reaches;
+    they train too, at ``cfg.encoder_lr``.
+    """
+    torch.manual_seed(cfg.seed)
+    probe = Probe(task, num_layers, dim, len(data.classes), cfg, frame_rate).to(device)
+    groups = [{"params": list(probe.parameters()), "lr": cfg.lr}]
+    if cfg.unfreeze and encoder is not None:
+        groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": cfg.encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    metric = MAIN_METRIC[task]
+    best, best_state, best_epoch, curve, started = None, None, 0, [], time.monotonic()
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"probe {task}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        probe.train()
+        if encoder is not None and cfg.unfreeze:
+            encoder.train()
+        total, count = 0.0, 0
+        for batch in batches(data.train, cfg.batch_seconds, generator):
+            hidden, lengths = get([it.cut_id for it in batch])
+            loss = loss_of(probe, hidden.to(device), lengths.to(device), batch, data.classes)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
+            optimizer.step()
+            total, count = total + loss.item() * len(batch), count + len(batch)
+        if encoder is not None:
+            encoder.eval()
+        dev = evaluate(probe, data.dev, get, data.classes, cfg.batch_seconds, device)
+        curve.append({"epoch": epoch, "train_loss": total / max(count, 1), **{f"dev_{k}": v for k, v in dev.items()},
+                      "layer_weights": probe.layers.weights.tolist()})
+        bar.set_postfix(loss=f"{total / max(count, 1):.3f}", **{metric: f"{dev[metric]:.4f}"})
+        if _better(metric, dev[metric], best):
+            best, best_epoch = dev[metric], epoch
+            best_state = copy.deepcopy(probe.state_dict())
+            best_encoder = copy.deepcopy(encoder.state_dict()) if cfg.unfreeze and encoder is not None else None
+        elif epoch - best_epoch >= cfg.patience:
+            break
+        if cfg.max_minutes and time.monotonic() - started > 60 * cfg.max_minutes:
+            break
+    bar.close()
+    probe.load_state_dict(best_state)
+    if cfg.unfreeze and encoder is not None and best_encoder is not None:
+        encoder.load_state_dict(best_encoder)
+    result = {
+        "task": task, "best_epoch": best_epoch, "epochs": len(curve),
+        "dev": evaluate(probe, data.dev, get, data.classes, cfg.batch_seconds, device),
+        "test": evaluate(probe, data.test, get, data.classes, cfg.batch_seconds, device),
+        "layer_weights": probe.layers.weights.tolist(), "curve": curve, "classes": data.classes,
+        "train_items": len(data.train), "seconds": time.monotonic() - started, "config": asdict(cfg),
+    }
+    if task == "speaker" and data.trials and get_sv is not None:
+        result["test"]["eer"] = verification_eer(probe, data.trials, get_sv, cfg.batch_seconds, device,
+                                                 sv_durations or {})
+        result["trials"] = len(data.trials)
+    if math.isnan(result["test"].get(metric, 0.0)):
+        raise ValueError(f"{task}: the test metric is undefined (no test items?)")
+    return result, probe
+
+
+def read_trials(path: str | Path) -> list[tuple[int, str, str]]:
+    """VoxCeleb's trial list: ``1|0 enrol_id test_id`` per line; a bad line names the file and line."""
+    out = []
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 3 or parts[0] not in ("0", "1"):
+                raise ValueError(f"{path}:{n}: expected '1|0 cut_id cut_id', got {line.strip()!r}")
+            out.append((int(parts[0]), parts[1], parts[2]))
+    return out

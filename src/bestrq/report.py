@@ -1,0 +1,179 @@
+"""``bestrq report``: one markdown table (models x tasks) and PNG plots from runs and their probes.
+
+    report.md            the table, with each model's pre-training time and audio seen
+    layer_weights.png    per task, the learned weight of every layer, per model
+    pretraining.png      training loss and validation accuracy against wall time
+    probe_curves.png     per task, the dev score after every epoch, per model
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .probes.tasks import MAIN_METRIC, TASKS
+
+COLUMNS = [("asr", "wer", "ASR WER %", True), ("asr", "cer", "ASR CER %", True),
+           ("speaker", "accuracy", "Speaker ID acc %", False), ("speaker", "eer", "SV EER %", True),
+           ("emotion", "accuracy", "Emotion acc %", False), ("emotion", "macro_f1", "Emotion F1 %", False),
+           ("intent", "accuracy", "Intent acc %", False)]
+
+
+@dataclass
+class Model:
+    name: str
+    folder: Path  # where the probe results are
+    encoder: dict
+    results: dict[str, dict] = field(default_factory=dict)
+    pretraining: list[dict] = field(default_factory=list)  # metrics.jsonl records
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    out = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash
+    return out
+
+
+def collect(paths: list[str | os.PathLike]) -> list[Model]:
+    models = []
+    for p in map(Path, paths):
+        folder = p if list(p.glob("probe_*.json")) else p / "probes"
+        if not list(folder.glob("probe_*.json")):
+            raise FileNotFoundError(f"{p}: no probe results (probe_*.json) here or in {p / 'probes'}")
+        encoder = json.loads((folder / "encoder.json").read_text()) if (folder / "encoder.json").is_file() else {}
+        results = {}
+        for task in TASKS:
+            f = folder / f"probe_{task}.json"
+            if f.is_file():
+                try:
+                    results[task] = json.loads(f.read_text())
+                except ValueError as e:
+                    raise ValueError(f"{f}: not a probe result: {e}") from None
+        run = Path(encoder["checkpoint"]).parent.parent if encoder.get("checkpoint") else None
+        pretraining = _read_jsonl(run / "metrics.jsonl") if run else []
+        models.append(Model(encoder.get("name", p.name), folder, encoder, results, pretraining))
+    return models
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
+def table(models: list[Model]) -> str:
+    """Models x tasks in markdown; the best of each column in bold."""
+    header = ["model", "objective", "pre-training", "audio seen"] + [c[2] for c in COLUMNS]
+    values = [[m.results.get(t, {}).get("test", {}).get(k) for t, k, _, _ in COLUMNS] for m in models]
+    best = []
+    for j, (_, _, _, lower) in enumerate(COLUMNS):
+        col = [v[j] for v in values if v[j] is not None]
+        best.append((min(col) if lower else max(col)) if col else None)
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * 4 + "---:|" * len(COLUMNS)]
+    for m, vals in zip(models, values):
+        audio = m.encoder.get("pretrain_audio_hours")
+        cells = [m.name, m.encoder.get("objective", "?"), _hours(m.encoder.get("pretrain_seconds")),
+                 "–" if audio is None else f"{audio:.2f} h"]
+        for v, b in zip(vals, best):
+            cells.append(f"**{_cell(v)}**" if v is not None and v == b and len(models) > 1 else _cell(v))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def format_probe_results(results: dict[str, dict]) -> str:
+    """A few lines for the terminal after ``bestrq probe``."""
+    lines = []
+    for task, r in results.items():
+        metrics = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["test"].items())
+        weights = " ".join(f"{w:.2f}" for w in r["layer_weights"])
+        lines.append(f"{task}: test {metrics} (best dev epoch {r['best_epoch']} of {r['epochs']}; "
+                     f"layer weights {weights})")
+    return "\n".join(lines)
+
+
+def _plots(models: list[Model], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    tasks = [t for t in TASKS if any(t in m.results for m in models)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        have = [m for m in models if task in m.results and len(m.results[task]["layer_weights"]) > 1]
+        width = 0.8 / max(len(have), 1)
+        for i, m in enumerate(have):
+            w = m.results[task]["layer_weights"]
+            ax.bar([x + i * width for x in range(len(w))], w, width=width, label=m.name)
+        ax.set_title(f"{task}: layer weights")
+        ax.set_xlabel("layer (0 = front-end output)")
+        ax.set_ylabel("softmax weight")
+        if have:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "layer_weights.png", dpi=110)
+    plt.close(fig)
+    written.append("layer_weights.png")
+
+    runs = [m for m in models if m.pretraining]
+    if runs:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        for m in runs:
+            train = [r for r in m.pretraining if r.get("split") == "train" and "elapsed" in r]
+            ax1.plot([r["elapsed"] / 60 for r in train], [r["loss"] for r in train], label=m.name)
+            times = {r["step"]: r["elapsed"] for r in train}
+            valid = [r for r in m.pretraining if r.get("split") == "valid" and r.get("step") in times]
+            ax2.plot([times[r["step"]] / 60 for r in valid],
+                     [r["accuracy"] / max(r.get("baseline_accuracy", 0) or 1e-9, 1e-9) for r in valid],
+                     marker="o", label=m.name)
+        ax1.set(title="pre-training loss", xlabel="wall time (min)", ylabel="train loss")
+        ax2.set(title="masked accuracy / its baseline", xlabel="wall time (min)", ylabel="x baseline")
+        ax1.legend(fontsize=8)
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "pretraining.png", dpi=110)
+        plt.close(fig)
+        written.append("pretraining.png")
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        metric = MAIN_METRIC[task]
+        for m in models:
+            if task in m.results:
+                curve = m.results[task]["curve"]
+                ax.plot([c["epoch"] for c in curve], [100 * c[f"dev_{metric}"] for c in curve], marker=".",
+                        label=m.name)
+        ax.set(title=f"{task}: dev {metric}", xlabel="epoch", ylabel=f"{metric} %")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "probe_curves.png", dpi=110)
+    plt.close(fig)
+    written.append("probe_curves.png")
+    return written
+
+
+def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    models = collect(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(models, out)
+    text = ["# Downstream probes on frozen encoders", "",
+            "Test-set scores; each probe keeps its best dev epoch. Bold: the best of each column.", "",
+            table(models), ""]
+    text += [f"![{p}]({p})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(text) + "\n")
+    return path

@@ -1,0 +1,184 @@
+"""Downstream probes: the weighted layer sum, the cache, the metrics, the heads and the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bestrq.cli import main
+from bestrq.data.manifest import load_split, save_split
+from bestrq.probes.cache import encode_cuts, extract
+from bestrq.probes.encoders import load_encoder
+from bestrq.probes.heads import BiLSTM, CTCHead, PooledClassifier, SpeakerHead, WeightedLayerSum
+from bestrq.probes.metrics import ctc_greedy, equal_error_rate, error_rates, macro_f1
+from bestrq.probes.tasks import Probe, ProbeConfig, task_data
+
+
+def test_weighted_sum_is_a_convex_combination_that_starts_equal():
+    torch.manual_seed(0)
+    layers = WeightedLayerSum(4)
+    w = layers.weights
+    assert torch.allclose(w, torch.full((4,), 0.25))
+    layers.logits.data = torch.tensor([0.3, -1.0, 2.0, 0.0])
+    w = layers.weights
+    assert (w > 0).all() and math.isclose(w.sum().item(), 1.0, rel_tol=1e-6)
+    hidden = torch.randn(4, 2, 7, 16) * torch.tensor([1.0, 10.0, 0.1, 3.0])[:, None, None, None]
+    normed = F.layer_norm(hidden, (16,))
+    expected = sum(w[i] * normed[i] for i in range(4))
+    assert torch.allclose(layers(hidden), expected, atol=1e-6)
+
+
+def test_layer_weights_are_learned_toward_the_useful_layer():
+    torch.manual_seed(0)
+    hidden = torch.randn(5, 8, 20, 12)
+    target = F.layer_norm(hidden[3], (12,))
+    layers = WeightedLayerSum(5)
+    opt = torch.optim.Adam(layers.parameters(), lr=0.1)
+    for _ in range(100):
+        loss = (layers(hidden) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert layers.weights.argmax().item() == 3 and layers.weights[3] > 0.9
+
+
+def test_ctc_greedy_merges_repeats_then_drops_blanks():
+    # frames: a a _ a b b _ _ c (then padding that must be ignored)
+    frames = [1, 1, 0, 1, 2, 2, 0, 0, 3, 3, 3]
+    scores = F.one_hot(torch.tensor([frames, [2, 2, 2, 0, 0, 0, 0, 0, 0, 1, 1]]), 4).float().log_softmax(-1)
+    assert ctc_greedy(scores, torch.tensor([9, 3])) == [[1, 1, 2, 3], [2]]
+    assert ctc_greedy(scores[:1], torch.tensor([0])) == [[]]
+
+
+def test_eer_on_hand_made_score_lists():
+    # targets 0.9 0.8 0.3, non-targets 0.7 0.2 0.1: at threshold 0.7 one of three each way
+    assert equal_error_rate([0.9, 0.8, 0.3, 0.7, 0.2, 0.1], [1, 1, 1, 0, 0, 0]) == pytest.approx(1 / 3)
+    assert equal_error_rate([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0]) == 0.0  # separable
+    assert equal_error_rate([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 1.0  # inverted
+    # the rates cross on a step: at 0.65 both are 1/2 (0.7: FAR 1/4, FRR 1/2; 0.6: FAR 1/2, FRR 1/4)
+    assert equal_error_rate([0.9, 0.8, 0.6, 0.1, 0.7, 0.5, 0.65, 0.05],
+                            [1, 1, 1, 1, 0, 0, 0, 0]) == pytest.approx(0.5)
+    # a tie moves both rates at once (FAR 0 -> 1/2, FRR 1/2 -> 0): read half-way, 1/4
+    assert equal_error_rate([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.25)
+    assert equal_error_rate([0.5, 0.5], [1, 0]) == pytest.approx(0.5)  # a tie accepts both or neither
+    with pytest.raises(ValueError):
+        equal_error_rate([0.1, 0.2], [1, 1])
+
+
+def test_eer_of_two_gaussians_matches_theory():
+    rng = np.random.default_rng(0)
+    n = 20000
+    scores = np.r_[rng.normal(1.0, 1.0, n), rng.normal(-1.0, 1.0, n)]
+    labels = np.r_[np.ones(n, int), np.zeros(n, int)]
+    assert equal_error_rate(scores, labels) == pytest.approx(0.5 * math.erfc(1 / math.sqrt(2)), abs=0.006)
+
+
+def test_error_rates_and_macro_f1():
+    r = error_rates(["the cat sat", "a dog"], ["the cat sit", "a dog"])
+    assert r["wer"] == pytest.approx(1 / 5) and r["cer"] == pytest.approx(1 / 16)
+    assert macro_f1([0, 0, 1, 1], [0, 1, 1, 1], 3) == pytest.approx((2 / 3 + 0.8) / 2)
+
+
+def _pad(xs):
+    lengths = torch.tensor([x.shape[0] for x in xs])
+    out = torch.zeros(len(xs), int(lengths.max()), xs[0].shape[1])
+    for i, x in enumerate(xs):
+        out[i, : x.shape[0]] = x
+    return out, lengths
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PooledClassifier(6, 3), lambda: PooledClassifier(6, 3, mlp_hidden=8, lstm_hidden=5),
+    lambda: SpeakerHead(6, 4, embedding_dim=5), lambda: BiLSTM(6, 5, 2),
+])
+def test_heads_give_the_same_output_padded_or_alone(make):
+    torch.manual_seed(0)
+    head = make().eval()
+    xs = [torch.randn(n, 6) for n in (9, 4, 7)]
+    batch, lengths = _pad(xs)
+    together = head(batch, lengths)
+    for i, x in enumerate(xs):
+        alone = head(x[None], torch.tensor([x.shape[0]]))
+        if together.dim() == 3:  # frame outputs: compare valid frames only
+            assert torch.allclose(together[i, : x.shape[0]], alone[0], atol=1e-5)
+        else:
+            assert torch.allclose(together[i], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("stack,upsample,t,expected", [(1, 2, 7, 14), (2, 1, 7, 4), (4, 2, 9, 6)])
+def test_ctc_head_output_lengths(stack, upsample, t, expected):
+    head = CTCHead(6, 5, hidden=4, num_layers=1, stack=stack, upsample=upsample).eval()
+    x, lengths = _pad([torch.randn(t, 6), torch.randn(3, 6)])
+    out, out_lengths = head(x, lengths)
+    assert out_lengths.tolist()[0] == expected and out.shape[1] >= expected
+    assert torch.allclose(out.exp().sum(-1), torch.ones(out.shape[:2]), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(corpus, tmp_path_factory):
+    """A slice of the demo corpus: every task's labels, a few minutes of audio."""
+    out = tmp_path_factory.mktemp("small")
+    train = load_split(corpus, "train")
+    intents = [c for c in train if c.supervisions[0].custom.get("intent")][:24]
+    others = [c for c in train if not c.supervisions[0].custom.get("intent")][:40]
+    save_split(out, "train", type(train).from_cuts(intents + others))
+    for split in ("dev", "test"):
+        cuts = load_split(corpus, split)
+        pick = [c for c in cuts if c.supervisions[0].custom.get("intent")][:6] + \
+               [c for c in cuts if not c.supervisions[0].custom.get("intent")][:10]
+        save_split(out, split, type(cuts).from_cuts(pick))
+    trials = (corpus / "sv_trials.txt").read_text().splitlines()[:12]
+    wanted = {i for line in trials for i in line.split()[1:]}
+    sv = load_split(corpus, "sv")
+    save_split(out, "sv", type(sv).from_cuts([c for c in sv if c.id in wanted]))
+    (out / "sv_trials.txt").write_text("\n".join(trials) + "\n")
+    return out
+
+
+def test_cached_and_uncached_states_give_the_same_probe_outputs(small_corpus, tmp_path):
+    encoder = load_encoder("random:bestrq_tiny", seed=0)
+    cuts = list(load_split(small_corpus, "dev"))[:5]
+    states = extract(encoder, cuts, tmp_path / "dev", dtype="float32", batch_seconds=8.0, progress=False)
+    ids = [c.id for c in cuts]
+    cached, cached_lengths = states.batch(ids)
+    fresh, fresh_lengths = encode_cuts(encoder, cuts)
+    assert torch.equal(cached_lengths, fresh_lengths)
+    for i, n in enumerate(fresh_lengths.tolist()):  # valid frames agree; padding is never read
+        assert torch.allclose(cached[:, i, :n], fresh[:, i, :n], atol=1e-5)
+    data = task_data("emotion", {s: list(load_split(small_corpus, s)) for s in ("train", "dev", "test")})
+    probe = Probe("emotion", cached.shape[0], cached.shape[-1], len(data.classes), ProbeConfig()).eval()
+    assert torch.allclose(probe(cached, cached_lengths), probe(fresh, fresh_lengths), atol=1e-5)
+    # a second extraction by the same encoder is read back, not recomputed
+    again = extract(encoder, cuts, tmp_path / "dev", dtype="float32", progress=False)
+    assert np.array_equal(np.asarray(again.states), np.asarray(states.states))
+
+
+def test_task_labels_come_from_the_manifest(small_corpus):
+    splits = {s: list(load_split(small_corpus, s)) for s in ("train", "dev", "test")}
+    intent = task_data("intent", splits)
+    assert len(intent.train) == 24 and all(isinstance(it.label, int) for it in intent.train)
+    asr = task_data("asr", splits)
+    assert " " in asr.classes and all(set(it.label) <= set(asr.classes) for it in asr.test)
+    assert len(task_data("emotion", splits).classes) == 4
+
+
+def test_probe_and_report_from_the_command_line(small_corpus, tmp_path, capsys):
+    out = tmp_path / "fbank"
+    assert main(["probe", "--checkpoint", "fbank", "--task", "all", "--data", str(small_corpus), "--out", str(out),
+                 "--epochs", "2", "--asr-hidden", "32", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "asr: test wer" in text and "speaker: test accuracy" in text and "eer" in text
+    result = json.loads((out / "probe_speaker.json").read_text())
+    assert 0 <= result["test"]["eer"] <= 1 and result["trials"] == 12
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| fbank | none |" in report
+    for png in ("layer_weights.png", "probe_curves.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000
+    assert main(["probe", "--checkpoint", str(tmp_path / "nothing"), "--data", str(small_corpus)]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
