@@ -182,3 +182,29 @@ def test_probe_and_report_from_the_command_line(small_corpus, tmp_path, capsys):
         assert (tmp_path / "report" / png).stat().st_size > 1000
     assert main(["probe", "--checkpoint", str(tmp_path / "nothing"), "--data", str(small_corpus)]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_unfrozen_asr_trains_the_encoder_too(small_corpus, tmp_path):
+    from bestrq.probes import run_probes
+
+    encoder = load_encoder("random:bestrq_tiny", seed=0)
+    before = {k: v.clone() for k, v in encoder.module.encoder.state_dict().items()}
+    cfg = ProbeConfig(epochs=1, asr_hidden=16, unfreeze=True, encoder_lr=1e-3)
+    result = run_probes(encoder, ["asr"], small_corpus, tmp_path, cfg, progress=False)["asr"]
+    assert result["unfreeze"] and 0 <= result["test"]["cer"]
+    after = encoder.module.encoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="ASR only"):
+        run_probes(encoder, ["emotion"], small_corpus, tmp_path, cfg, progress=False)
+
+
+def test_a_fixed_seed_reproduces_a_probe(small_corpus, tmp_path):
+    from bestrq.probes import run_probes
+
+    cfg = ProbeConfig(epochs=3, seed=3)
+    first = run_probes("fbank", ["emotion"], small_corpus, tmp_path / "a", cfg, progress=False)["emotion"]
+    again = run_probes("fbank", ["emotion"], small_corpus, tmp_path / "b", cfg, progress=False)["emotion"]
+    assert first["curve"] == again["curve"] and first["test"] == again["test"]
+    other = run_probes("fbank", ["emotion"], small_corpus, tmp_path / "a", ProbeConfig(epochs=3, seed=4),
+                       progress=False)["emotion"]
+    assert other["curve"] != first["curve"]

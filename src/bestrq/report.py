@@ -108,21 +108,19 @@ def _plots(models: list[Model], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     written = []
     tasks = [t for t in TASKS if any(t in m.results for m in models)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        have = [m for m in models if task in m.results and len(m.results[task]["layer_weights"]) > 1]
-        width = 0.8 / max(len(have), 1)
-        for i, m in enumerate(have):
-            w = m.results[task]["layer_weights"]
-            ax.bar([x + i * width for x in range(len(w))], w, width=width, label=m.name)
-        ax.set_title(f"{task}: layer weights")
-        ax.set_xlabel("layer (0 = front-end output)")
-        ax.set_ylabel("softmax weight")
-        if have:
-            ax.legend(fontsize=7)
+        for m in models:  # lines, not bars: the weights stay near 1/L and bars from 0 hide their shape
+            w = m.results.get(task, {}).get("layer_weights", [])
+            if len(w) > 1:
+                ax.plot(range(len(w)), w, marker="o", label=m.name)
+                ax.axhline(1 / len(w), color="grey", lw=0.6, ls=":")
+        ax.set(title=f"{task}: layer weights", xlabel="layer (0 = front-end output)", ylabel="softmax weight")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "layer_weights.png", dpi=110)
     plt.close(fig)
@@ -134,12 +132,12 @@ def _plots(models: list[Model], out: Path) -> list[str]:
         for m in runs:
             train = [r for r in m.pretraining if r.get("split") == "train" and "elapsed" in r]
             ax1.plot([r["elapsed"] / 60 for r in train], [r["loss"] for r in train], label=m.name)
-            times = {r["step"]: r["elapsed"] for r in train}
-            valid = [r for r in m.pretraining if r.get("split") == "valid" and r.get("step") in times]
-            ax2.plot([times[r["step"]] / 60 for r in valid],
+            steps, elapsed = [r["step"] for r in train], [r["elapsed"] for r in train]
+            valid = [r for r in m.pretraining if r.get("split") == "valid"]
+            ax2.plot([np.interp(r["step"], steps, elapsed) / 60 for r in valid],
                      [r["accuracy"] / max(r.get("baseline_accuracy", 0) or 1e-9, 1e-9) for r in valid],
                      marker="o", label=m.name)
-        ax1.set(title="pre-training loss", xlabel="wall time (min)", ylabel="train loss")
+        ax1.set(title="pre-training loss (each objective its own)", xlabel="wall time (min)", ylabel="train loss")
         ax2.set(title="masked accuracy / its baseline", xlabel="wall time (min)", ylabel="x baseline")
         ax1.legend(fontsize=8)
         ax2.legend(fontsize=8)

@@ -28,10 +28,10 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_probes(checkpoint: str, tasks: list[str], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                cfg: ProbeConfig | None = None, device: str = "cpu", progress: bool = True,
                cache_dtype: str = "float16") -> dict[str, dict]:
-    """Probe one encoder on ``tasks``; returns (and writes) each task's result."""
+    """Probe one encoder (what ``--checkpoint`` names, or a loaded one) on ``tasks``; returns and writes the results."""
     cfg = cfg or ProbeConfig()
     for task in tasks:
         if task not in TASKS:
@@ -44,7 +44,7 @@ def run_probes(checkpoint: str, tasks: list[str], data_dir: str | os.PathLike, o
     if missing:
         raise FileNotFoundError(f"{data_dir}: no {', '.join(missing)} split (found: {', '.join(available) or 'none'})")
     dev = torch.device(device)
-    encoder = load_encoder(checkpoint, dev, seed=cfg.seed)
+    encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint, dev, seed=cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "encoder.json", {"name": encoder.name, "spec": encoder.spec, **encoder.info})
 

@@ -40,9 +40,9 @@ LSTM_RATE = 25.0  # BiLSTM steps per second at most: faster encoders' frames are
 class ProbeConfig:
     epochs: int = 20  # at most; early stopping usually ends sooner
     patience: int = 4  # epochs without a better dev score before stopping
-    lr: float = 2e-3  # head and layer weights (AdamW)
+    lr: float = 3e-3  # head and layer weights (AdamW)
     encoder_lr: float = 5e-5  # only with unfreeze (ASR fine-tuning)
-    batch_seconds: float = 80.0  # audio per batch
+    batch_seconds: float = 40.0  # audio per batch (smaller: more updates; CTC needs them)
     seed: int = 0
     asr_hidden: int = 256
     asr_layers: int = 2
