@@ -208,3 +208,9 @@ def test_a_fixed_seed_reproduces_a_probe(small_corpus, tmp_path):
     other = run_probes("fbank", ["emotion"], small_corpus, tmp_path / "a", ProbeConfig(epochs=3, seed=4),
                        progress=False)["emotion"]
     assert other["curve"] != first["curve"]
+
+
+def test_heads_train_on_a_batch_of_one():
+    # a split's last batch can hold a single utterance: no batch statistics anywhere
+    for head in (SpeakerHead(6, 4), PooledClassifier(6, 3, mlp_hidden=8)):
+        head.train()(torch.randn(1, 5, 6), torch.tensor([5])).sum().backward()

@@ -102,7 +102,7 @@ def _from_checkpoint(path: Path, device: torch.device) -> Encoder:
     run_dir = folder.parent.parent
     info = {"objective": cfg.objective, "step": ckpt.step, "checkpoint": str(folder),
             **_pretraining_record(run_dir, ckpt.step)}
-    name = f"{run_dir.name}@{ckpt.step}"
+    name = f"{run_dir.name} (step {ckpt.step})"
     return Encoder(name, str(path), model.to(device).eval().requires_grad_(False), info)
 
 
@@ -115,10 +115,11 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -
     if spec.startswith("random:"):
         from ..objectives import build_model
 
-        cfg = load_config(spec.split(":", 1)[1])
+        name = spec.split(":", 1)[1]
+        cfg = load_config(name)
         torch.manual_seed(seed)
         model = build_model(cfg)
-        return Encoder(f"random {cfg.objective}", spec, model.to(device).eval().requires_grad_(False),
+        return Encoder(f"random init ({Path(name).stem})", spec, model.to(device).eval().requires_grad_(False),
                        {"objective": cfg.objective, "step": 0, "pretrain_seconds": 0.0,
                         "pretrain_audio_hours": 0.0})
     path = Path(spec)

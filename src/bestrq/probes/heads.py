@@ -121,7 +121,7 @@ class SpeakerHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, embedding_dim: int = 128) -> None:
         super().__init__()
         self.pooling = AttentiveStatsPooling(dim)
-        self.embedding = nn.Sequential(nn.Linear(2 * dim, embedding_dim), nn.BatchNorm1d(embedding_dim))
+        self.embedding = nn.Sequential(nn.Linear(2 * dim, embedding_dim), nn.LayerNorm(embedding_dim))
         self.classifier = nn.Linear(embedding_dim, num_classes)
 
     def embed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
