@@ -82,7 +82,10 @@ class HiddenStates:
 
 
 def _fingerprint(encoder: Encoder, dtype: str) -> dict:
-    return {"encoder": encoder.spec, "name": encoder.name, "step": encoder.info.get("step"), "dtype": dtype}
+    """What makes two extractions the same: the encoder, its weights (or seed) and the stored precision."""
+    info = encoder.info
+    return {"encoder": encoder.spec, "name": encoder.name, "step": info.get("step"), "seed": info.get("seed"),
+            "weights": info.get("weights_id"), "dtype": dtype}
 
 
 def open_cache(folder: str | os.PathLike) -> HiddenStates:

@@ -100,7 +100,9 @@ def _from_checkpoint(path: Path, device: torch.device) -> Encoder:
             f"{folder / 'model.safetensors'}: does not fit a {cfg.objective} model of its own config "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     run_dir = folder.parent.parent
+    stat = (folder / "model.safetensors").stat()
     info = {"objective": cfg.objective, "step": ckpt.step, "checkpoint": str(folder),
+            "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}",  # a new run with the same steps differs
             **_pretraining_record(run_dir, ckpt.step)}
     name = f"{run_dir.name} (step {ckpt.step})"
     return Encoder(name, str(path), model.to(device).eval().requires_grad_(False), info)
@@ -120,7 +122,7 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -
         torch.manual_seed(seed)
         model = build_model(cfg)
         return Encoder(f"random init ({Path(name).stem})", spec, model.to(device).eval().requires_grad_(False),
-                       {"objective": cfg.objective, "step": 0, "pretrain_seconds": 0.0,
+                       {"objective": cfg.objective, "step": 0, "seed": seed, "pretrain_seconds": 0.0,
                         "pretrain_audio_hours": 0.0})
     path = Path(spec)
     if not path.exists():
