@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .probes.tasks import MAIN_METRIC, TASKS
+from .train.loop import read_metrics
 
 COLUMNS = [("asr", "wer", "ASR WER %", True), ("asr", "cer", "ASR CER %", True),
            ("speaker", "accuracy", "Speaker ID acc %", False), ("speaker", "eer", "SV EER %", True),
@@ -29,17 +30,6 @@ class Model:
     encoder: dict
     results: dict[str, dict] = field(default_factory=dict)
     pretraining: list[dict] = field(default_factory=list)  # metrics.jsonl records
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    out = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut short by a crash
-    return out
 
 
 def collect(paths: list[str | os.PathLike]) -> list[Model]:
@@ -58,7 +48,7 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
                 except ValueError as e:
                     raise ValueError(f"{f}: not a probe result: {e}") from None
         run = Path(encoder["checkpoint"]).parent.parent if encoder.get("checkpoint") else None
-        pretraining = _read_jsonl(run / "metrics.jsonl") if run else []
+        pretraining = read_metrics(run / "metrics.jsonl") if run else []
         models.append(Model(encoder.get("name", p.name), folder, encoder, results, pretraining))
     return models
 

@@ -11,7 +11,6 @@ Every one is a module with ``encode(waveforms, lengths) -> EncoderOutput`` and a
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from ..config import ConfigError, PretrainConfig, from_dict, load_config
 from ..features import FeatureNormalizer, LogMelFbank, padding_mask
 from ..models.conformer import EncoderOutput
 from ..train import checkpoint as ckpt_io
+from ..train.loop import read_metrics
 
 
 class FbankEncoder(nn.Module):
@@ -68,17 +68,9 @@ def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}
-    elapsed, audio = 0.0, 0.0
-    with open(path) as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-            if rec.get("split") != "train" or rec.get("step", math.inf) > step:
-                continue
-            elapsed = max(elapsed, float(rec.get("elapsed", 0.0)))
-            audio += float(rec.get("audio_seconds", 0.0))
+    records = [r for r in read_metrics(path) if r.get("split") == "train" and r.get("step", math.inf) <= step]
+    elapsed = max((float(r.get("elapsed", 0.0)) for r in records), default=0.0)
+    audio = sum(float(r.get("audio_seconds", 0.0)) for r in records)
     return {"pretrain_seconds": elapsed, "pretrain_audio_hours": audio / 3600}
 
 

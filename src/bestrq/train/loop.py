@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,9 +300,22 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(distributed.all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a run's metrics.jsonl (none if it is absent); a line cut short by a crash is skipped."""
+    path = Path(path)
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop lines logged after ``step`` (by a run that crashed later): a resume rewrites them."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [rec for rec in read_metrics(path) if rec["step"] <= step]
+    path.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
