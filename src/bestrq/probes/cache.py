@@ -10,6 +10,7 @@ reused: it is extracted again. Bad audio is skipped and counted, never fatal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ..data.audio import BadAudio, load_mono
 from ..data.loader import collate
+from ..data.manifest import atomic_path
 from .encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -29,16 +32,31 @@ CACHE_FORMAT = "bestrq-hidden-states/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-def encode_cuts(encoder: Encoder, cuts: list, device: torch.device | str = "cpu"
+def by_duration(items: list, seconds: float, generator: torch.Generator | None = None) -> list[list]:
+    """Consecutive batches of items (anything with a ``duration``), each cut where it would exceed
+    ``seconds`` of audio; shuffled first with a generator, in the given order without one."""
+    order = torch.randperm(len(items), generator=generator).tolist() if generator is not None else range(len(items))
+    out, current, total = [], [], 0.0
+    for i in order:
+        if current and total + items[i].duration > seconds:
+            out.append(current)
+            current, total = [], 0.0
+        current.append(items[i])
+        total += items[i].duration
+    return out + ([current] if current else [])
+
+
+def encode_cuts(encoder: Encoder | nn.Module, cuts: list, device: torch.device | str = "cpu"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states of a batch of cuts, on the fly: ((L, B, T, D) float32, (B,) lengths).
 
     The uncached path (and what the cache stores): one padded forward pass of the encoder.
+    An :class:`Encoder` runs without gradient; an objective module (fine-tuning) with it.
     """
     return encode_waves(encoder, [load_mono(c, encoder.sample_rate) for c in cuts], device)
 
 
-def encode_waves(encoder: Encoder, waves: list[np.ndarray], device: torch.device | str = "cpu"
+def encode_waves(encoder: Encoder | nn.Module, waves: list[np.ndarray], device: torch.device | str = "cpu"
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     waveforms, lengths = collate(waves)
     out = encoder.encode(waveforms.to(device), lengths.to(device))
@@ -81,11 +99,12 @@ class HiddenStates:
         return out, lengths
 
 
-def _fingerprint(encoder: Encoder, dtype: str) -> dict:
-    """What makes two extractions the same: the encoder, its weights (or seed) and the stored precision."""
+def _fingerprint(encoder: Encoder, cuts: list, dtype: str) -> dict:
+    """What makes two extractions the same: the encoder, its weights (or seed), the cuts and the precision."""
     info = encoder.info
+    ids = hashlib.sha256("\n".join(sorted(c.id for c in cuts)).encode()).hexdigest()[:16]
     return {"encoder": encoder.spec, "name": encoder.name, "step": info.get("step"), "seed": info.get("seed"),
-            "weights": info.get("weights_id"), "dtype": dtype}
+            "weights": info.get("weights_id"), "cuts": ids, "dtype": dtype}
 
 
 def open_cache(folder: str | os.PathLike) -> HiddenStates:
@@ -100,9 +119,9 @@ def open_cache(folder: str | os.PathLike) -> HiddenStates:
 
 def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.device | str = "cpu",
             batch_seconds: float = 60.0, dtype: str = "float16", progress: bool = True) -> HiddenStates:
-    """The split's hidden states under ``folder``: reused when the same encoder made them."""
+    """The hidden states of ``cuts`` under ``folder``: reused when the same encoder made them of the same cuts."""
     folder = Path(folder)
-    key = _fingerprint(encoder, dtype)
+    key = _fingerprint(encoder, cuts, dtype)
     index_path = folder / "index.json"
     if index_path.is_file():
         try:
@@ -111,22 +130,11 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
         except (OSError, ValueError, KeyError):
             pass  # unreadable: extract again
     folder.mkdir(parents=True, exist_ok=True)
-    cuts = sorted(cuts, key=lambda c: c.duration)  # similar lengths together: little padding
-    batches, current, total = [], [], 0.0
-    for cut in cuts:
-        if current and total + cut.duration > batch_seconds:
-            batches.append(current)
-            current, total = [], 0.0
-        current.append(cut)
-        total += cut.duration
-    if current:
-        batches.append(current)
-
+    batches = by_duration(sorted(cuts, key=lambda c: c.duration), batch_seconds)  # similar lengths: little padding
     ranges: dict[str, tuple[int, int]] = {}
     skipped: list[dict] = []
     offset, shape = 0, None
-    tmp = folder / f".states.bin.{os.getpid()}"
-    with open(tmp, "wb") as fh:
+    with atomic_path(folder / "states.bin") as tmp, open(tmp, "wb") as fh:
         for batch in tqdm(batches, desc=f"extract {folder.name}", unit="batch", disable=not progress):
             good, waves = [], []
             for cut in batch:
@@ -145,11 +153,9 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
                 fh.write(np.ascontiguousarray(h[:n]).tobytes())
                 ranges[cut.id] = (offset, offset + n)
                 offset += n
-    if shape is None:
-        raise ValueError(f"{folder}: no usable audio among {len(cuts)} cuts ({len(skipped)} skipped)")
-    os.replace(tmp, folder / "states.bin")
+        if shape is None:
+            raise ValueError(f"{folder}: no usable audio among {len(cuts)} cuts ({len(skipped)} skipped)")
     index = {"format": CACHE_FORMAT, "key": key, "shape": [offset, *shape], "ranges": ranges, "skipped": skipped}
-    tmp_index = folder / f".index.json.{os.getpid()}"
-    tmp_index.write_text(json.dumps(index))
-    os.replace(tmp_index, index_path)
+    with atomic_path(index_path) as tmp:
+        tmp.write_text(json.dumps(index))
     return open_cache(folder)

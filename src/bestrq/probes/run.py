@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.manifest import list_splits, load_split
+from ..data.manifest import atomic_path, list_splits, load_split
 from .cache import encode_cuts, extract
 from .encoders import Encoder, load_encoder
 from .tasks import TASKS, ProbeConfig, read_trials, task_data, train_probe
@@ -23,9 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
 
 
 def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -55,37 +54,34 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     if "speaker" in tasks and not trials:
         log.warning("%s: no sv split or sv_trials.txt: speaker verification (EER) is skipped", data_dir)
 
+    states, get_sv, durations = {}, None, {}
+    if not cfg.unfreeze:  # every split once, whole: all tasks read the same cache
+        states = {name: extract(encoder, cuts, out_dir / "cache" / name, device=dev, dtype=cache_dtype,
+                                progress=progress) for name, cuts in splits.items()}
+        if trials:
+            lost = {i for _, a, b in trials for i in (a, b)} - {c.id for c in sv}
+            if lost:
+                raise ValueError(f"{trials_path}: {len(lost)} trial utterances are not in the sv split, "
+                                 f"e.g. {min(lost)}")
+            sv_states = extract(encoder, sv, out_dir / "cache" / "sv", device=dev, dtype=cache_dtype,
+                                progress=progress)
+            kept = [t for t in trials if t[1] in sv_states and t[2] in sv_states]
+            if len(kept) < len(trials):
+                log.warning("%d trials dropped: their audio was unusable", len(trials) - len(kept))
+            trials, get_sv, durations = kept, sv_states.batch, {c.id: c.duration for c in sv}
+
+    def get(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        for s in states.values():
+            if ids[0] in s:
+                return s.batch(ids)
+        raise KeyError(ids[0])
+
     results = {}
     for task in tasks:
         data = task_data(task, splits, trials)
         if cfg.unfreeze:
             result = _finetune(encoder, data, cfg, dev, progress, splits)
         else:
-            states = {name: extract(encoder, _cuts_for(splits[name], items), out_dir / "cache" / name, device=dev,
-                                    dtype=cache_dtype, progress=progress)
-                      for name, items in (("train", data.train), ("dev", data.dev), ("test", data.test))}
-
-            def get(ids: list[str], _states=states) -> tuple[torch.Tensor, torch.Tensor]:
-                for s in _states.values():
-                    if ids[0] in s:
-                        return s.batch(ids)
-                raise KeyError(ids[0])
-
-            get_sv, durations = None, {}
-            if task == "speaker" and trials:
-                wanted = {i for _, a, b in trials for i in (a, b)}
-                sv_cuts = [c for c in sv if c.id in wanted]
-                lost = wanted - {c.id for c in sv_cuts}
-                if lost:
-                    raise ValueError(f"{trials_path}: {len(lost)} trial utterances are not in the sv split, "
-                                     f"e.g. {min(lost)}")
-                sv_states = extract(encoder, sv_cuts, out_dir / "cache" / "sv", device=dev, dtype=cache_dtype,
-                                    progress=progress)
-                trials_ok = [t for t in trials if t[1] in sv_states and t[2] in sv_states]
-                if len(trials_ok) < len(trials):
-                    log.warning("%d trials dropped: their audio was unusable", len(trials) - len(trials_ok))
-                data.trials = trials_ok
-                get_sv, durations = sv_states.batch, {c.id: c.duration for c in sv_cuts}
             # items whose audio was unusable are not in the cache: drop them, counted
             for name in ("train", "dev", "test"):
                 kept = [it for it in getattr(data, name) if it.cut_id in states[name]]
@@ -94,18 +90,14 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
                 setattr(data, name, kept)
             first = states["train"]
             rate = first.frame_rate({it.cut_id: it.duration for it in data.train})
-            result, _ = train_probe(task, data, get, first.num_layers, first.dim, cfg, device=dev, get_sv=get_sv,
-                                    sv_durations=durations, progress=progress, frame_rate=rate)
+            result, _ = train_probe(task, data, get, first.num_layers, first.dim, cfg, device=dev,
+                                    get_sv=get_sv if task == "speaker" else None, sv_durations=durations,
+                                    progress=progress, frame_rate=rate)
             result["frame_rate"] = rate
         result["encoder"] = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
         _write_json(out_dir / f"probe_{task}.json", result)
         results[task] = result
     return results
-
-
-def _cuts_for(cuts: list, items: list) -> list:
-    wanted = {it.cut_id for it in items}
-    return [c for c in cuts if c.id in wanted]
 
 
 def _finetune(encoder: Encoder, data, cfg: ProbeConfig, device: torch.device, progress: bool,
@@ -117,25 +109,13 @@ def _finetune(encoder: Encoder, data, cfg: ProbeConfig, device: torch.device, pr
 
     def get(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(module.training):
-            return _encode_with_grad(module, [by_id[i] for i in ids], device)
+            return encode_cuts(module, [by_id[i] for i in ids], device)
 
     first = data.train[0]
     with torch.no_grad():
-        probe_input, lengths = _encode_with_grad(module, [by_id[first.cut_id]], device)
+        probe_input, lengths = encode_cuts(module, [by_id[first.cut_id]], device)
     rate = float(lengths[0]) / first.duration
     result, _ = train_probe("asr", data, get, probe_input.shape[0], probe_input.shape[-1], cfg, device=device,
                             encoder=module, progress=progress, frame_rate=rate)
     result["unfreeze"] = True
     return result
-
-
-def _encode_with_grad(module, cuts: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..data.audio import load_mono
-    from ..data.loader import collate
-
-    waves, lengths = collate([load_mono(c, module.sample_rate) for c in cuts])
-    out = module.encode(waves.to(device), lengths.to(device))
-    return torch.stack([h.float() for h in out.hidden_states]), out.lengths.cpu()
-
-
-__all__ = ["encode_cuts", "run_probes"]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .cache import by_duration
 from .heads import CTCHead, PooledClassifier, SpeakerHead, WeightedLayerSum
 from .metrics import accuracy, ctc_greedy, equal_error_rate, error_rates, macro_f1
 
@@ -133,19 +134,6 @@ class Probe(nn.Module):
         return self.head.embed(self.layers(hidden), lengths)
 
 
-def batches(items: list[Item], seconds: float, generator: torch.Generator | None = None) -> list[list[Item]]:
-    """Shuffled (with a generator) or in order; cut where a batch would exceed ``seconds`` of audio."""
-    order = torch.randperm(len(items), generator=generator).tolist() if generator is not None else range(len(items))
-    out, current, total = [], [], 0.0
-    for i in order:
-        if current and total + items[i].duration > seconds:
-            out.append(current)
-            current, total = [], 0.0
-        current.append(items[i])
-        total += items[i].duration
-    return out + ([current] if current else [])
-
-
 def _targets(items: list[Item], classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     index = {ch: i + 1 for i, ch in enumerate(classes)}
     seqs = [torch.tensor([index[ch] for ch in it.label]) for it in items]
@@ -172,14 +160,14 @@ def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str]
     probe.eval()
     if probe.task == "asr":
         refs, hyps = [], []
-        for batch in batches(items, seconds):
+        for batch in by_duration(items, seconds):
             hidden, lengths = get([it.cut_id for it in batch])
             decoded = ctc_greedy(*probe(hidden.to(device), lengths.to(device)))
             hyps += ["".join(classes[c - 1] for c in seq) for seq in decoded]
             refs += [it.label for it in batch]
         return error_rates(refs, hyps)
     preds, targets = [], []
-    for batch in batches(items, seconds):
+    for batch in by_duration(items, seconds):
         hidden, lengths = get([it.cut_id for it in batch])
         preds += probe(hidden.to(device), lengths.to(device)).argmax(dim=-1).tolist()
         targets += [it.label for it in batch]
@@ -196,7 +184,7 @@ def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetS
     ids = sorted({i for _, a, b in trials for i in (a, b)})
     items = [Item(i, durations[i], None) for i in ids]
     emb = {}
-    for batch in batches(items, seconds):
+    for batch in by_duration(items, seconds):
         hidden, lengths = get([it.cut_id for it in batch])
         vectors = F.normalize(probe.embed(hidden.to(device), lengths.to(device)), dim=-1)
         emb.update({it.cut_id: v for it, v in zip(batch, vectors)})
@@ -231,7 +219,7 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
         if encoder is not None and cfg.unfreeze:
             encoder.train()
         total, count = 0.0, 0
-        for batch in batches(data.train, cfg.batch_seconds, generator):
+        for batch in by_duration(data.train, cfg.batch_seconds, generator):
             hidden, lengths = get([it.cut_id for it in batch])
             loss = loss_of(probe, hidden.to(device), lengths.to(device), batch, data.classes)
             optimizer.zero_grad(set_to_none=True)
@@ -246,7 +234,7 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
                       "layer_weights": probe.layers.weights.tolist()})
         bar.set_postfix(loss=f"{total / max(count, 1):.3f}", **{metric: f"{dev[metric]:.4f}"})
         if _better(metric, dev[metric], best):
-            best, best_epoch = dev[metric], epoch
+            best, best_epoch, best_dev = dev[metric], epoch, dev
             best_state = copy.deepcopy(probe.state_dict())
             best_encoder = copy.deepcopy(encoder.state_dict()) if cfg.unfreeze and encoder is not None else None
         elif epoch - best_epoch >= cfg.patience:
@@ -259,7 +247,7 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
         encoder.load_state_dict(best_encoder)
     result = {
         "task": task, "best_epoch": best_epoch, "epochs": len(curve),
-        "dev": evaluate(probe, data.dev, get, data.classes, cfg.batch_seconds, device),
+        "dev": best_dev,  # evaluation is deterministic: the restored state scores the same
         "test": evaluate(probe, data.test, get, data.classes, cfg.batch_seconds, device),
         "layer_weights": probe.layers.weights.tolist(), "curve": curve, "classes": data.classes,
         "train_items": len(data.train), "seconds": time.monotonic() - started, "config": asdict(cfg),
