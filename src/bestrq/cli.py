@@ -44,6 +44,11 @@ def _pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"train.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
     result = pretrain(cfg)
+    if result.bad_steps:
+        print(f"{result.bad_steps} updates were skipped for a non-finite loss or gradient")
+    if result.signal is not None:  # pre-empted: a checkpoint is saved; the exit status says "not finished"
+        print(f"run folder: {result.out_dir.resolve()} (stopped at step {result.step}; the same command resumes)")
+        return 128 + int(result.signal)
     if result.valid:
         v = result.valid
         print(f"step {result.step}: valid masked accuracy {v['accuracy']:.4f} "
@@ -161,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"bestrq {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .train.loop import TrainingDiverged
+
+        if not isinstance(e, TrainingDiverged):
+            raise
+        print(f"bestrq {args.command}: error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

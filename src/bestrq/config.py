@@ -146,6 +146,9 @@ class TrainConfig:
     keep_checkpoints: int = _f(3, "most recent checkpoints kept")
     tensorboard: bool = _f(True, "write TensorBoard scalars to out_dir/tensorboard")
     progress: bool = _f(True, "show a progress bar")
+    max_bad_steps: int = _f(20, "consecutive steps with a non-finite loss or gradient (each skipped) before "
+                               "the run stops")
+    dist_timeout_minutes: float = _f(10.0, "how long a collective waits for a silent rank before the job fails")
 
 
 @dataclass
@@ -206,6 +209,7 @@ class PretrainConfig:
                            ("train.keep_checkpoints", self.train.keep_checkpoints),
                            ("train.checkpoint_every", self.train.checkpoint_every),
                            ("train.log_every", self.train.log_every), ("features.stack", self.features.stack),
+                           ("train.max_bad_steps", self.train.max_bad_steps),
                            ("quantizer.codebook_size", self.quantizer.codebook_size),
                            ("quantizer.num_codebooks", self.quantizer.num_codebooks)):
             check(value >= 1, key, f"must be >= 1, got {value}")
@@ -213,6 +217,7 @@ class PretrainConfig:
               "encoder.pos_conv_groups",
               f"d_model {self.encoder.d_model} is not divisible by {self.encoder.pos_conv_groups}")
         check(self.data.max_batch_duration > 0, "data.max_batch_duration", "must be > 0")
+        check(self.train.dist_timeout_minutes > 0, "train.dist_timeout_minutes", "must be > 0")
         return self
 
 
@@ -273,11 +278,20 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: {key!r} is not a dotted key such as optim.lr")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} was set to a value, not a section")
+        node[parts[-1]] = value
     return out
 
 

@@ -5,8 +5,9 @@
         state.pt            optimizer, step, data-loader position, RNG states
         config.json         the full run config and the step, human-readable
 
-A checkpoint is written into a hidden temporary folder and renamed into place, so a
-crash never leaves a half-written one under a real name; the newest ``keep`` are kept.
+A checkpoint is written into a hidden temporary folder, synced to disk and renamed into
+place, so a crash (SIGKILL included) never leaves a half-written one under a real name;
+``recover`` clears what such a crash leaves behind. The newest ``keep`` are kept.
 Loading never unpickles code: safetensors holds tensors only and ``state.pt`` is read with
 ``torch.load(weights_only=True)``.
 """
@@ -14,6 +15,7 @@ Loading never unpickles code: safetensors holds tensors only and ``state.pt`` is
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,6 +29,8 @@ from safetensors.torch import load_file, save_file
 
 FORMAT = "bestrq-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8,})$")
+_OLD = re.compile(r"^\.old-(step-\d{8,})-\d+$")
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -70,13 +74,15 @@ def save(out_dir: str | os.PathLike, step: int, weights: dict[str, torch.Tensor]
     for f in tmp.iterdir():  # data on disk before the rename makes it visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():  # the same step saved again (a resumed run): replace it
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved again (a resumed run): replace it; recover() undoes a cut
         old = folder / f".old-{final.name}-{os.getpid()}"
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+    _fsync_dir(folder)  # the rename itself survives a power cut
     for stale in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
     return final
@@ -107,6 +113,54 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path / 'state.pt'}: not a {FORMAT} file")
     return Checkpoint(path, int(state["step"]), weights, state, meta.get("config", {}))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def recover(out_dir: str | os.PathLike) -> list[str]:
+    """Clear what a save cut short left: a replaced checkpoint whose successor never arrived is
+    put back, temporary folders are removed. Returns what was done, one line per folder."""
+    folder = checkpoint_dir(out_dir)
+    done = []
+    if not folder.is_dir():
+        return done
+    for p in sorted(folder.iterdir()):
+        m = _OLD.match(p.name)
+        if m and not (folder / m.group(1)).exists():
+            p.rename(folder / m.group(1))
+            done.append(f"restored {m.group(1)} (its replacement was never completed)")
+        elif m or p.name.startswith(".tmp-step-"):
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name} (an unfinished write)")
+    for line in done:
+        log.warning("%s: %s", folder, line)
+    return done
+
+
+def latest_loadable(out_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[Path | None, Checkpoint | None]:
+    """The newest checkpoint that loads; broken newer ones (damaged after the write) are reported and passed over."""
+    errors = []
+    for path in reversed(list_checkpoints(out_dir)):
+        try:
+            return path, load(path, map_location)
+        except CheckpointError as e:
+            log.warning("passing over a damaged checkpoint: %s", e)
+            errors.append(str(e))
+    if errors:
+        raise CheckpointError(f"{checkpoint_dir(out_dir)}: no checkpoint loads ({'; '.join(errors)})")
+    return None, None
 
 
 def latest(out_dir: str | os.PathLike) -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -25,8 +26,13 @@ class Context:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> Context:
-    """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); NCCL on GPUs, gloo on CPU."""
+def setup(device: str = "auto", timeout_minutes: float = 10.0) -> Context:
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); NCCL on GPUs, gloo on CPU.
+
+    A collective that waits longer than ``timeout_minutes`` for a silent rank fails (and with
+    it the job) instead of hanging; a rank that dies is noticed sooner by torchrun, which
+    then stops the others.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,7 +45,8 @@ def setup(device: str = "auto") -> Context:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return Context(rank, world, local, dev)
 
 

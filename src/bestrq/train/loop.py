@@ -8,6 +8,18 @@ micro-batch of each step only.
 Everything random is either restored from the checkpoint (weights, optimizer, data
 position, the dropout RNG) or derived from (seed, step, rank) (the masks and their noise),
 so stopping and resuming gives the same weights as training straight through.
+
+Faults a long run survives:
+- SIGKILL anywhere, a checkpoint write included: checkpoints appear by an atomic rename, so
+  the same command resumes from the last complete one (see checkpoint.py).
+- SIGTERM / SIGINT (a cluster's pre-emption, Ctrl-C): the step under way finishes, a
+  checkpoint is saved and the run ends with :class:`RunResult` ``.signal`` set; the CLI
+  exits 128 + the signal number. A second Ctrl-C stops at once.
+- A non-finite loss or gradient norm: the update is skipped, counted (``bad_steps``) and
+  logged; ``train.max_bad_steps`` in a row raise :class:`TrainingDiverged`, leaving the
+  last checkpoint (saved before the trouble) as it was.
+- Bad audio: skipped, counted per file and reason, kept across resumes in the checkpoint,
+  written to ``out_dir/skipped_audio.json`` and summarised at the end.
 """
 
 from __future__ import annotations
@@ -17,8 +29,11 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +43,7 @@ from tqdm import tqdm
 
 from ..config import PretrainConfig, to_dict
 from ..data.loader import AudioDataset, AudioLoader
-from ..data.manifest import load_split
+from ..data.manifest import atomic_path, load_split
 from ..objectives import build_model
 from . import checkpoint, distributed
 from .optim import build_optimizer, lr_at
@@ -46,6 +61,52 @@ class RunResult:
     train: dict[str, float]  # the last logged training metrics
     valid: dict[str, float]  # the last validation metrics (empty without a validation split)
     model: torch.nn.Module  # the trained objective module (unwrapped), on its training device
+    signal: int | None = None  # SIGTERM or SIGINT ended the run early (a checkpoint was saved)
+    bad_steps: int = 0  # updates skipped for a non-finite loss or gradient, over the whole run
+    skipped_audio: dict[str, dict] = field(default_factory=dict)  # cut id -> path, reason, times
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps; the last checkpoint is intact."""
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT set a flag that the loop reads between steps; a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("received %s: finishing this step, saving a checkpoint, then stopping",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> typing.Self:
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread only
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _record_skipped(skipped: dict[str, dict], batch) -> None:
+    for item in getattr(batch, "skipped", ()):
+        entry = skipped.setdefault(item.cut_id, {"path": item.path, "reason": item.reason, "times": 0})
+        entry["times"] += 1
+
+
+def skipped_summary(skipped: dict[str, dict]) -> str:
+    """One line per kind of problem: how many files, and an example."""
+    kinds: dict[str, list[str]] = {}
+    for entry in skipped.values():
+        kinds.setdefault(entry["reason"].split(" (")[0], []).append(entry["path"])
+    return "\n".join(f"  {kind}: {len(paths)} file(s), e.g. {paths[0]}" for kind, paths in sorted(kinds.items()))
 
 
 class Meter:
@@ -130,14 +191,15 @@ def _check_resumable(saved: dict, cfg: PretrainConfig, path: Path) -> None:
 
 def pretrain(cfg: PretrainConfig) -> RunResult:
     """Train (or resume training of) the model ``cfg`` describes; returns the final metrics."""
-    ctx = distributed.setup(cfg.train.device)
+    ctx = distributed.setup(cfg.train.device, timeout_minutes=cfg.train.dist_timeout_minutes)
     try:
-        return _pretrain(cfg, ctx)
+        with _StopSignals() as signals:
+            return _pretrain(cfg, ctx, signals)
     finally:
         distributed.teardown()
 
 
-def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
+def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals) -> RunResult:
     t, device = cfg.train, ctx.device
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -166,10 +228,12 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
     loader = make_loader(cfg.data.train_split, train=True)
     valid_loader = make_loader(cfg.data.valid_split, train=False) if cfg.data.valid_split else None
 
-    step = 0
-    resume_from = checkpoint.latest(out_dir)
-    if resume_from is not None:
-        ckpt = checkpoint.load(resume_from, map_location="cpu")
+    step, bad_steps, skipped = 0, 0, {}
+    if ctx.is_main:
+        checkpoint.recover(out_dir)  # a write cut short by a kill: restore or remove its leftovers
+    distributed.barrier()
+    resume_from, ckpt = checkpoint.latest_loadable(out_dir)
+    if ckpt is not None:
         _check_resumable(ckpt.config, cfg, resume_from)
         missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
         if missing or unexpected:
@@ -184,6 +248,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
         if device.type == "cuda" and ckpt.state["rng"][ctx.rank].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt.state["rng"][ctx.rank]["cuda"])
         step = ckpt.step
+        bad_steps = int(ckpt.state.get("bad_steps", 0))
+        skipped = {k: dict(v) for k, v in ckpt.state.get("skipped_audio", {}).items()}
         if ctx.is_main:
             log.warning("resuming from %s (step %d)", resume_from, step)
 
@@ -196,7 +262,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
     writer, metrics_file = None, out_dir / "metrics.jsonl"
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        with atomic_path(out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(to_dict(cfg), indent=2))
         _truncate_metrics(metrics_file, step)
         if t.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -213,7 +280,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
                 writer.add_scalar(f"{split}/{name}", value, step)
 
     def save() -> None:
-        states = {"loader": loader.state_dict(), "rng": {
+        states = {"loader": loader.state_dict(), "skipped": skipped, "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}}
         gathered = [None] * ctx.world_size
@@ -222,13 +289,21 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
         else:
             gathered = [states]
         if ctx.is_main:
+            merged = {}
+            for g in gathered:  # each rank reads its own batches: one list for the run
+                merged.update(g["skipped"])
             checkpoint.save(out_dir, step, model.state_dict(), {
                 "optimizer": optimizer.state_dict(),
                 "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered],
+                "bad_steps": bad_steps, "skipped_audio": merged,
             }, to_dict(cfg), keep=t.keep_checkpoints)
+            if merged:
+                with atomic_path(out_dir / "skipped_audio.json") as tmp:
+                    tmp.write_text(json.dumps(merged, indent=2))
         distributed.barrier()
 
     meter = Meter(device)
+    bad_in_a_row, bad_since_log = 0, 0
     train_metrics: dict[str, float] = {}
     valid_metrics: dict[str, float] = {}
     batches = iter(loader)
@@ -237,12 +312,18 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
     bar = tqdm(total=t.steps, initial=step, disable=not (ctx.is_main and t.progress), unit="step",
                dynamic_ncols=True)
     model.train()
+    out_of_time = signalled = False
     while step < t.steps:
         lr = lr_at(step, cfg.optim, t.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        outputs, finite = [], True
         for micro in range(cfg.optim.grad_accum):
             batch = next(batches)
+            _record_skipped(skipped, batch)
+            while len(batch) == 0:  # every clip of the batch was bad
+                batch = next(batches)
+                _record_skipped(skipped, batch)
             waveforms = batch.waveforms.to(device, non_blocking=True)
             lengths = batch.lengths.to(device, non_blocking=True)
             last = micro == cfg.optim.grad_accum - 1
@@ -252,14 +333,30 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
                     out = ddp(waveforms, lengths, _mask_generator(device, t.seed, step, micro, ctx.rank), step)
                 (out.loss / cfg.optim.grad_accum).backward()
             seconds = float(batch.lengths.sum()) / model.sample_rate
-            meter.add(out, seconds)
+            finite = finite and bool(torch.isfinite(out.loss))
+            outputs.append((out, seconds))
             window_audio += seconds
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if torch.isfinite(grad_norm):
-            optimizer.step()
-        else:  # the same on every rank: gradients are all-reduced before the norm
-            log.warning("step %d: non-finite gradient norm, update skipped", step)
+        # gradients are all-reduced before the norm, the loss is not: agree on every rank
+        if _any_rank(not (finite and bool(torch.isfinite(grad_norm))), device) if ctx.distributed \
+                else not (finite and torch.isfinite(grad_norm)):
+            bad_steps, bad_in_a_row, bad_since_log = bad_steps + 1, bad_in_a_row + 1, bad_since_log + 1
+            log.warning("step %d: non-finite %s, update skipped (%d in a row, %d in this run)", step,
+                        "loss" if not finite else "gradient norm", bad_in_a_row, bad_steps)
+            optimizer.zero_grad(set_to_none=True)
+            if bad_in_a_row >= t.max_bad_steps:
+                last = checkpoint.latest(out_dir)
+                raise TrainingDiverged(
+                    f"{bad_in_a_row} consecutive steps with a non-finite loss or gradient (train.max_bad_steps="
+                    f"{t.max_bad_steps}) at step {step}: stopping. The last checkpoint, "
+                    f"{last if last else 'none yet'}, is untouched; lower optim.lr, raise optim.warmup_steps "
+                    f"or use train.precision=fp32, then run the same command to resume from it")
+            continue  # the step is not taken: the same step number, the next batch
+        bad_in_a_row = 0
+        for out, seconds in outputs:
+            meter.add(out, seconds)
+        optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
@@ -271,11 +368,15 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
                 now - window_start, 1e-9)
             window_start, window_audio = now, 0.0
             train_metrics.update(lr=lr, grad_norm=float(grad_norm), audio_per_second=audio_rate,
-                                 elapsed=now - started)
+                                 elapsed=now - started, bad_steps=bad_since_log,
+                                 skipped_audio=float(len(skipped)))
+            bad_since_log = 0
             record("train", train_metrics)
             bar.set_postfix(loss=f"{train_metrics['loss']:.3f}", acc=f"{train_metrics['accuracy']:.3f}",
                             lr=f"{lr:.2e}", audio=f"{audio_rate:.0f}s/s")
-        out_of_time = t.max_minutes > 0 and _any_rank(time.monotonic() - started > 60 * t.max_minutes, device)
+        timed_out = t.max_minutes > 0 and time.monotonic() - started > 60 * t.max_minutes
+        stop = _any_ranks([timed_out, signals.received is not None], device)  # every rank stops together
+        out_of_time, signalled = stop[0], stop[1]
         if valid_loader is not None and ((t.valid_every and step % t.valid_every == 0) or step == t.steps
                                          or out_of_time):
             valid_metrics = validate(model, valid_loader, cfg, device, ctx.rank, step)
@@ -284,8 +385,13 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
                 baseline = model.baseline_name
                 bar.write(f"step {step}: valid loss {valid_metrics['loss']:.3f}, masked accuracy "
                           f"{valid_metrics['accuracy']:.4f} ({baseline} {valid_metrics['baseline_accuracy']:.4f})")
-        if step % t.checkpoint_every == 0 or step == t.steps or out_of_time:
+        if step % t.checkpoint_every == 0 or step == t.steps or out_of_time or signalled:
             save()
+        if signalled:
+            if ctx.is_main:
+                name = signal.Signals(signals.received).name if signals.received else "a signal on another rank"
+                bar.write(f"stopped by {name} at step {step} (checkpoint saved): run the same command to resume")
+            break
         if out_of_time:
             if ctx.is_main:
                 bar.write(f"stopping after {t.max_minutes} minutes at step {step} (checkpoint saved)")
@@ -293,11 +399,22 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context) -> RunResult:
     bar.close()
     if writer is not None:
         writer.close()
-    return RunResult(out_dir, step, train_metrics, valid_metrics, model)
+    if skipped and ctx.is_main:
+        log.warning("%d audio files were skipped (listed in %s):\n%s", len(skipped), out_dir / "skipped_audio.json",
+                    skipped_summary(skipped))
+    return RunResult(out_dir, step, train_metrics, valid_metrics, model,
+                     signal=(signals.received or signal.SIGTERM) if signalled else None, bad_steps=bad_steps,
+                     skipped_audio=skipped)
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
-    return bool(distributed.all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+    return _any_ranks([flag], device)[0]
+
+
+def _any_ranks(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag OR-ed over the ranks, in one all-reduce."""
+    total = distributed.all_reduce_sum(torch.tensor([float(f) for f in flags], device=device))
+    return [bool(v > 0) for v in total.tolist()]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -317,5 +434,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop lines logged after ``step`` (by a run that crashed later): a resume rewrites them."""
     if not path.exists():
         return
-    kept = [rec for rec in read_metrics(path) if rec["step"] <= step]
-    path.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
+    kept = [rec for rec in read_metrics(path) if rec.get("step", 0) <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))

@@ -1,0 +1,369 @@
+"""Faults inflicted on pre-training: kills, signals, NaNs, bad audio, hostile files, a failing rank.
+
+Every run here must either finish with the weights an uninterrupted run reaches, or stop
+with a clear message and a loadable last checkpoint; no checkpoint is ever lost or torn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tone, write_audio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_train import SMALL, small
+
+from bestrq.config import ConfigError, load_config
+from bestrq.data.manifest import ManifestError, load_cuts, load_split, save_split
+from bestrq.train import checkpoint, loop
+from bestrq.train.loop import TrainingDiverged, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "tests" / "fault_runner.py"
+STEPS = 30
+
+
+def command(corpus: Path, out: Path, *extra: str) -> list[str]:
+    sets = [*SMALL, f"data.corpus={corpus}", f"train.steps={STEPS}", "train.checkpoint_every=1",
+            "train.keep_checkpoints=2", "train.log_every=1", *extra]
+    return [sys.executable, str(RUNNER), "pretrain", "--config", "bestrq_tiny", "--out", str(out),
+            *[arg for s in sets for arg in ("--set", s)]]
+
+
+def env(**faults: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"), **faults}
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    ckpt = checkpoint.load(checkpoint.latest(out))
+    assert ckpt.step == STEPS
+    return ckpt.weights
+
+
+def assert_all_checkpoints_whole(out: Path) -> None:
+    """Every checkpoint under a real name loads; nothing half-written is visible as one."""
+    for path in checkpoint.list_checkpoints(out):
+        checkpoint.load(path)
+
+
+def logged_steps(out: Path) -> int:
+    return max((r["step"] for r in loop.read_metrics(out / "metrics.jsonl") if r["split"] == "train"), default=0)
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The uninterrupted run every faulted run must end up equal to."""
+    out = tmp_path_factory.mktemp("reference")
+    proc = subprocess.run(command(corpus, out), check=False, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return final_weights(out)
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(corpus, tmp_path, reference):
+    out, rng, kills = tmp_path / "run", random.Random(0), 0
+    for _ in range(3):
+        proc = subprocess.Popen(command(corpus, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        start = logged_steps(out)
+        deadline = time.monotonic() + 240
+        while logged_steps(out) <= start and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # training is under way again
+        time.sleep(rng.uniform(0.0, 0.6))  # somewhere in a step or a checkpoint write
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        proc.stderr.close()
+        assert_all_checkpoints_whole(out)
+    assert kills >= 2
+    # and once exactly in the middle of writing a checkpoint's weights
+    proc = subprocess.run(command(corpus, out), check=False, env=env(FAULT_KILL_IN_SAVE="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    torn = [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    assert torn, "the kill should have left an unfinished write behind"
+    assert_all_checkpoints_whole(out)
+    proc = subprocess.run(command(corpus, out), check=False, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "removed .tmp-step" in proc.stderr  # the leftovers were cleared, and said so
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert_same(final_weights(out), reference)
+    steps = [r["step"] for r in loop.read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == list(range(1, STEPS + 1))  # each step logged once: the resumes rewrote the tail
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(corpus, tmp_path, reference, sig):
+    out = tmp_path / "run"
+    # checkpoints only at the end: the one that exists after the signal is the signal's doing
+    proc = subprocess.Popen(command(corpus, out, f"train.checkpoint_every={STEPS}"), env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while logged_steps(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert f"stopped by {signal.Signals(sig).name}" in stdout and "the same command resumes" in stdout
+    saved = checkpoint.latest(out)
+    assert saved is not None and 2 <= checkpoint.load(saved).step < STEPS
+    proc = subprocess.run(command(corpus, out), check=False, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same(final_weights(out), reference)
+
+
+def test_a_save_cut_between_its_renames_is_undone(tmp_path):
+    folder = tmp_path / "checkpoints"
+    weights, cfg = {"w": torch.ones(2)}, {"x": 1}
+    checkpoint.save(tmp_path, 1, weights, {}, cfg, keep=3)
+    checkpoint.save(tmp_path, 2, weights, {}, cfg, keep=3)
+    (folder / "step-00000002").rename(folder / ".old-step-00000002-123")  # replaced, successor never renamed
+    (folder / ".tmp-step-00000002-123").mkdir()
+    (folder / ".tmp-step-00000002-123" / "model.safetensors").write_bytes(b"half")
+    done = checkpoint.recover(tmp_path)
+    assert len(done) == 2 and any("restored step-00000002" in line for line in done)
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000001", "step-00000002"]
+    assert checkpoint.load(folder / "step-00000002").step == 2
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_on_resume(corpus, tmp_path):
+    pretrain(small(corpus, tmp_path, "train.steps=2", "train.checkpoint_every=1"))
+    newest = checkpoint.latest(tmp_path) / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # damaged on disk after it was written
+    path, ckpt = checkpoint.latest_loadable(tmp_path)
+    assert path.name == "step-00000001" and ckpt.step == 1
+    result = pretrain(small(corpus, tmp_path, "train.steps=3", "train.checkpoint_every=1"))
+    assert result.step == 3
+
+
+def nan_model(bad_calls: set[int] | None = None, bad_from: int | None = None):
+    """build_model whose training forward passes return a NaN loss on the given calls (1-based)."""
+    build, calls = loop.build_model, [0]
+
+    def build_model(cfg):
+        model = build(cfg)
+        forward = model.forward
+
+        def faulty(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            if not model.training:
+                return out
+            calls[0] += 1
+            if calls[0] in (bad_calls or ()) or (bad_from is not None and calls[0] >= bad_from):
+                out = dataclasses.replace(out, loss=out.loss * float("nan"))
+            return out
+
+        model.forward = faulty
+        return model
+
+    return build_model
+
+
+def test_non_finite_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "build_model", nan_model(bad_calls={2, 3}))
+    result = pretrain(small(corpus, tmp_path, "train.steps=4", "train.log_every=1"))
+    assert result.step == 4 and result.bad_steps == 2
+    records = [r for r in loop.read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert sum(r["bad_steps"] for r in records) == 2
+    assert all(math.isfinite(r["loss"]) for r in records)  # a skipped step's NaN is not averaged in
+    saved = checkpoint.load(checkpoint.latest(tmp_path))
+    assert saved.state["bad_steps"] == 2
+    assert all(torch.isfinite(w).all() for w in saved.weights.values() if w.is_floating_point())
+    adam_steps = {int(s["step"]) for s in saved.state["optimizer"]["state"].values()}
+    assert adam_steps == {4}  # four updates taken, the two NaN passes never reached the optimizer
+
+
+def test_too_many_bad_steps_in_a_row_stop_the_run_with_the_last_checkpoint_intact(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "build_model", nan_model(bad_from=3))
+    cfg = small(corpus, tmp_path, "train.steps=10", "train.checkpoint_every=1", "train.max_bad_steps=3")
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive steps.*step 2.*step-00000002"):
+        pretrain(cfg)
+    last = checkpoint.load(checkpoint.latest(tmp_path))
+    assert last.step == 2
+    assert all(torch.isfinite(w).all() for w in last.weights.values() if w.is_floating_point())
+
+
+def bad_corpus(corpus: Path, out: Path) -> tuple[Path, dict[str, str]]:
+    """40 good cuts of the demo corpus plus 8 troublesome files (about 17%): what each should become."""
+    from lhotse import CutSet, Recording
+    from lhotse.audio import AudioSource
+
+    audio = out / "audio"
+    good = list(load_split(corpus, "train").subset(first=40))
+    write_audio(audio / "8k.wav", tone(300, 2.0, rate=8000), rate=8000)
+    write_audio(audio / "stereo.wav", tone(300, 2.0, channels=2))
+    write_audio(audio / "clipped.wav", np.clip(10 * tone(300, 2.0), -1.0, 1.0))
+    write_audio(audio / "nan.wav", np.where(np.arange(32000) % 997 == 0, np.nan, tone(300, 2.0)).astype(np.float32),
+                subtype="FLOAT")
+    write_audio(audio / "short.wav", tone(300, 0.02))  # under one 40 ms target frame
+    recordings = [Recording.from_file(audio / f"{name}.wav") for name in ("8k", "stereo", "clipped", "nan", "short")]
+    (audio / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage" + bytes(range(256)) * 40)
+    (audio / "empty.wav").write_bytes(b"")
+    for name in ("corrupt", "empty", "missing"):  # the manifest claims 2 s of 16 kHz audio
+        recordings.append(Recording(id=name, sources=[AudioSource(type="file", channels=[0],
+                                                                  source=str(audio / f"{name}.wav"))],
+                                    sampling_rate=16000, num_samples=32000, duration=2.0))
+    cuts = CutSet.from_cuts(good + [r.to_cut() for r in recordings]).shuffle(random.Random(0))
+    save_split(out, "train", cuts)
+    expected = {"8k": "used", "stereo": "used", "clipped": "used", "short": "left out",
+                "nan": "non-finite samples", "corrupt": "unreadable", "empty": "unreadable", "missing": "unreadable"}
+    return out, expected
+
+
+@pytest.mark.slow
+def test_pretraining_survives_a_corpus_with_bad_files_and_lists_them(corpus, tmp_path, caplog):
+    data, expected = bad_corpus(corpus, tmp_path / "data")
+    out = tmp_path / "run"
+    cfg = small(data, out, "train.steps=12", "data.valid_split=", "train.checkpoint_every=6", "data.min_duration=0.1")
+    with caplog.at_level("WARNING"):
+        result = pretrain(cfg)
+    assert result.step == 12
+    bad = {name for name, fate in expected.items() if fate not in ("used", "left out")}
+    assert set(result.skipped_audio) == bad
+    for cut_id, entry in result.skipped_audio.items():
+        assert entry["reason"].startswith(expected[cut_id]), entry
+        assert entry["path"].endswith(f"{cut_id}.wav")
+    assert "left out 1 of 48 cuts shorter than" in caplog.text  # the 20 ms clip, up front
+    assert "4 audio files were skipped" in caplog.text and "unreadable: 3 file(s)" in caplog.text
+    listed = json.loads((out / "skipped_audio.json").read_text())
+    assert listed.keys() == result.skipped_audio.keys()
+    # the list survives a resume: it lives in the checkpoint
+    assert checkpoint.load(checkpoint.latest(out)).state["skipped_audio"].keys() == listed.keys()
+
+
+def test_resampled_and_down_mixed_audio_is_used(tmp_path):
+    from lhotse import CutSet, Recording
+
+    from bestrq.data.loader import AudioDataset
+
+    write_audio(tmp_path / "8k.wav", tone(300, 1.0, rate=8000), rate=8000)
+    write_audio(tmp_path / "stereo.wav", tone(300, 1.0, channels=2))
+    cuts = CutSet.from_cuts(Recording.from_file(tmp_path / f"{n}.wav").to_cut() for n in ("8k", "stereo"))
+    batch = AudioDataset()[cuts]
+    assert batch.lengths.tolist() == [16000, 16000] and not batch.skipped
+    stereo = batch.waveforms[batch.cut_ids.index("stereo")].numpy()
+    np.testing.assert_allclose(stereo, tone(300, 1.0) * 0.75, atol=1e-4)  # the mean of x/2 and x
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a hostile checkpoint would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(corpus, tmp_path):
+    pretrain(small(corpus, tmp_path, "train.steps=1"))
+    folder = checkpoint.latest(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"format": checkpoint.FORMAT, "step": 1, "optimizer": Payload(marker)}, folder / "state.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"state\.pt: corrupt or not a bestrq training state"):
+        checkpoint.load(folder)
+    with pytest.raises(checkpoint.CheckpointError, match="state.pt"):
+        pretrain(small(corpus, tmp_path, "train.steps=2"))
+    assert not marker.exists()
+
+
+def test_wrong_architecture_and_truncated_checkpoints_name_the_problem(corpus, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from bestrq.probes.encoders import load_encoder
+
+    pretrain(small(corpus, tmp_path, "train.steps=1"))
+    folder = checkpoint.latest(tmp_path)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["encoder.extra.weight"] = weights.pop("heads.weight")
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": checkpoint.FORMAT})
+    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit.*missing \['heads\.weight'\].*encoder\.extra"):
+        load_encoder(str(tmp_path))
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.safetensors: corrupt"):
+        load_encoder(str(folder))
+
+
+YAML_TEXT = st.text(alphabet=st.sampled_from(list("abcdefgnoprstu_.:-=[]{}!&*|>'\"#%@ 0123456789\n\t")), max_size=80)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(YAML_TEXT, st.sampled_from([
+    "!!python/object/apply:os.system ['touch pwned']", "encoder: !!python/name:os.system", "&a [*a]",
+    "encoder: {d_model: [1, 2]}", "train: 3", "optim: {lr: .nan}", "objective: null", "- a\n- b"])))
+def test_config_files_parse_safely_or_fail_with_a_config_error(tmp_path, text):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(text)
+    try:
+        load_config(str(path))
+    except ConfigError as e:
+        assert str(e)
+    assert not (Path.cwd() / "pwned").exists()
+
+
+@settings(max_examples=150, deadline=None)
+@given(overrides=st.lists(st.tuples(st.sampled_from(["encoder.d_model", "optim.lr", "train.steps", "masking.prob",
+                                                     "data.corpus", "quantizer", "nope.x", "", "a.b.c"]),
+                                    YAML_TEXT), max_size=3))
+def test_config_overrides_parse_safely_or_fail_with_a_config_error(overrides):
+    try:
+        load_config(None, [f"{k}={v}" for k, v in overrides])
+    except ConfigError as e:
+        assert str(e)
+
+
+JSON_LINE = st.one_of(
+    st.text(max_size=60),
+    st.dictionaries(st.sampled_from(["id", "start", "duration", "channel", "recording", "supervisions", "type"]),
+                    st.one_of(st.none(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=8),
+                              st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3),
+                                                                                   st.integers(), max_size=2)),
+                    max_size=7).map(json.dumps))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(JSON_LINE, min_size=1, max_size=4))
+def test_manifests_parse_safely_or_fail_naming_the_file(tmp_path, lines):
+    path = tmp_path / "fuzz_cuts.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        load_cuts(path)
+    except ManifestError as e:
+        assert str(e).startswith(str(path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_a_failing_rank_ends_the_whole_torchrun_job(corpus, tmp_path, mode):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *command(corpus, tmp_path / "run", "train.steps=50", "train.dist_timeout_minutes=1")[1:]]
+    proc = subprocess.run(cmd, check=False, env=env(FAULT_RANK="1", FAULT_STEP="3", FAULT_MODE=mode), capture_output=True,
+                          text=True, timeout=240)  # a hang would end here, as a failure
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    if mode == "raise":
+        assert "injected fault on rank 1" in output
+    else:
+        assert "Signal 9 (SIGKILL)" in output or "SIGKILL" in output
+    assert logged_steps(tmp_path / "run") < 50  # the other rank did not train on alone
