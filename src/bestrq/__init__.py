@@ -1,3 +1,10 @@
 """bestrq: self-supervised speech pre-training with BEST-RQ."""
 
 __version__ = "0.1.0"
+
+
+def load(path, device="cpu"):
+    """A run or checkpoint folder -> a frozen model with ``extract_features`` (see bestrq.export.api)."""
+    from .export.api import load as _load
+
+    return _load(path, device)

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ConfigError, PretrainConfig, from_dict, load_config
+from ..config import PretrainConfig, load_config
+from ..export.api import load_checkpoint
 from ..features import FeatureNormalizer, LogMelFbank, padding_mask
 from ..models.conformer import EncoderOutput
-from ..train import checkpoint as ckpt_io
 from ..train.loop import read_metrics
 
 
@@ -75,29 +75,10 @@ def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:
 
 
 def _from_checkpoint(path: Path, device: torch.device) -> Encoder:
-    from ..objectives import build_model
-
-    folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
-    if folder is None:
-        raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint")
-    ckpt = ckpt_io.load(folder)
-    try:
-        cfg = from_dict(PretrainConfig, ckpt.config).validate()
-    except ConfigError as e:
-        raise ckpt_io.CheckpointError(f"{folder / 'config.json'}: not a usable model config: {e}") from None
-    model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
-    if missing or unexpected:
-        raise ckpt_io.CheckpointError(
-            f"{folder / 'model.safetensors'}: does not fit a {cfg.objective} model of its own config "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-    run_dir = folder.parent.parent
-    stat = (folder / "model.safetensors").stat()
-    info = {"objective": cfg.objective, "step": ckpt.step, "checkpoint": str(folder),
-            "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}",  # a new run with the same steps differs
-            **_pretraining_record(run_dir, ckpt.step)}
-    name = f"{run_dir.name} (step {ckpt.step})"
-    return Encoder(name, str(path), model.to(device).eval().requires_grad_(False), info)
+    loaded = load_checkpoint(path, device)
+    run_dir = loaded.folder.parent.parent
+    info = {**loaded.info, **_pretraining_record(run_dir, loaded.step)}
+    return Encoder(f"{run_dir.name} (step {loaded.step})", str(path), loaded.module, info)
 
 
 def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -> Encoder:

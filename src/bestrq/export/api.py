@@ -1,0 +1,170 @@
+"""The Python API: ``bestrq.load(path)`` -> a frozen :class:`Model` that turns audio into every layer's hidden states.
+
+    model = bestrq.load("runs/tiny")                      # a run folder (its newest checkpoint)
+    feats = model.extract_features(wave, sample_rate=8000)  # 1-D audio at any rate
+    feats.hidden_states[-1]                               # (B, T, D), 25 frames per second for BEST-RQ
+    model.upstream()(list_of_wavs)["hidden_states"]       # the s3prl upstream contract
+
+Checkpoints load without unpickling code (see train/checkpoint.py); a checkpoint whose
+weights do not fit the model its own config describes is refused, naming the keys.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ConfigError, PretrainConfig, from_dict
+from ..data.audio import resample
+from ..models.conformer import EncoderOutput
+from ..train import checkpoint as ckpt_io
+
+
+@dataclass
+class Loaded:
+    """An objective module rebuilt from a checkpoint, with its config and where it came from."""
+
+    module: nn.Module
+    config: PretrainConfig
+    step: int
+    folder: Path  # the checkpoint folder
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
+    """A run folder (its newest complete checkpoint) or a checkpoint folder -> the model, in eval mode, frozen."""
+    from ..objectives import build_model
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run or checkpoint folder")
+    folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
+    if folder is None:
+        raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint")
+    ckpt = ckpt_io.load(folder)
+    try:
+        cfg = from_dict(PretrainConfig, ckpt.config).validate()
+    except ConfigError as e:
+        raise ckpt_io.CheckpointError(f"{folder / 'config.json'}: not a usable model config: {e}") from None
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    if missing or unexpected:
+        raise ckpt_io.CheckpointError(
+            f"{folder / 'model.safetensors'}: does not fit a {cfg.objective} model of its own config "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    stat = (folder / "model.safetensors").stat()
+    info = {"objective": cfg.objective, "step": ckpt.step, "checkpoint": str(folder),
+            "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}"}  # a new run with the same steps differs
+    return Loaded(model.to(device).eval().requires_grad_(False), cfg, ckpt.step, folder, info)
+
+
+Audio = torch.Tensor | np.ndarray
+
+
+class Model(nn.Module):
+    """A pre-trained encoder, frozen, from audio to hidden states (front-end output, then every layer)."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        super().__init__()
+        self.module = loaded.module
+        self.config = loaded.config
+        self.step = loaded.step
+        self.source = loaded.folder
+
+    @property
+    def sample_rate(self) -> int:
+        return self.module.sample_rate
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def downsample_rate(self) -> int:
+        """Input samples per output frame: 640 for BEST-RQ (40 ms), 320 for wav2vec 2.0 (20 ms)."""
+        if self.config.objective == "wav2vec2":
+            return math.prod(self.config.wav2vec2.conv_strides)
+        return self.module.features.frame_shift * self.config.features.stack
+
+    @property
+    def num_layers(self) -> int:
+        """Hidden states per call: the front-end output and every encoder layer."""
+        return self.config.encoder.num_layers + 1
+
+    @torch.no_grad()
+    def extract_features(self, waveforms: Audio | Sequence[Audio], lengths: torch.Tensor | Sequence[int] | None = None,
+                         sample_rate: int | None = None) -> EncoderOutput:
+        """Every layer's hidden states for one clip or a batch.
+
+        ``waveforms``: a 1-D clip, a list of 1-D clips of any lengths, or a (B, S) batch
+        with ``lengths`` (valid samples per row; all of S without). ``sample_rate``: the
+        audio's rate if it is not the model's (it is resampled). Returns an EncoderOutput:
+        ``hidden_states`` ((B, T, D) each), ``lengths`` (B,) and ``padding_mask``.
+        """
+        clips = _clips(waveforms, lengths)
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            clips = [torch.from_numpy(resample(c.cpu().numpy(), sample_rate, self.sample_rate)) for c in clips]
+        batch_lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.int64)
+        batch = torch.zeros(len(clips), int(batch_lengths.max()) if clips else 0)
+        for i, c in enumerate(clips):
+            batch[i, : c.shape[0]] = c
+        return self.module.encode(batch.to(self.device), batch_lengths.to(self.device))
+
+    def forward(self, waveforms, lengths=None, sample_rate=None) -> EncoderOutput:
+        return self.extract_features(waveforms, lengths, sample_rate)
+
+    def upstream(self) -> S3prlUpstream:
+        return S3prlUpstream(self)
+
+
+def _clips(waveforms: Audio | Sequence[Audio], lengths) -> list[torch.Tensor]:
+    def as_tensor(x: Audio) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x.float()
+        if t.dim() != 1:
+            raise ValueError(f"expected 1-D audio, got shape {tuple(t.shape)} (down-mix multi-channel audio first)")
+        return t.cpu()
+
+    if isinstance(waveforms, (torch.Tensor, np.ndarray)) and np.ndim(waveforms) == 2:
+        rows = torch.as_tensor(np.asarray(waveforms, dtype=np.float32)) if isinstance(waveforms, np.ndarray) \
+            else waveforms.float().cpu()
+        n = [rows.shape[1]] * rows.shape[0] if lengths is None else [int(v) for v in lengths]
+        if len(n) != rows.shape[0] or any(not 0 < v <= rows.shape[1] for v in n):
+            raise ValueError(f"lengths {n} do not fit a batch of shape {tuple(rows.shape)}")
+        return [rows[i, :v] for i, v in enumerate(n)]
+    if isinstance(waveforms, (torch.Tensor, np.ndarray)):
+        return [as_tensor(waveforms)]
+    clips = [as_tensor(w) for w in waveforms]
+    if not clips:
+        raise ValueError("no audio given")
+    return clips
+
+
+class S3prlUpstream(nn.Module):
+    """s3prl's upstream contract: ``forward(wavs)`` with a list of 1-D 16 kHz tensors ->
+    ``{"hidden_states": [(B, T, D), ...], "last_hidden_state": (B, T, D)}``, and
+    ``get_downsample_rates(key)`` -> input samples per output frame."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def get_downsample_rates(self, key: str = "hidden_states") -> int:
+        return self.model.downsample_rate
+
+    def forward(self, wavs: list[torch.Tensor]) -> dict[str, Any]:
+        out = self.model.extract_features(list(wavs))
+        hidden = list(out.hidden_states)
+        return {"hidden_states": hidden, "last_hidden_state": hidden[-1]}
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
+    """A run folder or a checkpoint folder of ours -> a frozen :class:`Model` on ``device``."""
+    return Model(load_checkpoint(path, device))

@@ -1,0 +1,106 @@
+"""The Python API: bestrq.load round-trips a checkpoint; extract_features and the s3prl upstream contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train import small
+
+import bestrq
+from bestrq.config import load_config
+from bestrq.data.audio import resample
+from bestrq.export.api import Loaded, Model
+from bestrq.objectives import build_model
+from bestrq.train import checkpoint
+from bestrq.train.loop import pretrain
+
+
+@pytest.fixture(scope="module")
+def run(corpus, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    out = tmp_path_factory.mktemp("run")
+    result = pretrain(small(corpus, out, "train.steps=2"))
+    return out, {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+
+
+def speech(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * (150 + 100 * t) * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def test_load_round_trips_the_trained_weights(run):
+    out, trained = run
+    model = bestrq.load(out)  # the run folder: its newest checkpoint
+    assert model.step == 2 and model.source == checkpoint.latest(out)
+    state = model.module.state_dict()
+    assert state.keys() == trained.keys()
+    for name, value in trained.items():
+        assert torch.equal(state[name], value), name
+    assert not any(p.requires_grad for p in model.parameters()) and not model.module.training
+    again = bestrq.load(checkpoint.latest(out))  # a checkpoint folder gives the same model
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+def test_extract_features_batched_equals_each_clip_alone_and_any_rate_is_resampled(run):
+    model = bestrq.load(run[0])
+    clips = [speech(2.3, 0), speech(1.1, 1), speech(0.5, 2)]
+    batch = model.extract_features(clips)
+    assert len(batch.hidden_states) == model.num_layers == 3
+    assert batch.lengths.tolist() == [((len(c) - 400) // 160 + 1) // 4 for c in clips]  # 25 ms / 10 ms, 4 stacked
+    for i, clip in enumerate(clips):
+        alone = model.extract_features(clip)
+        t = int(alone.lengths[0])
+        assert t == batch.lengths[i]
+        for h_batch, h_alone in zip(batch.hidden_states, alone.hidden_states):
+            assert (h_batch[i, :t] - h_alone[0]).abs().max() <= 1e-5
+    # a padded (B, S) tensor with lengths reads the same as the list
+    padded = torch.zeros(3, len(clips[0]))
+    for i, c in enumerate(clips):
+        padded[i, : len(c)] = torch.from_numpy(c)
+    same = model.extract_features(padded, lengths=[len(c) for c in clips])
+    assert torch.equal(same.last, batch.last)
+    # 8 kHz audio is resampled to the model's 16 kHz first
+    low = speech(1.5, 3, rate=8000)
+    ours = model.extract_features(low, sample_rate=8000)
+    direct = model.extract_features(resample(low, 8000, 16000))
+    assert torch.equal(ours.last, direct.last)
+
+
+def test_s3prl_upstream_contract(run):
+    model = bestrq.load(run[0])
+    upstream = model.upstream()
+    wavs = [torch.from_numpy(speech(s, i)) for i, s in enumerate((1.0, 2.56, 0.7))]
+    out = upstream(wavs)
+    assert set(out) >= {"hidden_states", "last_hidden_state"}
+    assert len(out["hidden_states"]) == model.num_layers and out["last_hidden_state"] is out["hidden_states"][-1]
+    rate = upstream.get_downsample_rates("hidden_states")
+    assert rate == 640  # 10 ms hop x 4 stacked frames
+    longest = max(len(w) for w in wavs)
+    for h in out["hidden_states"]:
+        assert h.shape[0] == 3 and h.shape[2] == model.config.encoder.d_model
+        assert abs(h.shape[1] - longest / rate) <= 1  # s3prl checks the frame count against the rate
+
+
+def test_wav2vec2_models_report_their_20ms_rate():
+    cfg = load_config("wav2vec2_tiny")
+    torch.manual_seed(0)
+    model = Model(Loaded(build_model(cfg).eval().requires_grad_(False), cfg, 0, Path("."), {}))
+    assert model.downsample_rate == 320
+    out = model.extract_features(speech(1.0, 0))
+    assert abs(out.lengths.item() - 16000 / 320) <= 1 and len(out.hidden_states) == cfg.encoder.num_layers + 1
+
+
+def test_bad_calls_name_the_problem(run, tmp_path):
+    model = bestrq.load(run[0])
+    with pytest.raises(ValueError, match="expected 1-D audio"):
+        model.extract_features([np.zeros((2, 16000), dtype=np.float32)])
+    with pytest.raises(ValueError, match="do not fit"):
+        model.extract_features(torch.zeros(2, 100), lengths=[100, 200])
+    with pytest.raises(FileNotFoundError, match="no such run"):
+        bestrq.load(tmp_path / "nothing")
+    with pytest.raises(checkpoint.CheckpointError, match="without any complete checkpoint"):
+        (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+        bestrq.load(tmp_path / "empty")
