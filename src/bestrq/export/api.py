@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import ConfigError, PretrainConfig, from_dict
 from ..data.audio import resample
+from ..data.loader import collate
 from ..models.conformer import EncoderOutput
 from ..train import checkpoint as ckpt_io
 
@@ -109,13 +110,10 @@ class Model(nn.Module):
         audio's rate if it is not the model's (it is resampled). Returns an EncoderOutput:
         ``hidden_states`` ((B, T, D) each), ``lengths`` (B,) and ``padding_mask``.
         """
-        clips = _clips(waveforms, lengths)
+        clips = [c.numpy() for c in _clips(waveforms, lengths)]
         if sample_rate is not None and sample_rate != self.sample_rate:
-            clips = [torch.from_numpy(resample(c.cpu().numpy(), sample_rate, self.sample_rate)) for c in clips]
-        batch_lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.int64)
-        batch = torch.zeros(len(clips), int(batch_lengths.max()) if clips else 0)
-        for i, c in enumerate(clips):
-            batch[i, : c.shape[0]] = c
+            clips = [resample(c, sample_rate, self.sample_rate) for c in clips]
+        batch, batch_lengths = collate(clips)
         return self.module.encode(batch.to(self.device), batch_lengths.to(self.device))
 
     def forward(self, waveforms, lengths=None, sample_rate=None) -> EncoderOutput:

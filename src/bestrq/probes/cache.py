@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data.audio import BadAudio, load_mono
-from ..data.loader import collate
+from ..data.audio import load_mono
+from ..data.loader import AudioDataset, collate
 from ..data.manifest import atomic_path
 from .encoders import Encoder
 
-log = logging.getLogger(__name__)
 CACHE_FORMAT = "bestrq-hidden-states/1"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
@@ -134,24 +132,20 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
     ranges: dict[str, tuple[int, int]] = {}
     skipped: list[dict] = []
     offset, shape = 0, None
+    dataset = AudioDataset(sample_rate=encoder.sample_rate, min_duration=0.0)  # no crop, any length
     with atomic_path(folder / "states.bin") as tmp, open(tmp, "wb") as fh:
-        for batch in tqdm(batches, desc=f"extract {folder.name}", unit="batch", disable=not progress):
-            good, waves = [], []
-            for cut in batch:
-                try:
-                    waves.append(load_mono(cut, encoder.sample_rate))
-                    good.append(cut)
-                except BadAudio as e:  # skipped and counted: one bad file costs only itself
-                    log.warning("skipping %s (cut %s): %s", e.path, cut.id, e.reason)
-                    skipped.append({"cut": cut.id, "file": e.path, "reason": e.reason})
-            if not good:
+        for cuts_batch in tqdm(batches, desc=f"extract {folder.name}", unit="batch", disable=not progress):
+            batch = dataset[cuts_batch]  # bad audio is skipped and counted: one bad file costs only itself
+            skipped += [{"cut": s.cut_id, "file": s.path, "reason": s.reason} for s in batch.skipped]
+            if not len(batch):
                 continue
-            hidden, lengths = encode_waves(encoder, waves, device)  # (L, B, T, D)
-            hidden = hidden.transpose(0, 1).transpose(1, 2).cpu().numpy().astype(DTYPES[dtype])  # (B, T, L, D)
+            out = encoder.encode(batch.waveforms.to(device), batch.lengths.to(device))
+            hidden = torch.stack([h.float() for h in out.hidden_states], dim=2)  # (B, T, L, D)
+            hidden = hidden.cpu().numpy().astype(DTYPES[dtype])
             shape = hidden.shape[2:]
-            for cut, h, n in zip(good, hidden, lengths.tolist()):
+            for cut_id, h, n in zip(batch.cut_ids, hidden, out.lengths.tolist()):
                 fh.write(np.ascontiguousarray(h[:n]).tobytes())
-                ranges[cut.id] = (offset, offset + n)
+                ranges[cut_id] = (offset, offset + n)
                 offset += n
         if shape is None:
             raise ValueError(f"{folder}: no usable audio among {len(cuts)} cuts ({len(skipped)} skipped)")

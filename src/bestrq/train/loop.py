@@ -95,10 +95,14 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _record_skipped(skipped: dict[str, dict], batch) -> None:
-    for item in getattr(batch, "skipped", ()):
-        entry = skipped.setdefault(item.cut_id, {"path": item.path, "reason": item.reason, "times": 0})
-        entry["times"] += 1
+def _usable(batches, skipped: dict[str, dict]):
+    """The batches that hold any audio; every bad clip on the way is recorded in ``skipped``."""
+    for batch in batches:
+        for item in batch.skipped:
+            entry = skipped.setdefault(item.cut_id, {"path": item.path, "reason": item.reason, "times": 0})
+            entry["times"] += 1
+        if len(batch):  # else every clip of the batch was bad
+            yield batch
 
 
 def skipped_summary(skipped: dict[str, dict]) -> str:
@@ -306,7 +310,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
     bad_in_a_row, bad_since_log = 0, 0
     train_metrics: dict[str, float] = {}
     valid_metrics: dict[str, float] = {}
-    batches = iter(loader)
+    batches = _usable(iter(loader), skipped)
     started = time.monotonic()
     window_start, window_audio = started, 0.0
     bar = tqdm(total=t.steps, initial=step, disable=not (ctx.is_main and t.progress), unit="step",
@@ -317,13 +321,9 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
         lr = lr_at(step, cfg.optim, t.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        outputs, finite = [], True
+        outputs, finite = [], torch.ones((), dtype=torch.bool, device=device)
         for micro in range(cfg.optim.grad_accum):
             batch = next(batches)
-            _record_skipped(skipped, batch)
-            while len(batch) == 0:  # every clip of the batch was bad
-                batch = next(batches)
-                _record_skipped(skipped, batch)
             waveforms = batch.waveforms.to(device, non_blocking=True)
             lengths = batch.lengths.to(device, non_blocking=True)
             last = micro == cfg.optim.grad_accum - 1
@@ -333,17 +333,18 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
                     out = ddp(waveforms, lengths, _mask_generator(device, t.seed, step, micro, ctx.rank), step)
                 (out.loss / cfg.optim.grad_accum).backward()
             seconds = float(batch.lengths.sum()) / model.sample_rate
-            finite = finite and bool(torch.isfinite(out.loss))
+            finite &= torch.isfinite(out.loss.detach())  # read once per step, with the norm: no extra sync
             outputs.append((out, seconds))
             window_audio += seconds
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        # gradients are all-reduced before the norm, the loss is not: agree on every rank
-        if _any_rank(not (finite and bool(torch.isfinite(grad_norm))), device) if ctx.distributed \
-                else not (finite and torch.isfinite(grad_norm)):
+        bad = not bool(finite & torch.isfinite(grad_norm))
+        if ctx.distributed:  # gradients are all-reduced before the norm, the loss is not: agree on every rank
+            bad = _any_rank(bad, device)
+        if bad:
             bad_steps, bad_in_a_row, bad_since_log = bad_steps + 1, bad_in_a_row + 1, bad_since_log + 1
             log.warning("step %d: non-finite %s, update skipped (%d in a row, %d in this run)", step,
-                        "loss" if not finite else "gradient norm", bad_in_a_row, bad_steps)
+                        "gradient norm" if bool(finite) else "loss", bad_in_a_row, bad_steps)
             optimizer.zero_grad(set_to_none=True)
             if bad_in_a_row >= t.max_bad_steps:
                 last = checkpoint.latest(out_dir)
