@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,6 +145,31 @@ def test_a_save_cut_between_its_renames_is_undone(tmp_path):
     assert len(done) == 2 and any("restored step-00000002" in line for line in done)
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000001", "step-00000002"]
     assert checkpoint.load(folder / "step-00000002").step == 2
+
+
+def test_a_kill_while_old_checkpoints_are_deleted_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    weights, cfg = {"w": torch.ones(2)}, {"x": 1}
+    checkpoint.save(tmp_path, 1, weights, {}, cfg, keep=1)
+
+    class Killed(BaseException):
+        pass
+
+    real_rmtree = shutil.rmtree
+
+    def die_half_way(path, ignore_errors=False):  # deleting a checkpoint: its first file goes, then the process
+        if not (Path(path) / "model.safetensors").is_file():
+            return real_rmtree(path, ignore_errors=ignore_errors)
+        (Path(path) / "model.safetensors").unlink()
+        raise Killed
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", die_half_way)
+    with pytest.raises(Killed):
+        checkpoint.save(tmp_path, 2, weights, {}, cfg, keep=1)  # step 1 is now stale
+    monkeypatch.undo()
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-00000002"]
+    assert_all_checkpoints_whole(tmp_path)
+    assert any("removed .tmp-step-deleting-step-00000001" in line for line in checkpoint.recover(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002"]
 
 
 def test_a_damaged_newest_checkpoint_is_passed_over_on_resume(corpus, tmp_path):
@@ -297,7 +323,7 @@ def test_wrong_architecture_and_truncated_checkpoints_name_the_problem(corpus, t
     weights = load_file(str(folder / "model.safetensors"))
     weights["encoder.extra.weight"] = weights.pop("heads.weight")
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": checkpoint.FORMAT})
-    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit.*missing \['heads\.weight'\].*encoder\.extra"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"do not fit.*missing \['heads\.weight'\].*encoder\.extra"):
         load_encoder(str(tmp_path))
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])

@@ -84,7 +84,11 @@ def save(out_dir: str | os.PathLike, step: int, weights: dict[str, torch.Tensor]
         tmp.rename(final)
     _fsync_dir(folder)  # the rename itself survives a power cut
     for stale in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(stale, ignore_errors=True)
+        # out of sight first (one atomic rename), then deleted: a kill during the deletion must not
+        # leave a folder with a checkpoint's name and half its files; recover() clears the rest
+        doomed = folder / f".tmp-step-deleting-{stale.name}-{os.getpid()}"
+        stale.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 
