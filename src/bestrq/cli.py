@@ -42,6 +42,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
     result = pretrain(cfg)
     if result.bad_steps:
@@ -91,6 +93,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export.api import load_checkpoint
+
+    loaded = load_checkpoint(args.checkpoint)
+    if args.to == "onnx":
+        from .export.onnx import export_onnx
+
+        path = export_onnx(loaded, args.out, overwrite=args.overwrite)
+        print(f"ONNX encoder (step {loaded.step}) in {path.resolve()}; its inputs and outputs in "
+              f"{path.with_suffix('.json').name}")
+        return 0
+    from .export.hf import export_hf
+
+    path = export_hf(loaded, args.out, overwrite=args.overwrite)
+    print(f"transformers Wav2Vec2BertModel (step {loaded.step}) in {path.resolve()}: load it with "
+          f"Wav2Vec2BertModel.from_pretrained and AutoFeatureExtractor.from_pretrained, or bestrq.load")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -128,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--out", default=None, help="run folder (same as --set train.out_dir=...)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="continue pre-training a run, checkpoint or `bestrq export` folder: its weights, "
+                        "quantizer and heads, a fresh optimizer (same as --set train.init_from=...)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("probe", help="downstream probes (ASR, speaker, emotion, intent) on a frozen encoder")
@@ -151,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_probe)
 
+    p = sub.add_parser("export", help="write a model for Hugging Face transformers (Wav2Vec2BertModel) or ONNX")
+    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
+    p.add_argument("out", help="hf: the folder to write; onnx: the .onnx file to write")
+    p.add_argument("--to", default="hf", choices=["hf", "onnx"], help="format (default hf)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("report", help="a markdown table and plots from pre-training runs and their probes")
     p.add_argument("runs", nargs="+", help="run folders (with probes/) or probe folders")
     p.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
@@ -163,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
         print(f"bestrq {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:

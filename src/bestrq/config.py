@@ -136,6 +136,9 @@ class TrainConfig:
     steps: int = _f(100000, "optimizer steps to train for")
     max_minutes: float = _f(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)")
     seed: int = _f(0, "seed of initialisation, data order, masks and dropout")
+    init_from: str = _f("", "start from this run, checkpoint or exported folder's weights, quantizer and heads "
+                            "(fresh optimizer and schedule); its model settings must match. A run that "
+                            "already has a checkpoint resumes from it instead")
     device: str = _f("auto", "auto (cuda if available), cpu or cuda")
     precision: str = _f("fp32", "fp32 or bf16 (autocast; for GPUs: this CPU has no fast bf16)")
     compile: bool = _f(False, "torch.compile the encoder")

@@ -41,30 +41,41 @@ class Loaded:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
-    """A run folder (its newest complete checkpoint) or a checkpoint folder -> the model, in eval mode, frozen."""
+    """A run folder (its newest complete checkpoint), a checkpoint folder or a folder that
+    ``bestrq export --to hf`` wrote -> the model, in eval mode, frozen."""
     from ..objectives import build_model
+    from .hf import WEIGHTS, is_export, read_export
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run or checkpoint folder")
-    folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
-    if folder is None:
-        raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint")
-    ckpt = ckpt_io.load(folder)
+        raise FileNotFoundError(f"{path}: no such run, checkpoint or export folder")
+    if is_export(path):
+        folder = path
+        config, step, weights = read_export(path)
+    else:
+        if (path / "config.json").is_file() and (path / WEIGHTS).is_file() and not (path / "state.pt").exists():
+            raise ckpt_io.CheckpointError(
+                f"{path}: a transformers model folder without {path.name}/bestrq_config.json; bestrq loads "
+                "its own checkpoints and the folders `bestrq export --to hf` writes")
+        folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
+        if folder is None:
+            raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint")
+        ckpt = ckpt_io.load(folder)
+        config, step, weights = ckpt.config, ckpt.step, ckpt.weights
     try:
-        cfg = from_dict(PretrainConfig, ckpt.config).validate()
+        cfg = from_dict(PretrainConfig, config).validate()
     except ConfigError as e:
-        raise ckpt_io.CheckpointError(f"{folder / 'config.json'}: not a usable model config: {e}") from None
+        raise ckpt_io.CheckpointError(f"{folder}: not a usable model config: {e}") from None
     model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ckpt_io.CheckpointError(
-            f"{folder / 'model.safetensors'}: does not fit a {cfg.objective} model of its own config "
+            f"{folder}: its weights do not fit a {cfg.objective} model of its own config "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-    stat = (folder / "model.safetensors").stat()
-    info = {"objective": cfg.objective, "step": ckpt.step, "checkpoint": str(folder),
+    stat = (folder / WEIGHTS).stat()
+    info = {"objective": cfg.objective, "step": step, "checkpoint": str(folder),
             "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}"}  # a new run with the same steps differs
-    return Loaded(model.to(device).eval().requires_grad_(False), cfg, ckpt.step, folder, info)
+    return Loaded(model.to(device).eval().requires_grad_(False), cfg, step, folder, info)
 
 
 Audio = torch.Tensor | np.ndarray
@@ -164,5 +175,5 @@ class S3prlUpstream(nn.Module):
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
-    """A run folder or a checkpoint folder of ours -> a frozen :class:`Model` on ``device``."""
+    """A run folder, a checkpoint folder or an exported folder of ours -> a frozen :class:`Model` on ``device``."""
     return Model(load_checkpoint(path, device))

@@ -193,6 +193,43 @@ def _check_resumable(saved: dict, cfg: PretrainConfig, path: Path) -> None:
                 f"{now[section]}): pick a new train.out_dir or the same model settings")
 
 
+# settings that may differ between a run and the model it starts from (--init-from)
+_INIT_FREE = {"encoder.dropout", "quantizer.seed"} | {
+    f"wav2vec2.{k}" for k in ("feature_grad_mult", "temperature", "num_negatives", "logit_temperature",
+                              "diversity_weight", "feature_penalty", "mask_prob", "mask_span", "dropout_input",
+                              "dropout_features")}
+
+
+def _config_file(folder: Path) -> Path:
+    exported = folder / "bestrq_config.json"
+    return exported if exported.is_file() else folder / "config.json"
+
+
+def _init_from(model: torch.nn.Module, cfg: PretrainConfig, source: str):
+    """Copy a trained model's weights and frozen buffers into ``model``; its settings must describe the same model."""
+    from ..export.api import load_checkpoint
+
+    loaded = load_checkpoint(source)
+    theirs, ours = to_dict(loaded.config), to_dict(cfg)
+    sections = [s for s in MODEL_SECTIONS if s != "wav2vec2" or cfg.objective == "wav2vec2"]
+    differ = []
+    for section in sections:
+        if not isinstance(ours[section], dict):
+            if ours[section] != theirs.get(section):
+                differ.append(f"{section}: {theirs.get(section)!r} there, {ours[section]!r} here")
+            continue
+        for key, value in ours[section].items():
+            name = f"{section}.{key}"
+            if name not in _INIT_FREE and theirs.get(section, {}).get(key) != value:
+                differ.append(f"{name}: {theirs.get(section, {}).get(key)!r} there, {value!r} here")
+    if differ:
+        raise checkpoint.CheckpointError(
+            f"train.init_from={source}: describes a different model ({'; '.join(differ)}); start from its "
+            f"config: --config {_config_file(loaded.folder)}")
+    model.load_state_dict(loaded.module.state_dict())
+    return loaded
+
+
 def pretrain(cfg: PretrainConfig) -> RunResult:
     """Train (or resume training of) the model ``cfg`` describes; returns the final metrics."""
     ctx = distributed.setup(cfg.train.device, timeout_minutes=cfg.train.dist_timeout_minutes)
@@ -256,6 +293,11 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
         skipped = {k: dict(v) for k, v in ckpt.state.get("skipped_audio", {}).items()}
         if ctx.is_main:
             log.warning("resuming from %s (step %d)", resume_from, step)
+    elif t.init_from:
+        source = _init_from(model, cfg, t.init_from)
+        if ctx.is_main:
+            log.warning("initialised from %s (step %d): weights, quantizer and heads; fresh optimizer",
+                        source.folder, source.step)
 
     if t.compile:
         model.encoder.compile(dynamic=True)
