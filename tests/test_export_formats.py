@@ -189,3 +189,25 @@ def test_onnx_export_matches_pytorch_under_onnxruntime(trained, clips, tmp_path)
         assert frame_lengths.tolist() == ours.lengths.tolist()
         assert hidden.shape == (5, len(group), ours.last.shape[1], 144)
         assert max_diff(ours.hidden_states, torch.from_numpy(hidden), ours.lengths.tolist()) <= TOL
+
+
+@pytest.mark.slow
+def test_onnx_export_of_a_wav2vec2_model(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from bestrq.export.onnx import export_onnx
+
+    cfg = load_config("wav2vec2_tiny", ["encoder.num_layers=2"])
+    torch.manual_seed(0)
+    loaded = Loaded(build_model(cfg).eval().requires_grad_(False), cfg, 0, tmp_path / "ckpt")
+    path = export_onnx(loaded, tmp_path / "w2v.onnx")
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (48_000, 30_000, 17_000)]
+    lengths = np.array([len(c) for c in clips])
+    waves = np.zeros((3, lengths.max()), dtype=np.float32)
+    for i, c in enumerate(clips):
+        waves[i, : len(c)] = c
+    hidden, frame_lengths = ort.InferenceSession(str(path)).run(None, {"waveforms": waves, "lengths": lengths})
+    ours = bestrq.export.Model(loaded).extract_features(clips)
+    assert frame_lengths.tolist() == ours.lengths.tolist() == [149, 93, 52]  # 20 ms frames
+    assert max_diff(ours.hidden_states, torch.from_numpy(hidden), ours.lengths.tolist()) <= TOL

@@ -8,8 +8,8 @@ normalisation, front-end, encoder), with dynamic batch and sample axes::
     outputs  hidden_states  (L + 1, B, T, D) float32: the front-end output, then each layer
              frame_lengths  (B,)   int64, valid frames per row (T = frames of the longest row)
 
-Run it with onnxruntime (``tests/test_export_hf_onnx.py`` checks it agrees with PyTorch to
-1e-4). Export uses ``torch.onnx.export(dynamo=True)``, which needs the ``onnx`` and
+Either objective exports. Run it with onnxruntime (``tests/test_export_formats.py`` checks
+that it agrees with PyTorch to 1e-4). Export uses ``torch.onnx.export(dynamo=True)``, which needs the ``onnx`` and
 ``onnxscript`` packages (``pip install 'bestrq[export]'``).
 """
 
