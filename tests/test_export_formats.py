@@ -123,7 +123,7 @@ def test_continued_pretraining_starts_from_the_export(corpus, trained, exported,
         assert torch.equal(model.state_dict()[name], value), name
     # end to end: it trains from step 0 with a fresh optimizer, and starts far better than from scratch
     cont = pretrain(cfg)
-    scratch = pretrain(tiny(corpus, tmp_path / "scratch", "train.steps=2", "encoder.dropout=0.1"))
+    pretrain(tiny(corpus, tmp_path / "scratch", "train.steps=2", "encoder.dropout=0.1"))
     first = [json.loads(line) for line in (tmp_path / "cont" / "metrics.jsonl").read_text().splitlines()]
     first_scratch = [json.loads(x) for x in (tmp_path / "scratch" / "metrics.jsonl").read_text().splitlines()]
     assert cont.step == 2 and first[0]["step"] == 1
