@@ -58,3 +58,13 @@ def test_missing_split_and_unreadable_file(corpus, tmp_path):
     bad.write_bytes(b"not gzip at all")
     with pytest.raises(ManifestError, match="cannot be read"):
         load_cuts(bad)
+
+
+def test_splits_join_with_a_plus(corpus, tmp_path):
+    dev, test = load_split(corpus, "dev"), load_split(corpus, "test")
+    joined = load_split(corpus, "dev+test")
+    assert [c.id for c in joined] == [c.id for c in dev] + [c.id for c in test]
+    with pytest.raises(ManifestError, match="share cut ids"):
+        load_split(corpus, "dev+dev")
+    with pytest.raises(ManifestError, match="no manifest for split 'nope'"):
+        load_split(corpus, "dev+nope")

@@ -39,7 +39,7 @@ def _f(default: Any, help: str) -> Any:
 @dataclass
 class DataConfig:
     corpus: str = _f("data/demo", "folder of bestrq manifests (cuts_<split>.jsonl.gz), e.g. from synth/prepare")
-    train_split: str = _f("train", "split to pre-train on")
+    train_split: str = _f("train", "split to pre-train on; a+b joins splits (train-clean-100+train-clean-360+...)")
     valid_split: str = _f("dev", "held-out split for validation metrics ('' for none)")
     max_batch_duration: float = _f(120.0, "seconds of audio per batch on each process")
     max_duration: float = _f(20.0, "longer clips are randomly cropped to this many seconds")

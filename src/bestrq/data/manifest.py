@@ -114,6 +114,13 @@ def load_cuts(path: str | os.PathLike) -> CutSet:
 
 
 def load_split(folder: str | os.PathLike, split: str) -> CutSet:
+    """One split's cuts; ``a+b+c`` joins several (e.g. LibriSpeech's three training parts)."""
+    if "+" in split:
+        parts = [load_split(folder, s) for s in split.split("+")]
+        cuts = [c for part in parts for c in part]
+        if len({c.id for c in cuts}) < len(cuts):
+            raise ManifestError(f"{folder}: splits {split!r} share cut ids; list each split once")
+        return CutSet.from_cuts(cuts)
     path = cuts_path(folder, split)
     if not path.is_file():
         have = ", ".join(list_splits(folder)) or "none"
