@@ -12,7 +12,7 @@ DOCS = [ROOT / "README.md", ROOT / "bench" / "RESULTS.md", *sorted((ROOT / "docs
 FILES = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
          if p.is_file() and not any(part.startswith(".") or part in ("runs", "data", "build")
                                     for part in p.relative_to(ROOT).parts)]
-TESTS = {m for p in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", p.read_text(), re.M)}
+TESTS = {m for p in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", p.read_text(), re.MULTILINE)}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())

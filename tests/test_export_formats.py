@@ -17,6 +17,7 @@ from bestrq.config import load_config, to_dict
 from bestrq.data.manifest import load_split
 from bestrq.export.api import Loaded
 from bestrq.export.hf import export_blockers, export_hf, whole_frames
+from bestrq.features import num_frames
 from bestrq.objectives import build_model
 from bestrq.train import checkpoint
 from bestrq.train.loop import _init_from, pretrain
@@ -49,7 +50,8 @@ def exported(trained, tmp_path_factory) -> Path:
 
 
 def frames(num_samples: int) -> int:
-    return (num_samples - 400) // 160 + 1
+    """10 ms frames of a clip (25 ms windows)."""
+    return int(num_frames(torch.tensor(num_samples), 400, 160))
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +213,19 @@ def test_onnx_export_of_a_wav2vec2_model(tmp_path):
     ours = bestrq.export.Model(loaded).extract_features(clips)
     assert frame_lengths.tolist() == ours.lengths.tolist() == [149, 93, 52]  # 20 ms frames
     assert max_diff(ours.hidden_states, torch.from_numpy(hidden), ours.lengths.tolist()) <= TOL
+
+
+def test_a_plain_transformers_folder_and_a_damaged_checkpoint_are_told_apart(trained, exported, tmp_path):
+    import shutil
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(exported / name, plain / name)
+    with pytest.raises(checkpoint.CheckpointError, match="a transformers model folder without"):
+        bestrq.load(plain)
+    damaged = tmp_path / "step-00000030"
+    shutil.copytree(checkpoint.latest(trained), damaged)
+    (damaged / "state.pt").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="missing state.pt"):
+        bestrq.load(damaged)

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def load(path, device="cpu"):
-    """A run or checkpoint folder -> a frozen model with ``extract_features`` (see bestrq.export.api)."""
+    """A run, checkpoint or exported folder -> a frozen model with ``extract_features`` (see bestrq.export.api)."""
     from .export.api import load as _load
 
     return _load(path, device)

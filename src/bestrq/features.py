@@ -13,8 +13,8 @@ precision, a bin 60 dB or more below its frame's loudest carries the rounding no
 whole frame (1e-3 in the log, more in digital near-silence); in float64 the features agree
 with transformers' float64 ``SeamlessM4TFeatureExtractor`` to ~1e-6, which is what lets an
 exported model give the same hidden states there as here. It costs ~35 ms per minute of
-audio on this 2-core CPU (a tiny-model step takes ~500 ms) and nothing measurable on a GPU. Devices without float64 (Apple's
-MPS) fall back to float32.
+audio on this 2-core CPU (a tiny-model step takes ~500 ms) and nothing measurable on a GPU.
+Devices without float64 (Apple's MPS) fall back to float32.
 
 Utterance normalisation follows the same extractor: per mel bin, over the valid frames,
 the mean and the unbiased variance (+ 1e-7).

@@ -11,6 +11,7 @@ weights do not fit the model its own config describes is refused, naming the key
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ class Loaded:
     module: nn.Module
     config: PretrainConfig
     step: int
-    folder: Path  # the checkpoint folder
+    folder: Path  # the checkpoint or exported folder
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,7 +54,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         folder = path
         config, step, weights = read_export(path)
     else:
-        if (path / "config.json").is_file() and (path / WEIGHTS).is_file() and not (path / "state.pt").exists():
+        if _is_transformers_folder(path):
             raise ckpt_io.CheckpointError(
                 f"{path}: a transformers model folder without {path.name}/bestrq_config.json; bestrq loads "
                 "its own checkpoints and the folders `bestrq export --to hf` writes")
@@ -76,6 +77,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     info = {"objective": cfg.objective, "step": step, "checkpoint": str(folder),
             "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}"}  # a new run with the same steps differs
     return Loaded(model.to(device).eval().requires_grad_(False), cfg, step, folder, info)
+
+
+def _is_transformers_folder(path: Path) -> bool:
+    """A folder whose config.json is a transformers model config (ours carry a ``format`` instead)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
 
 
 Audio = torch.Tensor | np.ndarray

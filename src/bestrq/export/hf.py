@@ -39,6 +39,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import PretrainConfig, to_dict
+from ..features import num_frames
 from ..train.checkpoint import CheckpointError
 
 BESTRQ_CONFIG = "bestrq_config.json"
@@ -49,8 +50,7 @@ LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, used by every norm of the encod
 
 def whole_frames(num_samples: int, stack: int = 4, frame_length: int = 400, frame_shift: int = 160) -> int:
     """The longest prefix of a ``num_samples`` clip that makes a whole number of ``stack``-frame groups."""
-    frames = (num_samples - frame_length) // frame_shift + 1
-    keep = frames // stack * stack
+    keep = int(num_frames(torch.tensor(num_samples), frame_length, frame_shift)) // stack * stack
     return frame_length + (keep - 1) * frame_shift if keep > 0 else num_samples
 
 
@@ -90,17 +90,18 @@ def hf_config_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
         "architectures": ["Wav2Vec2BertModel"]}
 
 
+# our encoder's prefixes -> Wav2Vec2BertModel's; the rest of the names are the same
+_PREFIXES = (("frontend.", "feature_projection."), ("layers.", "encoder.layers."))
+
+
 def to_hf_names(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our encoder's state dict (keys relative to the encoder) -> Wav2Vec2BertModel's."""
     out = {}
     for key, value in encoder_state.items():
-        if key.startswith("frontend."):
-            key = "feature_projection." + key[len("frontend."):]
-        elif key.startswith("layers."):
-            key = "encoder." + key
-        else:
+        prefix = next((p for p in _PREFIXES if key.startswith(p[0])), None)
+        if prefix is None:
             raise ValueError(f"encoder weight {key!r} has no place in Wav2Vec2BertModel")
-        out[key] = value
+        out[prefix[1] + key[len(prefix[0]):]] = value
     return out
 
 
@@ -109,10 +110,9 @@ def from_hf_names(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in hf_state.items():
         key = key.removeprefix("wav2vec2_bert.")  # saved from a model with a head (e.g. ForCTC)
-        if key.startswith("feature_projection."):
-            out["frontend." + key[len("feature_projection."):]] = value
-        elif key.startswith("encoder.layers."):
-            out[key[len("encoder."):]] = value
+        prefix = next((p for p in _PREFIXES if key.startswith(p[1])), None)
+        if prefix is not None:
+            out[prefix[0] + key[len(prefix[1]):]] = value
     return out
 
 

@@ -184,48 +184,55 @@ def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, d
     return metrics
 
 
+def _model_differences(saved: dict, cfg: PretrainConfig, sections: tuple[str, ...] = MODEL_SECTIONS,
+                       free: frozenset[str] = frozenset()) -> list[str]:
+    """``section.key: X there, Y here`` for each model setting of ``cfg`` that a saved config
+    (a dict) does not share; settings named in ``free`` may differ."""
+    now, differ = to_dict(cfg), []
+    for section in sections:
+        ours, theirs = now[section], saved.get(section)
+        if not isinstance(ours, dict):
+            if ours != theirs:
+                differ.append(f"{section}: {theirs!r} there, {ours!r} here")
+            continue
+        theirs = theirs if isinstance(theirs, dict) else {}
+        for key in [*ours, *(k for k in theirs if k not in ours)]:
+            name = f"{section}.{key}"
+            if name not in free and ours.get(key) != theirs.get(key):
+                differ.append(f"{name}: {theirs.get(key)!r} there, {ours.get(key)!r} here")
+    return differ
+
+
 def _check_resumable(saved: dict, cfg: PretrainConfig, path: Path) -> None:
-    now = to_dict(cfg)
-    for section in MODEL_SECTIONS:
-        if saved.get(section) != now[section]:
-            raise checkpoint.CheckpointError(
-                f"{path} was trained with a different {section} config ({saved.get(section)} vs "
-                f"{now[section]}): pick a new train.out_dir or the same model settings")
+    differ = _model_differences(saved, cfg)
+    if differ:
+        sections = dict.fromkeys(d.split(":")[0].split(".")[0] for d in differ)
+        raise checkpoint.CheckpointError(
+            f"{path} was trained with a different {', '.join(sections)} config ({'; '.join(differ)}): "
+            f"pick a new train.out_dir or the same model settings")
 
 
 # settings that may differ between a run and the model it starts from (--init-from)
-_INIT_FREE = {"encoder.dropout", "quantizer.seed"} | {
+_INIT_FREE = frozenset({"encoder.dropout", "quantizer.seed"} | {
     f"wav2vec2.{k}" for k in ("feature_grad_mult", "temperature", "num_negatives", "logit_temperature",
                               "diversity_weight", "feature_penalty", "mask_prob", "mask_span", "dropout_input",
-                              "dropout_features")}
-
-
-def _config_file(folder: Path) -> Path:
-    exported = folder / "bestrq_config.json"
-    return exported if exported.is_file() else folder / "config.json"
+                              "dropout_features")})
 
 
 def _init_from(model: torch.nn.Module, cfg: PretrainConfig, source: str):
     """Copy a trained model's weights and frozen buffers into ``model``; its settings must describe the same model."""
     from ..export.api import load_checkpoint
+    from ..export.hf import BESTRQ_CONFIG
 
     loaded = load_checkpoint(source)
-    theirs, ours = to_dict(loaded.config), to_dict(cfg)
-    sections = [s for s in MODEL_SECTIONS if s != "wav2vec2" or cfg.objective == "wav2vec2"]
-    differ = []
-    for section in sections:
-        if not isinstance(ours[section], dict):
-            if ours[section] != theirs.get(section):
-                differ.append(f"{section}: {theirs.get(section)!r} there, {ours[section]!r} here")
-            continue
-        for key, value in ours[section].items():
-            name = f"{section}.{key}"
-            if name not in _INIT_FREE and theirs.get(section, {}).get(key) != value:
-                differ.append(f"{name}: {theirs.get(section, {}).get(key)!r} there, {value!r} here")
+    sections = tuple(s for s in MODEL_SECTIONS if s != "wav2vec2" or cfg.objective == "wav2vec2")
+    differ = _model_differences(to_dict(loaded.config), cfg, sections, _INIT_FREE)
     if differ:
+        config_file = loaded.folder / BESTRQ_CONFIG
+        config_file = config_file if config_file.is_file() else loaded.folder / "config.json"
         raise checkpoint.CheckpointError(
             f"train.init_from={source}: describes a different model ({'; '.join(differ)}); start from its "
-            f"config: --config {_config_file(loaded.folder)}")
+            f"config: --config {config_file}")
     model.load_state_dict(loaded.module.state_dict())
     return loaded
 
