@@ -76,6 +76,27 @@ def test_resume_continues_exactly(train):
         _loader(train, seed=6).load_state_dict(state)
 
 
+def test_a_split_smaller_than_one_batch_still_trains(train, caplog):
+    small = train.subset(first=12)  # 57 s of audio in 10 buckets: no bucket fills a 60 s batch
+    with caplog.at_level(logging.WARNING, logger="bestrq.data"):
+        loader = _loader(small, max_batch_duration=60.0)
+        batches = list(itertools.islice(iter(loader), 40))
+    assert "fill no whole batch" in caplog.text
+    assert len(batches) == 40 and loader.epoch >= 2  # batches come, epoch after epoch
+    first_epoch = [i for b in _loader(small, max_batch_duration=60.0, drop_last=False).epoch_batches() for i in
+                   [c.id for c in b]]
+    assert sorted(first_epoch) == sorted(c.id for c in small)  # every cut, none dropped
+    # a resumed loader takes the same decision and continues with the same batches
+    again = _loader(small, max_batch_duration=60.0)
+    again.load_state_dict({**loader.state_dict(), "epoch": 1, "position": 1})
+    replay = _loader(small, max_batch_duration=60.0)
+    expected = [b.cut_ids for b in itertools.islice(iter(replay), 40)]
+    n1 = sum(1 for _ in _loader(small, max_batch_duration=60.0, drop_last=False).epoch_batches())
+    assert next(iter(again)).cut_ids == expected[n1 + 1]
+    with pytest.raises(ValueError, match="at least one cut per process"):
+        next(iter(_loader(CutSet.from_cuts([]))))
+
+
 def test_random_crop_is_bounded_and_reproducible(train):
     long = train.filter(lambda c: c.duration > 4.0).subset(first=8)
     ds = AudioDataset(max_duration=2.0, seed=1)

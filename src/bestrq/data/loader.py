@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from lhotse import CutSet
-from lhotse.dataset import DynamicBucketingSampler
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
 from .audio import SAMPLE_RATE, BadAudio, load_mono
 
@@ -118,14 +118,15 @@ class AudioLoader:
         self.epoch = 0
         self.position = 0
 
-    def _sampler(self, epoch: int) -> DynamicBucketingSampler:
+    def _sampler(self, epoch: int) -> DynamicBucketingSampler | DynamicCutSampler:
+        common = dict(max_duration=self.max_batch_duration, shuffle=self.shuffle, drop_last=self.drop_last,
+                      seed=self.seed, world_size=self.world_size, rank=self.rank)
         with warnings.catch_warnings():  # our manifests are small and read eagerly, on purpose
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
-            sampler = DynamicBucketingSampler(
-                self.cuts, max_duration=self.max_batch_duration, num_buckets=self.num_buckets,
-                shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
-                world_size=self.world_size, rank=self.rank,
-            )
+            if len(self.cuts) < self.num_buckets:  # too few cuts to bucket
+                sampler = DynamicCutSampler(self.cuts, **common)
+            else:
+                sampler = DynamicBucketingSampler(self.cuts, num_buckets=self.num_buckets, **common)
         sampler.set_epoch(epoch)
         return sampler
 
@@ -134,7 +135,7 @@ class AudioLoader:
         # a generator driving the sampler with next() alone: lhotse's samplers are their own
         # iterators and restart whenever iter() is called on them (by the DataLoader, by
         # `for` or `yield from`), which would undo the fast-forward
-        def batches(sampler: DynamicBucketingSampler, skip: int) -> Iterator[CutSet]:
+        def batches(sampler: DynamicBucketingSampler | DynamicCutSampler, skip: int) -> Iterator[CutSet]:
             it = iter(sampler)
             for _ in range(skip):  # fast-forward: metadata only, no audio is read
                 if next(it, None) is None:
@@ -154,13 +155,22 @@ class AudioLoader:
                 # RNG, which the trainer restores on resume (dropout) and must not share
                 generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
             )
+            yielded = 0
             for batch in loader:
                 self.position += 1
+                yielded += 1
                 yield batch
-            if self.position == 0:
-                raise RuntimeError(
-                    f"no batch in an epoch: {len(self.cuts)} cuts for rank {self.rank}/{self.world_size} "
-                    f"with max_batch_duration={self.max_batch_duration}s")
+            # nothing at all this epoch, not merely a resumed one at its end
+            if not yielded and next(iter(self._sampler(self.epoch)), None) is None:
+                if self.drop_last:  # too little audio for one full batch: keep the partial ones, from now on
+                    log.warning("%d cuts (%.0f s of audio) fill no whole batch of max_batch_duration=%gs on "
+                                "rank %d of %d: using partial batches too", len(self.cuts),
+                                sum(c.duration for c in self.cuts), self.max_batch_duration, self.rank,
+                                self.world_size)
+                    self.drop_last = False
+                    continue
+                raise ValueError(f"no batch in an epoch: {len(self.cuts)} cuts for rank {self.rank} of "
+                                 f"{self.world_size} processes; a split needs at least one cut per process")
             self.epoch += 1
             self.position = 0
 
