@@ -96,12 +96,32 @@ def test_folder_of_audio(tmp_path):
     (src / "notes.txt").write_text("ignored")
     report = prepare("folder", src, tmp_path / "out", jobs=1, max_duration=30.0)
     assert report.skipped and "broken.flac" in report.skipped[0][0]
+    assert list(report.splits) == ["train"]  # too few files to hold any out
     cuts = load_split(tmp_path / "out", "train")
     durations = sorted(round(c.duration, 3) for c in cuts)
     assert durations == [2.0, 10.0, 30.0, 30.0]  # 70 s cut into 30 + 30 + 10
     stereo = next(c for c in cuts if "stereo" in c.id)
     x = load_mono(stereo)
     assert x.shape == (32000,)  # resampled to 16 kHz, down-mixed
+
+
+def test_folder_holds_out_whole_files_as_dev(tmp_path):
+    src = tmp_path / "audio"
+    for i in range(60):
+        write_audio(src / f"spk{i % 3}" / f"clip{i:02d}.flac", tone(200 + i, 40.0 if i % 2 else 3.0))
+    prepare("folder", src, tmp_path / "out", jobs=1, max_duration=30.0, dev_fraction=0.05)
+    train, dev = load_split(tmp_path / "out", "train"), load_split(tmp_path / "out", "dev")
+    dev_files = {c.recording_id for c in dev}
+    assert len(dev_files) == 3  # 5% of 60 files
+    assert not dev_files & {c.recording_id for c in train}  # a long file's windows all on one side
+    assert len(train) + len(dev) == 60 + 30  # every 40 s file is cut into 30 + 10
+    # the same files on a second run, and almost the same when files are added
+    write_audio(src / "spk9" / "late.flac", tone(150, 3.0))
+    prepare("folder", src, tmp_path / "again", jobs=1, dev_fraction=0.05)
+    again = {c.recording_id for c in load_split(tmp_path / "again", "dev")}
+    assert len(again & dev_files) >= 2
+    with pytest.raises(ValueError, match="dev_fraction"):
+        prepare("folder", src, tmp_path / "bad", dev_fraction=1.0)
 
 
 def test_bad_sources(tmp_path):

@@ -24,6 +24,7 @@ def _prepare(args: argparse.Namespace) -> int:
     options = {"jobs": args.jobs}
     if args.format == "folder":
         options["max_duration"] = args.max_duration
+        options["dev_fraction"] = args.dev_fraction
     if args.format == "speechbrain" and args.data_root:
         options["data_root"] = args.data_root
     report = prepare(args.format, args.src, args.out, **options)
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=4, help="threads reading audio headers")
     p.add_argument("--max-duration", type=float, default=30.0,
                    help="folder: cut longer files into windows of this many seconds (0: never)")
+    p.add_argument("--dev-fraction", type=float, default=0.02,
+                   help="folder: hold out this fraction of the files (at least one of ten or more) as "
+                        "split dev, for validation (default 0.02; 0: none)")
     p.add_argument("--data-root", default=None, help="speechbrain: value of $data_root in paths")
     p.set_defaults(func=_prepare)
 

@@ -4,7 +4,8 @@ Formats:
   librispeech  the LibriSpeech layout (``SRC/{part}/{speaker}/{chapter}/*.flac`` with
                ``*.trans.txt``), read by lhotse's own recipe; one split per part found
   folder       every audio file under SRC, unlabelled (pre-training data); files longer
-               than ``max_duration`` are cut into windows; one split, ``train``
+               than ``max_duration`` are cut into windows; splits ``train`` and ``dev``
+               (``dev_fraction`` of the files, whole files, the same ones on every run)
   fairseq      wav2vec 2.0 TSV manifests (first line the root folder, then
                ``relative/path<TAB>num_samples``), with ``.wrd`` or ``.ltr`` transcripts
                beside them; SRC is one ``.tsv`` or a folder of them; split = file stem
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -88,15 +90,33 @@ def from_manifests(recordings: RecordingSet, supervisions: SupervisionSet | None
     return CutSet.from_cuts(_cut(rec, by_rec.get(rec.id, [])) for rec in recordings)
 
 
-def from_folder(src: Path, report: ImportReport, jobs: int = 4, max_duration: float = 30.0, **_) -> dict[str, CutSet]:
+def held_out(ids: Iterable[str], fraction: float) -> set[str]:
+    """``fraction`` of ``ids`` (rounded, at least one of ten or more), chosen by a hash of each id:
+    the same ids whatever their order, and adding files moves few of them."""
+    ids = sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())
+    n = round(fraction * len(ids))
+    if fraction > 0 and len(ids) >= 10:
+        n = max(n, 1)
+    return set(ids[:n])
+
+
+def from_folder(src: Path, report: ImportReport, jobs: int = 4, max_duration: float = 30.0,
+                dev_fraction: float = 0.02, **_) -> dict[str, CutSet]:
+    if not 0 <= dev_fraction < 1:
+        raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not files:
         raise ManifestError(f"{src}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
     recs = _read_recordings(((str(p.relative_to(src).with_suffix("")), p) for p in files), report, jobs)
-    cuts = CutSet.from_cuts(_cut(r, []) for r in recs.values())
-    if max_duration:
-        cuts = cuts.cut_into_windows(duration=max_duration).to_eager()
-    return {"train": cuts}
+    dev = held_out(recs, dev_fraction)  # whole files, so that no recording is on both sides
+    out = {}
+    for split, keep in (("train", lambda i: i not in dev), ("dev", lambda i: i in dev)):
+        cuts = CutSet.from_cuts(_cut(r, []) for i, r in recs.items() if keep(i))
+        if max_duration:
+            cuts = cuts.cut_into_windows(duration=max_duration).to_eager()
+        if len(cuts) or split == "train":
+            out[split] = cuts
+    return out
 
 
 def _fairseq_labels(tsv: Path, n: int) -> list[str] | None:
