@@ -57,7 +57,7 @@ bench: install
 	$(PY) -m pip install -q --no-deps $(SB_PEER)
 	test -f $(DEMO_DIR)/cuts_train.jsonl.gz || $(VENV)/bin/bestrq synth --out $(DEMO_DIR) --hours $(DEMO_HOURS) --seed 0
 	$(PY) bench/bench_bestrq.py
-	$(PY) bench/pretrain_speed.py $(BENCH_ARGS)
+	$(BESTRQ) bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
