@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_checkpoints_are_pruned_and_foreign_files_refused(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, tmp_path):
+def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, tmp_path, caplog):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "ddp_worker.py"), str(corpus), str(tmp_path)]
@@ -118,6 +119,18 @@ def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, tmp_
     saved = checkpoint.load(checkpoint.latest(tmp_path / "run"))
     assert [s["rank"] for s in saved.state["loader"]] == [0, 1]  # both ranks' data positions kept
     assert digest_of(saved.weights) == digests[0]["weights"]
+
+    # back on one process (a pre-empted job given fewer GPUs): the model and optimizer go on from
+    # step 3, the data from the next epoch
+    with caplog.at_level(logging.WARNING, logger="bestrq.train"):
+        result = pretrain(small(corpus, tmp_path / "run", "train.steps=5", "data.max_batch_duration=10"))
+    assert result.step == 5
+    assert "written by 2 process(es), this run has 1" in caplog.text
+    resumed = checkpoint.load(checkpoint.latest(tmp_path / "run"))
+    adam_steps = {float(s["step"]) for s in resumed.state["optimizer"]["state"].values()}
+    assert adam_steps == {5.0}  # AdamW's moments were loaded, not started afresh (that would say 2)
+    saved_epoch = max(s["epoch"] for s in saved.state["loader"])
+    assert resumed.state["loader"][0]["epoch"] >= saved_epoch + 1
 
 
 def digest_of(weights: dict[str, torch.Tensor]) -> str:
