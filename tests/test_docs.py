@@ -1,4 +1,4 @@
-"""The docs point at things that exist: links, source files, configs and the tests they cite."""
+"""The docs point at things that exist: links (and their #headings), source files, configs and the tests they cite."""
 
 from __future__ import annotations
 
@@ -12,6 +12,15 @@ DOCS = [ROOT / "README.md", ROOT / "bench" / "RESULTS.md", *sorted((ROOT / "docs
 FILES = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
          if p.is_file() and not any(part.startswith(".") or part in ("runs", "data", "build")
                                     for part in p.relative_to(ROOT).parts)]
+
+
+def anchors(doc: Path) -> set[str]:
+    """GitHub's anchors for the headings of a markdown file: lower case, punctuation dropped, spaces to -."""
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.DOTALL)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+
+
 TESTS = {m for p in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", p.read_text(), re.MULTILINE)}
 
 
@@ -19,9 +28,13 @@ TESTS = {m for p in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^de
 def test_links_files_and_cited_tests_exist(doc):
     text = doc.read_text()
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z]+://|#|mailto:", target):
+        if re.match(r"[a-z]+://|mailto:", target):
             continue
-        assert (doc.parent / target.split("#")[0]).exists(), f"{doc.name}: broken link {target}"
+        path, _, anchor = target.partition("#")
+        linked = doc.parent / path if path else doc
+        assert linked.exists(), f"{doc.name}: broken link {target}"
+        if anchor:
+            assert anchor in anchors(linked), f"{doc.name}: {target} names no heading of {linked.name}"
     for name in re.findall(r"`[^`]*?\b(test_\w+)(?![\w.])", text):
         assert name in TESTS, f"{doc.name}: cites {name}, which no test file defines"
     for path in re.findall(r"`([\w./-]+\.(?:py|yaml))`", text):
