@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import tone, write_audio
 
 from bestrq.data.audio import audio_source, load_mono
@@ -142,3 +143,68 @@ def test_lhotse_recipe_output(dev, tmp_path):
     prepare("lhotse", tmp_path / "src", tmp_path / "out")
     got = load_split(tmp_path / "out", "dev")
     assert [(c.id, sup(c).text, sup(c).custom) for c in got] == [(c.id, sup(c).text, sup(c).custom) for c in dev]
+
+
+def _wav(cut, path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, load_mono(cut), 16000)
+
+
+def test_voxceleb1_layout_trials_and_unseen_verification_speakers(dev, tmp_path):
+    """``vox1_{dev,test}_wav/wav/{id}/{video}/{n}.wav``, ``iden_split.txt``, ``veri_test2.txt``."""
+    root = tmp_path / "VoxCeleb1"
+    names = []
+    for i, cut in enumerate(dev):
+        speaker = ("id10001", "id10002", "id10270", "id10271")[i % 4]
+        archive = "vox1_test_wav" if speaker >= "id10270" else "vox1_dev_wav"
+        name = f"{speaker}/vid{i % 2}/{i:05d}.wav"
+        _wav(cut, root / archive / "wav" / name)
+        names.append(name)
+    (root / "iden_split.txt").write_text("".join(f"{1 + i % 3} {n}\n" for i, n in enumerate(names)))
+    test_files = [n for n in names if n >= "id10270"]
+    trials = [f"{int(a[:7] == b[:7])} {a} {b}\n" for a in test_files for b in test_files if a < b]
+    (root / "veri_test2.txt").write_text("".join(trials))
+    report = prepare("voxceleb1", root, tmp_path / "out", jobs=1)
+    assert set(report.splits) == {"train", "dev", "test", "sv"}
+    sv = load_split(tmp_path / "out", "sv")
+    assert {sup(c).speaker for c in sv} == {"id10270", "id10271"}  # verification speakers are never trained on
+    for split in ("train", "dev", "test"):
+        assert {sup(c).speaker for c in load_split(tmp_path / "out", split)} <= {"id10001", "id10002"}
+    written = (tmp_path / "out" / "sv_trials.txt").read_text().splitlines()
+    assert len(written) == len(trials) and {w.split()[0] for w in written} == {"0", "1"}
+    ids = {c.id for c in sv}
+    assert all(a in ids and b in ids for _, a, b in (w.split() for w in written))
+    (root / "veri_test2.txt").write_text("1 only-two-fields\n")
+    with pytest.raises(ManifestError, match="veri_test2.txt:1"):
+        prepare("voxceleb1", root, tmp_path / "bad", jobs=1)
+
+
+def test_iemocap_layout_four_classes_and_session_splits(dev, tmp_path):
+    root = tmp_path / "IEMOCAP_full_release"
+    codes = ["neu", "hap", "exc", "sad", "ang", "fru"]
+    expected = {}
+    for i, cut in enumerate(dev[:10]):
+        session = 1 + i % 5
+        dialog = f"Ses0{session}F_impro0{i % 2 + 1}"
+        utt = f"{dialog}_{'FM'[i % 2]}{i:03d}"
+        _wav(cut, root / f"Session{session}" / "sentences" / "wav" / dialog / f"{utt}.wav")
+        base = root / f"Session{session}" / "dialog"
+        (base / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
+        (base / "transcriptions").mkdir(parents=True, exist_ok=True)
+        code = codes[i % 6]
+        with open(base / "EmoEvaluation" / f"{dialog}.txt", "a") as f:
+            f.write(f"% header line\n[6.2901 - 8.2357]\t{utt}\t{code}\t[2.5000, 2.5000, 2.5000]\nC-E1:\t{code};\t()\n")
+        with open(base / "transcriptions" / f"{dialog}.txt", "a") as f:
+            f.write(f"{utt} [006.2901-008.2357]: {sup(cut).text}.\n")
+        if code != "fru":
+            expected[utt] = ({"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}[code],
+                             {5: "test", 4: "dev"}.get(session, "train"), f"Ses0{session}{'FM'[i % 2]}", sup(cut).text + ".")
+    prepare("iemocap", root, tmp_path / "out", jobs=1)
+    got = {}
+    for split in ("train", "dev", "test"):
+        for c in load_split(tmp_path / "out", split):
+            got[c.id] = (sup(c).custom["emotion"], split, sup(c).speaker, sup(c).text)
+    assert got == expected  # frustration left out; excitement counted as happiness
+    prepare("iemocap", root, tmp_path / "fold1", jobs=1, test_session=1)
+    assert {c.id[:5] for c in load_split(tmp_path / "fold1", "test")} == {"Ses01"}
+    assert {c.id[:5] for c in load_split(tmp_path / "fold1", "dev")} == {"Ses05"}

@@ -25,6 +25,8 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.format == "folder":
         options["max_duration"] = args.max_duration
         options["dev_fraction"] = args.dev_fraction
+    if args.format == "iemocap":
+        options["test_session"] = args.test_session
     if args.format == "speechbrain" and args.data_root:
         options["data_root"] = args.data_root
     report = prepare(args.format, args.src, args.out, **options)
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder: hold out this fraction of the files (at least one of ten or more) as "
                         "split dev, for validation (default 0.02; 0: none)")
     p.add_argument("--data-root", default=None, help="speechbrain: value of $data_root in paths")
+    p.add_argument("--test-session", type=int, default=5,
+                   help="iemocap: the session held out as test (1-5, default 5); the one before it is dev")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("pretrain", help="BEST-RQ pre-training (multi-GPU: torchrun ... -m bestrq pretrain)")

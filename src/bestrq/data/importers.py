@@ -14,6 +14,14 @@ Formats:
                ``$data_root`` in paths); SRC is one ``.csv`` or a folder; split = file stem
   lhotse       lhotse recording + supervision manifests (any lhotse recipe's output):
                ``*recordings_{split}.jsonl.gz`` paired with ``*supervisions_{split}.jsonl.gz``
+  voxceleb1    VoxCeleb1 (``.../wav/{speaker}/{video}/{n}.wav``, the dev and test archives
+               anywhere under SRC, ``iden_split.txt`` and ``veri_test2.txt`` or ``veri_test.txt``):
+               the verification test speakers become split ``sv`` with ``sv_trials.txt``; the
+               other speakers ``train``/``dev``/``test`` by ``iden_split.txt`` (1/2/3)
+  iemocap      IEMOCAP (``Session{1-5}/sentences/wav/{dialog}/{utt}.wav``, labels from
+               ``dialog/EmoEvaluation``, text from ``dialog/transcriptions``): the four usual
+               classes (``exc`` counted as happy, as is customary), one session each for ``test``
+               (``test_session``, 5) and ``dev`` (the one before it), the others ``train``
 
 Unreadable audio files are skipped with a warning naming each one, and counted.
 """
@@ -25,6 +33,7 @@ import csv
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +42,7 @@ from pathlib import Path
 from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
 
 from .audio import audio_source
-from .manifest import ManifestError, save_split
+from .manifest import ManifestError, atomic_path, save_split
 
 log = logging.getLogger("bestrq.data")
 
@@ -45,6 +54,7 @@ class ImportReport:
     splits: dict[str, int] = field(default_factory=dict)  # split -> cuts written
     hours: dict[str, float] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    files: dict[str, str] = field(default_factory=dict)  # other files to write beside the manifests
 
 
 def _cut(rec: Recording, sups: list[SupervisionSegment], start: float = 0.0,
@@ -246,12 +256,105 @@ def from_lhotse(src: Path, report: ImportReport, **_) -> dict[str, CutSet]:
     return out
 
 
+def _voxceleb_id(path: str | Path) -> str:
+    """``id10270/x6uYqmx31kE/00001.wav`` (or a longer path ending so) -> ``id10270-x6uYqmx31kE-00001``."""
+    parts = Path(path).with_suffix("").parts[-3:]
+    return "-".join(parts)
+
+
+def from_voxceleb1(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[str, CutSet]:
+    files = {_voxceleb_id(p): p for p in sorted(src.rglob("*.wav")) if re.fullmatch(r"id\d+", p.parent.parent.name)}
+    if not files:
+        raise ManifestError(f"{src}: no VoxCeleb1 audio (expected .../wav/id10001/VIDEO/00001.wav)")
+    trial_file = next((p for name in ("veri_test2.txt", "veri_test.txt") for p in sorted(src.rglob(name))), None)
+    if trial_file is None:
+        raise ManifestError(f"{src}: no trial list (veri_test2.txt or veri_test.txt) for speaker verification")
+    trials = []
+    for lineno, line in enumerate(trial_file.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or fields[0] not in ("0", "1"):
+            raise ManifestError(f"{trial_file}:{lineno}: expected '1|0 id/video/n.wav id/video/n.wav'")
+        trials.append((fields[0], _voxceleb_id(fields[1]), _voxceleb_id(fields[2])))
+    sv_ids = {i for _, a, b in trials for i in (a, b)}
+    sv_speakers = {i.split("-")[0] for i in sv_ids}
+    split_of = {}
+    iden = next(iter(sorted(src.rglob("iden_split.txt"))), None)
+    if iden is not None:
+        names = {"1": "train", "2": "dev", "3": "test"}
+        for lineno, line in enumerate(iden.read_text().splitlines(), 1):
+            fields = line.split()
+            if fields and (len(fields) != 2 or fields[0] not in names):
+                raise ManifestError(f"{iden}:{lineno}: expected '1|2|3 id/video/n.wav'")
+            if fields:
+                split_of[_voxceleb_id(fields[1])] = names[fields[0]]
+    else:  # no identification split: 5% of each speaker's files for dev and 5% for test
+        for i in files:
+            h = int(hashlib.sha1(i.encode()).hexdigest(), 16) % 20
+            split_of[i] = "dev" if h == 0 else "test" if h == 1 else "train"
+    wanted = {i: p for i, p in files.items() if i in sv_ids or (i.split("-")[0] not in sv_speakers and i in split_of)}
+    recs = _read_recordings(wanted.items(), report, jobs)
+    out: dict[str, list[MonoCut]] = {}
+    for i, rec in recs.items():
+        sup = SupervisionSegment(id=i, recording_id=i, start=0.0, duration=rec.duration, speaker=i.split("-")[0])
+        out.setdefault("sv" if i in sv_ids else split_of[i], []).append(_cut(rec, [sup]))
+    missing = sv_ids - recs.keys()
+    if missing:
+        raise ManifestError(f"{trial_file}: {len(missing)} files of the trial list are missing or unreadable, "
+                            f"e.g. {sorted(missing)[0]}")
+    report.files["sv_trials.txt"] = "".join(f"{t} {a} {b}\n" for t, a, b in trials)
+    return {split: CutSet.from_cuts(cuts) for split, cuts in sorted(out.items())}
+
+
+IEMOCAP_EMOTIONS = {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}
+
+
+def from_iemocap(src: Path, report: ImportReport, jobs: int = 4, test_session: int = 5, **_) -> dict[str, CutSet]:
+    if test_session not in range(1, 6):
+        raise ValueError(f"test_session must be 1 to 5, got {test_session}")
+    dev_session = test_session - 1 if test_session > 1 else 5
+    labels, texts, other = {}, {}, 0
+    for table in sorted(src.glob("Session*/dialog/EmoEvaluation/*.txt")):
+        for m in re.finditer(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\w+)\t", table.read_text(errors="replace"), re.MULTILINE):
+            if m.group(2) in IEMOCAP_EMOTIONS:
+                labels[m.group(1)] = IEMOCAP_EMOTIONS[m.group(2)]
+            else:
+                other += 1
+    if not labels:
+        raise ManifestError(f"{src}: no IEMOCAP labels (expected Session1/dialog/EmoEvaluation/*.txt)")
+    for table in sorted(src.glob("Session*/dialog/transcriptions/*.txt")):
+        for m in re.finditer(r"^(\S+) \[[\d.]+-[\d.]+\]: (.*)$", table.read_text(errors="replace"), re.MULTILINE):
+            texts[m.group(1)] = m.group(2).strip()
+    paths = {}
+    for utt in labels:
+        path = src / f"Session{int(utt[3:5])}" / "sentences" / "wav" / utt.rsplit("_", 1)[0] / f"{utt}.wav"
+        if path.exists():
+            paths[utt] = path
+        else:
+            report.skipped.append((str(path), "missing"))
+            log.warning("skipping %s: missing", path)
+    if other:
+        log.warning("%s: left out %d utterances labelled with none of %s", src, other, ", ".join(IEMOCAP_EMOTIONS))
+    out: dict[str, list[MonoCut]] = {}
+    for utt, rec in _read_recordings(paths.items(), report, jobs).items():
+        session = int(utt[3:5])
+        split = "test" if session == test_session else "dev" if session == dev_session else "train"
+        speaker = utt[:5] + utt.rsplit("_", 1)[1][0]  # Ses01F_impro01_M003 -> Ses01M, the speaking actor
+        sup = SupervisionSegment(id=utt, recording_id=utt, start=0.0, duration=rec.duration, text=texts.get(utt),
+                                 speaker=speaker, custom={"emotion": labels[utt]})
+        out.setdefault(split, []).append(_cut(rec, [sup]))
+    return {split: CutSet.from_cuts(cuts) for split, cuts in sorted(out.items())}
+
+
 IMPORTERS: dict[str, Callable[..., dict[str, CutSet]]] = {
     "librispeech": from_librispeech,
     "folder": from_folder,
     "fairseq": from_fairseq,
     "speechbrain": from_speechbrain,
     "lhotse": from_lhotse,
+    "voxceleb1": from_voxceleb1,
+    "iemocap": from_iemocap,
 }
 
 
@@ -267,6 +370,9 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
         save_split(out, split, cuts)
         report.splits[split] = len(cuts)
         report.hours[split] = round(sum(c.duration for c in cuts) / 3600, 4)
+    for name, text in report.files.items():
+        with atomic_path(Path(out) / name) as tmp:
+            tmp.write_text(text)
     return report
 
 
