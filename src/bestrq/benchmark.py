@@ -47,8 +47,10 @@ from bestrq.data.manifest import load_split  # lhotse looks for torchaudio once,
 
 # matched encoder sizes; `conv` etc. size wav2vec 2.0's own parts (as our presets)
 SIZES = {
-    "tiny": dict(layers=4, d_model=144, heads=4, ffn=576, conv=128, codevector=128, final=64, dropout=0.0),
-    "paper": dict(layers=12, d_model=576, heads=8, ffn=2048, conv=512, codevector=256, final=256, dropout=0.1),
+    "tiny": {"layers": 4, "d_model": 144, "heads": 4, "ffn": 576, "conv": 128, "codevector": 128, "final": 64,
+             "dropout": 0.0},
+    "paper": {"layers": 12, "d_model": 576, "heads": 8, "ffn": 2048, "conv": 512, "codevector": 256, "final": 256,
+              "dropout": 0.1},
 }
 MODELS = ("bestrq-ours", "wav2vec2-ours", "wav2vec2-hf", "bestrq-sb")
 LABELS = {"bestrq-ours": "BEST-RQ (ours)", "wav2vec2-ours": "wav2vec 2.0 (ours)",
@@ -390,16 +392,16 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
         t = sum(times[name]) / len(times[name])
         memory = peaks[name] if device.type == "cuda" else (
             peak_memory_cpu(name, size_name, args) if args.memory else float("nan"))
-        rows.append(dict(size=size_name, model=name, params=sum(p.numel() for p in runner.model.parameters()),
-                         step_s=t, audio_per_s=audio / sum(times[name]), peak_mib=memory, gflop=flops / 1e9,
-                         mfu=flops / t / peak_flops))
+        rows.append({"size": size_name, "model": name, "params": sum(p.numel() for p in runner.model.parameters()),
+                     "step_s": t, "audio_per_s": audio / sum(times[name]), "peak_mib": memory, "gflop": flops / 1e9,
+                     "mfu": flops / t / peak_flops})
     del runners
     return rows
 
 
 def report(rows: list[dict], device_name: str, peak_flops: float, args: argparse.Namespace) -> str:
-    lines = [f"device: {device_name}; precision {args.precision}; compile {args.compile}; torch {torch.__version__}; "
-             f"matmul peak measured {peak_flops / 1e9:.0f} GFLOP/s",
+    lines = [(f"device: {device_name}; precision {args.precision}; compile {args.compile}; torch {torch.__version__}; "
+              f"matmul peak measured {peak_flops / 1e9:.0f} GFLOP/s"),
              "",
              "| size | model | params | step (s) | audio s/s | peak MiB | GFLOP/step | MFU |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]

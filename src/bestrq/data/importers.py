@@ -302,7 +302,7 @@ def from_voxceleb1(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[
     missing = sv_ids - recs.keys()
     if missing:
         raise ManifestError(f"{trial_file}: {len(missing)} files of the trial list are missing or unreadable, "
-                            f"e.g. {sorted(missing)[0]}")
+                            f"e.g. {min(missing)}")
     report.files["sv_trials.txt"] = "".join(f"{t} {a} {b}\n" for t, a, b in trials)
     return {split: CutSet.from_cuts(cuts) for split, cuts in sorted(out.items())}
 

@@ -119,8 +119,8 @@ class AudioLoader:
         self.position = 0
 
     def _sampler(self, epoch: int) -> DynamicBucketingSampler | DynamicCutSampler:
-        common = dict(max_duration=self.max_batch_duration, shuffle=self.shuffle, drop_last=self.drop_last,
-                      seed=self.seed, world_size=self.world_size, rank=self.rank)
+        common = {"max_duration": self.max_batch_duration, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                  "seed": self.seed, "world_size": self.world_size, "rank": self.rank}
         with warnings.catch_warnings():  # our manifests are small and read eagerly, on purpose
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
             if len(self.cuts) < self.num_buckets:  # too few cuts to bucket
