@@ -8,7 +8,7 @@ Each fenced block of the README carries a marker on the line before it:
   checked to exist and to expand.
 
 The blocks run in README order in one scratch folder, where ``data/demo`` is the demo corpus (a fifth of its training split) and
-``/data/...`` corpora are small look-alikes. ``REWRITES`` and ``SHORTER`` are the only changes:
+``/data/...`` corpora are small look-alikes. ``shorter()`` and ``SHORTER`` are the only changes:
 fewer steps and epochs, smaller batches, 2 processes for 8, the local machine for ``node0``. A
 line whose comment says ``exits N`` must exit with status N; every other line with 0.
 """
