@@ -289,7 +289,7 @@ def from_voxceleb1(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[
                 raise ManifestError(f"{iden}:{lineno}: expected '1|2|3 id/video/n.wav'")
             if fields:
                 split_of[_voxceleb_id(fields[1])] = names[fields[0]]
-    else:  # no identification split: 5% of each speaker's files for dev and 5% for test
+    else:  # no identification split: about 5% of the files each for dev and test, by a hash of their names
         for i in files:
             h = int(hashlib.sha1(i.encode()).hexdigest(), 16) % 20
             split_of[i] = "dev" if h == 0 else "test" if h == 1 else "train"
