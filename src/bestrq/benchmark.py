@@ -14,11 +14,12 @@ Models, at matched encoder sizes (same layers, width, heads, FFN):
 Every model trains on the same batches of audio, one training step each in turn (forward,
 backward, clipping, AdamW), so drifts of the machine hit all alike. Masks and distractors
 of the peers are drawn before the timer starts, as their data loaders would; ours are drawn
-inside the step. Reported: mean step time, audio seconds per second, peak memory (CUDA:
-allocator peak; CPU: the peak resident memory a fresh process adds for that model, from a
-separate process per model), FLOPs per step (torch's FLOP counter, forward + backward) and
-model FLOPs utilisation: achieved FLOP/s over the matmul FLOP/s this machine reaches in the
-same run.
+inside the step; every batch is on the model's device before the timer starts. Reported:
+mean step time, audio seconds per second, peak memory (CUDA: the allocator's peak during a
+step above what all models keep resident, plus this model's weights and optimizer state;
+CPU: the peak resident memory a fresh process adds for that model, from a separate process
+per model), FLOPs per step (torch's FLOP counter, forward + backward) and model FLOPs
+utilisation: achieved FLOP/s over the matmul FLOP/s this machine reaches in the same run.
 
 SpeechBrain imports torchaudio at start-up, and PyPI's torchaudio pins its own torch. The
 modules used here are pure PyTorch, so this script puts a stand-in module named torchaudio
@@ -145,6 +146,10 @@ class Ours(Runner):
         self.device, self.count = device, 0
         self.setup_optimizer()
 
+    def prepare(self, batch: Batch) -> Batch:
+        """The batch on the model's device (as for the peers, the copy is outside the timed step)."""
+        return Batch(batch.waves.to(self.device), batch.lengths.to(self.device))
+
     def loss(self, batch: Batch) -> torch.Tensor:
         self.count += 1
         g = torch.Generator(device=self.device).manual_seed(self.count)
@@ -245,7 +250,8 @@ class SBBestRQ(Runner):
         frames = (batch.lengths // 160 + 1).tolist()
         t = batch.waves.shape[1] // 160 + 1
         mask = self.compute_mask((len(frames), t, 80), frames, 0.15, 4)
-        return batch.waves.to(self.device), (batch.lengths / batch.waves.shape[1]).to(self.device), mask
+        return (batch.waves.to(self.device), (batch.lengths / batch.waves.shape[1]).to(self.device),
+                mask.to(self.device))
 
     def loss(self, prepared) -> torch.Tensor:
         wavs, wav_lens, mask = prepared
@@ -254,7 +260,7 @@ class SBBestRQ(Runner):
             feats = self.normalize(feats, wav_lens, epoch=0)
         b, t, c = feats.shape
         feats = F.pad(feats, (0, 0, 0, (4 - t % 4) % 4))  # the recipe's pad_feats
-        mask = mask[mask < feats.shape[1]].to(feats.device)
+        mask = mask[mask < feats.shape[1]]
         mask_idx = mask[::4] // 4
         targets = self.quantizer(feats.view(b, feats.shape[1] // 4, -1)[:, mask_idx, :])
         noise = torch.normal(0.0, 0.1, size=(b, mask.shape[0], c), device=feats.device)
@@ -283,6 +289,8 @@ def available(name: str) -> str | None:
             _speechbrain()
     except ImportError as e:
         return f"{e} (pip install --no-deps speechbrain hyperpyyaml ruamel.yaml)"
+    except Exception as e:  # noqa: BLE001 - a peer that fails to import is skipped, and said why
+        return f"{type(e).__name__}: {e}"
     return None
 
 
@@ -301,6 +309,13 @@ def matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
         a @ b
     sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def state_bytes(runner: Runner) -> int:
+    """Bytes of a model's weights and its optimizer's state (gradients are freed between steps)."""
+    tensors = list(runner.model.parameters()) + list(runner.model.buffers())
+    tensors += [v for st in runner.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors if t.device.type != "cpu")
 
 
 def sync(device: torch.device) -> None:
@@ -374,15 +389,18 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
     for i in range(len(batches)):
         for name, runner in runners.items():  # interleaved: every model on this batch, in turn
             if device.type == "cuda":
+                sync(device)
                 torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)  # every model's weights and batches
             sync(device)
             start = time.perf_counter()
             runner.step(prepared[name][i], autocast)
             sync(device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
-            if device.type == "cuda":
-                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device) / 2**20)
+            if device.type == "cuda":  # this step's peak above what was resident, plus this model's own state
+                step_peak = torch.cuda.max_memory_allocated(device) - resident + state_bytes(runner)
+                peaks[name] = max(peaks[name], step_peak / 2**20)
         done = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names) if i >= args.warmup else "warm-up"
         print(f"  round {i + 1}/{len(batches)}: {done}", flush=True)
     rows = []

@@ -1,0 +1,53 @@
+"""The pre-training benchmark's harness (the timed figures themselves live in bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bestrq import benchmark
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, benchmark.Batch):
+        return [obj.waves, obj.lengths]
+    if isinstance(obj, (tuple, list)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+@pytest.mark.parametrize("name", benchmark.MODELS)
+def test_every_runner_steps_on_a_batch_on_its_own_device(name):
+    """What ``prepare`` hands the timed step lives on the model's device.
+
+    A runner that handed over the CPU batch crashed the first GPU run of the benchmark
+    ("Expected all tensors to be on the same device"). The CPU cannot show that by running
+    a step, so the runner is told its device is ``meta`` and its prepared batch is checked.
+    """
+    why = benchmark.available(name)
+    if why:
+        pytest.skip(why)
+    runner = benchmark.build(name, benchmark.SIZES["tiny"], torch.device("cpu"), False)
+    runner.device = torch.device("meta")
+    g = torch.Generator().manual_seed(0)
+    waves = 0.1 * torch.randn(2, 3 * 16000, generator=g)
+    prepared = runner.prepare(benchmark.Batch(waves, torch.tensor([3 * 16000, 2 * 16000])))
+    tensors = _tensors(prepared)
+    assert tensors, f"{name}: prepare returned no tensors"
+    assert {t.device.type for t in tensors} == {"meta"}, (name, [t.device for t in tensors])
+
+
+def test_one_step_through_the_harness_updates_the_weights():
+    """One real CPU step of our BEST-RQ through the harness: a finite loss and updated weights."""
+    runner = benchmark.build("bestrq-ours", benchmark.SIZES["tiny"], torch.device("cpu"), False)
+    before = [p.detach().clone() for p in runner.model.parameters() if p.requires_grad]
+    waves = 0.1 * torch.randn(2, 3 * 16000, generator=torch.Generator().manual_seed(0))
+    batch = benchmark.Batch(waves, torch.tensor([3 * 16000, 2 * 16000]))
+    loss = runner.step(runner.prepare(batch), torch.autocast("cpu", enabled=False))
+    after = [p for p in runner.model.parameters() if p.requires_grad]
+    assert math.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
