@@ -64,17 +64,44 @@ def test_lone_frames_and_identical_codes_carry_no_contrastive_loss():
     mask[1, 2:12] = True
     context, targets = torch.randn(11, 8, generator=g), torch.randn(11, 8, generator=g)
     codes = torch.arange(11)[:, None].repeat(1, 2)  # all different
-    lone, _ = contrastive_loss(context[:1], targets[:1], codes[:1], mask[:1], 20, 0.1, g)
-    assert lone.item() == 0.0
+    lone, _, chance = contrastive_loss(context[:1], targets[:1], codes[:1], mask[:1], 20, 0.1, g)
+    assert lone.item() == 0.0 and chance.item() == 1.0  # nothing to pick from: always right
     # with an utterance that has distractors, there is a loss to learn from
-    both, _ = contrastive_loss(context, targets, codes, mask, 20, 0.1, torch.Generator().manual_seed(1))
+    both, _, chance = contrastive_loss(context, targets, codes, mask, 20, 0.1, torch.Generator().manual_seed(1))
     assert both.item() > 0
+    _, pos, neg = sample_negatives(mask, 20, torch.Generator().manual_seed(1))  # the same draws, as sets
+    distinct = [len(set(n.tolist()) - {p}) for p, n in zip(pos.tolist(), neg)]
+    assert chance.item() == pytest.approx(sum(1 / (1 + d) for d in distinct) / 11)
+    assert distinct[0] == 0 and all(1 <= d <= 9 for d in distinct[1:])  # the lone frame; the others
     # every target with the same codes: every distractor is ignored, nothing to contrast
-    same, acc = contrastive_loss(context, targets, torch.zeros(11, 2, dtype=torch.long), mask, 20, 0.1, g)
-    assert same.item() == 0.0 and acc.item() == 1.0
+    same, acc, chance = contrastive_loss(context, targets, torch.zeros(11, 2, dtype=torch.long), mask, 20, 0.1, g)
+    assert same.item() == 0.0 and acc.item() == 1.0 and chance.item() == 1.0
     # a perfect predictor (context == target, distinct targets) is right on every frame
-    _, perfect = contrastive_loss(targets, targets, codes, mask, 20, 0.1, g)
+    _, perfect, _ = contrastive_loss(targets, targets, codes, mask, 20, 0.1, g)
     assert perfect.item() == 1.0
+
+
+def test_a_random_predictor_scores_the_reported_chance():
+    """The chance level the accuracy is read against is what scores that know nothing earn,
+    also on short clips, whose distractors repeat and whose codes collide: there it is far
+    above 1/101."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([6, 15, 40, 300])  # a lone-ish clip, short ones, a long one
+    mask = torch.zeros(4, 300, dtype=torch.bool)
+    for b, n in enumerate(lengths.tolist()):
+        mask[b, : n // 2 + 1] = True
+    n = int(mask.sum())
+    codes = torch.randint(0, 6, (n, 2), generator=g)  # few codes: identical targets are common
+    targets = torch.randn(n, 16, generator=g)
+    accuracy, chance = [], []
+    for trial in range(400):
+        context = torch.randn(n, 16, generator=g)  # knows nothing of the targets
+        _, acc, ch = contrastive_loss(context, targets, codes, mask, 100, 0.1, torch.Generator().manual_seed(trial))
+        accuracy.append(acc.item())
+        chance.append(ch.item())
+    mean_acc, mean_chance = sum(accuracy) / len(accuracy), sum(chance) / len(chance)
+    assert mean_chance > 2 / 101  # the short clips lift it well above 1/101
+    assert mean_acc == pytest.approx(mean_chance, abs=0.01), (mean_acc, mean_chance)
 
 
 def test_temperature_anneals_from_start_to_end():

@@ -49,12 +49,13 @@ class Output:
     prob_perplexity: torch.Tensor  # of the soft code distribution, summed over groups (max G V)
     code_perplexity: torch.Tensor  # of the hard codes, summed over groups
     temperature: torch.Tensor  # Gumbel temperature of this step
+    chance_accuracy: torch.Tensor  # a random pick's accuracy among the distractors kept (see contrastive_loss)
 
     def scalars(self) -> dict[str, torch.Tensor]:
         """Per-batch metrics, averaged over batches by the training loop."""
         return {name: getattr(self, name) for name in (
             "contrastive_loss", "diversity_loss", "feature_penalty", "prob_perplexity", "code_perplexity",
-            "temperature")}
+            "temperature", "chance_accuracy")}
 
 
 def perplexity(probs: torch.Tensor) -> torch.Tensor:
@@ -159,16 +160,20 @@ def contrastive_logits(context: torch.Tensor, quantized: torch.Tensor, utt: torc
 
 def contrastive_loss(context: torch.Tensor, targets: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
                      num_negatives: int, kappa: float, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy of picking each masked frame's target among its distractors, and accuracy.
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of picking each masked frame's target among its distractors, accuracy and chance.
 
     context, targets (N, final) and codes (N, G) of the N masked frames, in ``x[mask]`` order.
     A distractor with the positive's codes is indistinguishable from it and is ignored; so is
-    every distractor of an utterance's only masked frame (its loss is 0).
+    every distractor of an utterance's only masked frame (its loss is 0). ``chance`` is the
+    accuracy of scores that know nothing of the targets, 1 / (1 + distinct distractors kept),
+    averaged over frames: 1/101 only when every frame has 100 distinct ones. Distractors are
+    drawn with replacement from the utterance's other masked frames, so a short clip has few
+    distinct ones (a 2 s clip masks about 50 frames) and its chance is far higher.
     """
     if context.shape[0] == 0:  # nothing masked: a zero loss that still touches the graph
         zero = context.sum() * 0.0
-        return zero, zero.detach()
+        return zero, zero.detach(), zero.detach()
     utt, pos, neg = sample_negatives(mask, num_negatives, generator)
     logits = contrastive_logits(context, targets, utt, pos, neg, mask.shape[0]).float() / kappa
     counts = mask.sum(dim=1)
@@ -176,7 +181,11 @@ def contrastive_loss(context: torch.Tensor, targets: torch.Tensor, codes: torch.
     same = (codes[rows] == codes[:, None, :]).all(dim=-1) | (neg == pos[:, None])
     logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
     loss = F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long))
-    return loss, (logits.argmax(dim=-1) == 0).float().mean().detach()
+    # distractors are drawn with replacement: a repeated one scores as its first draw does
+    kept = neg.masked_fill(same, -1).sort(dim=1).values
+    distinct = (kept[:, :1] >= 0).sum(dim=1) + ((kept[:, 1:] != kept[:, :-1]) & (kept[:, 1:] >= 0)).sum(dim=1)
+    chance = (1.0 / (1 + distinct.float())).mean()
+    return loss, (logits.argmax(dim=-1) == 0).float().mean().detach(), chance
 
 
 class Wav2Vec2(nn.Module):
@@ -206,12 +215,17 @@ class Wav2Vec2(nn.Module):
     baseline_name = "chance"
 
     def baseline_counts(self, out: Output | None, device: torch.device) -> torch.Tensor:
-        """Chance needs no statistics: a summable placeholder, as BEST-RQ's code counts."""
-        return torch.zeros(1, dtype=torch.float64, device=device)
+        """(chance x masked frames, masked frames) of a validation batch (zeros for ``None``), summable."""
+        if out is None:
+            return torch.zeros(2, dtype=torch.float64, device=device)
+        m = out.masked_frames.double()
+        return torch.stack([out.chance_accuracy.double() * m, m])
 
-    def baseline_accuracy(self, counts: torch.Tensor) -> float:
-        """Picking the positive among it and ``num_negatives`` distractors at random."""
-        return 1.0 / (1 + self.num_negatives)
+    @staticmethod
+    def baseline_accuracy(counts: torch.Tensor) -> float:
+        """A random pick among each masked frame's positive and the distractors it keeps,
+        weighted by masked frames as the accuracy is: 1 / (1 + num_negatives) on long clips."""
+        return (counts[0] / counts[1].clamp(min=1)).item()
 
     def temperature(self, step: int | None) -> float:
         start, end, decay = self.temperature_schedule
@@ -239,13 +253,13 @@ class Wav2Vec2(nn.Module):
         quantized = self.quantizer(self.dropout_features(normed[mask]), temperature, generator)
         targets = self.project_q(quantized.vectors.to(context.dtype))  # (N, final)
 
-        contrastive, accuracy = contrastive_loss(context, targets, quantized.codes, mask, self.num_negatives,
-                                                 self.logit_temperature, generator)
+        contrastive, accuracy, chance = contrastive_loss(context, targets, quantized.codes, mask,
+                                                         self.num_negatives, self.logit_temperature, generator)
         diversity = diversity_loss(quantized.prob_perplexity, self.quantizer.num_groups, self.quantizer.num_entries)
         loss = contrastive + self.diversity_weight * diversity + self.feature_penalty_weight * penalty
         return Output(loss, accuracy, mask.sum(), frame_lengths.sum(), contrastive.detach(), diversity.detach(),
                       penalty.detach(), quantized.prob_perplexity.detach(), quantized.code_perplexity,
-                      torch.tensor(temperature, device=loss.device))
+                      torch.tensor(temperature, device=loss.device), chance)
 
 
 def mask_spec(cfg: PretrainConfig) -> MaskSpec:

@@ -162,7 +162,7 @@ def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, d
              rank: int, step: int = 0) -> dict[str, float]:
     """Masked accuracy on held-out data with fixed masks, and the objective's baseline to read it against.
 
-    BEST-RQ: the majority-code accuracy; wav2vec 2.0: chance, 1 / (1 + distractors).
+    BEST-RQ: the majority-code accuracy; wav2vec 2.0: chance, 1 / (1 + distractors kept) per frame.
     """
     was_training = model.training
     model.eval()
