@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import padding_mask
+from .dropout import Dropout, attention
 
 POSITIONS = ("relative_key", "rotary")
 
@@ -52,9 +53,9 @@ class FeedForward(nn.Module):
         super().__init__()
         self.activation = activation
         self.intermediate_dense = nn.Linear(d_model, ffn_dim)
-        self.intermediate_dropout = nn.Dropout(dropout)
+        self.intermediate_dropout = Dropout(dropout)
         self.output_dense = nn.Linear(ffn_dim, d_model)
-        self.output_dropout = nn.Dropout(dropout)
+        self.output_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.intermediate_dropout(self.activation(self.intermediate_dense(x)))
@@ -97,8 +98,7 @@ class SelfAttention(nn.Module):
             mask = ~key_padding[:, None, None, :]  # (B, 1, 1, T) True = attend
         else:
             mask = self._relative_key_bias(q).masked_fill(key_padding[:, None, None, :], float("-inf"))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, mask, self.dropout if self.training else 0.0)
         return self.linear_out(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -126,15 +126,17 @@ class ConvModule(nn.Module):
         self.depthwise_conv = nn.Conv1d(d_model, d_model, kernel_size, groups=d_model, bias=False)
         self.depthwise_layer_norm = nn.LayerNorm(d_model)
         self.pointwise_conv2 = nn.Conv1d(d_model, d_model, 1, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        x = self.layer_norm(x).masked_fill(pad[..., None], 0.0).transpose(1, 2)  # (B, D, T)
-        x = F.glu(self.pointwise_conv1(x), dim=1)
+        # the pointwise convolutions run as matmuls on (B, T, D): on the CPU ~30% faster than a
+        # kernel-1 convolution on (B, D, T), with no transposes around them
+        x = self.layer_norm(x).masked_fill(pad[..., None], 0.0)
+        x = F.glu(F.linear(x, self.pointwise_conv1.weight[..., 0]), dim=-1)  # (B, T, D)
         # left padding only (transformers' layout): frame t sees t - k + 1 .. t, never padding
-        x = self.depthwise_conv(F.pad(x, (self.depthwise_conv.kernel_size[0] - 1, 0)))
-        x = F.silu(self.depthwise_layer_norm(x.transpose(1, 2)).transpose(1, 2))
-        return self.dropout(self.pointwise_conv2(x)).transpose(1, 2)  # (B, T, D)
+        x = self.depthwise_conv(F.pad(x.transpose(1, 2), (self.depthwise_conv.kernel_size[0] - 1, 0)))
+        x = F.silu(self.depthwise_layer_norm(x.transpose(1, 2)))  # (B, T, D)
+        return self.dropout(F.linear(x, self.pointwise_conv2.weight[..., 0]))
 
 
 class ConformerLayer(nn.Module):
@@ -145,7 +147,7 @@ class ConformerLayer(nn.Module):
         self.ffn1 = FeedForward(d_model, ffn_dim, dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
         self.self_attn = SelfAttention(d_model, num_heads, dropout, position, left_context, right_context)
-        self.self_attn_dropout = nn.Dropout(dropout)
+        self.self_attn_dropout = Dropout(dropout)
         self.conv_module = ConvModule(d_model, conv_kernel, dropout)
         self.ffn2_layer_norm = nn.LayerNorm(d_model)
         self.ffn2 = FeedForward(d_model, ffn_dim, dropout)
@@ -169,7 +171,7 @@ class ConformerEncoder(nn.Module):
         super().__init__()
         self.frontend = frontend
         self.d_model, self.num_heads = d_model, num_heads
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.position = position
         self.layers = nn.ModuleList(
             ConformerLayer(d_model, num_heads, ffn_dim, conv_kernel, dropout, position, left_context,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..features import padding_mask, stack_frames
+from .dropout import Dropout
 
 
 class StackedFrames(nn.Module):
@@ -25,7 +26,7 @@ class StackedFrames(nn.Module):
         self.stride = stride
         self.layer_norm = nn.LayerNorm(num_mel_bins * stride)
         self.projection = nn.Linear(num_mel_bins * stride, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stacked, out_lengths = stack_frames(feats, lengths, self.stride)  # (B, T/4, 4F)
@@ -41,7 +42,7 @@ class Conv2dSubsampling(nn.Module):
         )
         freq = (num_mel_bins + 3) // 4  # ceil twice: (F + 1) // 2, then again
         self.projection = nn.Linear(channels * freq, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out_lengths = torch.div(lengths, 4, rounding_mode="floor")

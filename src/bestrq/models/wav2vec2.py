@@ -27,6 +27,7 @@ from torch import nn
 
 from ..features import padding_mask
 from .conformer import EncoderOutput, FeedForward
+from .dropout import Dropout, attention
 
 CONV_NORMS = ("group", "layer")
 # the BASE/LARGE waveform encoder: (channels, kernel, stride) per layer, 20 ms frames at 16 kHz
@@ -165,7 +166,7 @@ class FeatureProjection(nn.Module):
         super().__init__()
         self.layer_norm = nn.LayerNorm(in_dim)
         self.projection = nn.Linear(in_dim, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         normed = self.layer_norm(x)
@@ -207,8 +208,7 @@ class Attention(nn.Module):
         b, t, d = x.shape
         q, k, v = (lin(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
                    for lin in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=~key_padding[:, None, None, :],
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, ~key_padding[:, None, None, :], self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -218,7 +218,7 @@ class TransformerLayer(nn.Module):
     def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
         self.attention = Attention(d_model, num_heads, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layer_norm = nn.LayerNorm(d_model)
         self.feed_forward = FeedForward(d_model, ffn_dim, dropout, activation=F.gelu)
         self.final_layer_norm = nn.LayerNorm(d_model)
@@ -242,7 +242,7 @@ class TransformerEncoder(nn.Module):
         self.d_model, self.num_heads = d_model, num_heads
         self.pos_conv_embed = PositionalConvEmbedding(d_model, pos_conv_kernel, pos_conv_groups)
         self.layer_norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(TransformerLayer(d_model, num_heads, ffn_dim, dropout)
                                     for _ in range(num_layers))
         for module in self.layers.modules():  # BERT's init, as fairseq's and transformers' wav2vec 2.0

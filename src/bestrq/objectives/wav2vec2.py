@@ -31,6 +31,7 @@ from ..config import PretrainConfig
 from ..features import padding_mask
 from ..masking import MaskSpec, span_mask
 from ..models.conformer import EncoderOutput
+from ..models.dropout import Dropout
 from ..models.wav2vec2 import ConvFeatureEncoder, FeatureProjection
 from .encoders import build_encoder
 
@@ -203,7 +204,7 @@ class Wav2Vec2(nn.Module):
         self.masked_spec_embed = nn.Parameter(torch.empty(d).uniform_())
         self.encoder = encoder
         self.quantizer = quantizer
-        self.dropout_features = nn.Dropout(dropout_features)
+        self.dropout_features = Dropout(dropout_features)
         self.project_hid = nn.Linear(d, final_dim)
         self.project_q = nn.Linear(quantizer.codevectors.shape[-1] * quantizer.num_groups, final_dim)
         self.mask_spec, self.num_negatives = mask, num_negatives
