@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
 
 from bestrq import benchmark
+
+
+@pytest.fixture(autouse=True)
+def _forget_peer_imports():
+    """Drop what a peer's import put in ``sys.modules`` (SpeechBrain, the stand-in torchaudio).
+
+    SpeechBrain registers lazy modules that import optional packages when anything inspects
+    them; left in ``sys.modules``, they broke later tests whose tools walk every module
+    (hypothesis, in tests/test_reliability.py) once ``make bench`` had installed SpeechBrain.
+    """
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("speechbrain", "torchaudio"):
+            del sys.modules[name]
 
 
 def _tensors(obj) -> list[torch.Tensor]:
