@@ -375,10 +375,10 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
     size = SIZES[size_name]
     seconds = args.batch_seconds[size_name]
     batches, source = make_batches(args.corpus, args.rounds + args.warmup, seconds, seed=1)
-    padding = 1 - sum(b.seconds * 16000 for b in batches) / sum(b.waves.numel() for b in batches)
+    padding = 1 - sum(int(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
     print(f"\n[{size_name}] {size['layers']} layers, width {size['d_model']}, {size['heads']} heads, FFN "
-          f"{size['ffn']}; batches of ~{seconds:g} s from {source} ({100 * padding:.0f}% of each padded batch "
-          f"is padding); {args.warmup} warm-up + {args.rounds} timed rounds")
+          f"{size['ffn']}; batches of ~{seconds:g} s from {source} (padding is {100 * padding:.0f}% of the "
+          f"padded batches); {args.warmup} warm-up + {args.rounds} timed rounds")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     autocast = torch.autocast(device.type, dtype=dtype, enabled=args.precision == "bf16")
     runners = {}

@@ -31,9 +31,7 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
     sign lane is not biased as ``random_()``'s non-negative default would make it).
     """
     drop = round(p * _LANES)
-    n = 1
-    for size in shape:
-        n *= size
+    n = torch.Size(shape).numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, 2 ** 63 - 1)
     lanes = words.view(torch.int16)[:n].view(shape)
     return lanes >= drop - _LANES // 2, _LANES / (_LANES - drop)
@@ -77,7 +75,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     Bernoulli mask on the (B, H, T, T) weights; this is the same math with :func:`dropout`'s
     mask. ``mask``: boolean (True = attend) or an additive float bias, as for SDPA.
     """
-    if p == 0.0 or not _cheap(q, p):
+    if not _cheap(q, p):  # also p == 0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
     scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
