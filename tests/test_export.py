@@ -84,13 +84,16 @@ def test_s3prl_upstream_contract(run):
         assert abs(h.shape[1] - longest / rate) <= 1  # s3prl checks the frame count against the rate
 
 
-def test_wav2vec2_models_report_their_20ms_rate():
-    cfg = load_config("wav2vec2_tiny")
+@pytest.mark.parametrize("preset, overrides, rate", [
+    ("wav2vec2_tiny", [], 320), ("wav2vec2_fbank_tiny", [], 320), ("wav2vec2_fbank_tiny", ["wav2vec2.fbank_stack=4"], 640),
+])
+def test_wav2vec2_models_report_their_frame_rate(preset, overrides, rate):
+    cfg = load_config(preset, overrides)
     torch.manual_seed(0)
     model = Model(Loaded(build_model(cfg).eval().requires_grad_(False), cfg, 0, Path("."), {}))
-    assert model.downsample_rate == 320
+    assert model.downsample_rate == rate
     out = model.extract_features(speech(1.0, 0))
-    assert abs(out.lengths.item() - 16000 / 320) <= 1 and len(out.hidden_states) == cfg.encoder.num_layers + 1
+    assert abs(out.lengths.item() - 16000 / rate) <= 1 and len(out.hidden_states) == cfg.encoder.num_layers + 1
 
 
 def test_bad_calls_name_the_problem(run, tmp_path):

@@ -159,8 +159,8 @@ def test_what_transformers_cannot_express_is_refused_naming_the_option(option, b
     with pytest.raises(ValueError, match=rf"cannot be expressed as a Wav2Vec2BertModel: {blocker}"):
         export_hf(loaded, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    w2v = load_config("wav2vec2_tiny")
-    assert any(b.startswith("objective=wav2vec2") for b in export_blockers(w2v))
+    for preset in ("wav2vec2_tiny", "wav2vec2_fbank_tiny"):
+        assert any(b.startswith("objective=wav2vec2") for b in export_blockers(load_config(preset)))
     assert export_blockers(load_config("bestrq_tiny")) == [] == export_blockers(load_config("bestrq_base"))
 
 
@@ -194,12 +194,13 @@ def test_onnx_export_matches_pytorch_under_onnxruntime(trained, clips, tmp_path)
 
 
 @pytest.mark.slow
-def test_onnx_export_of_a_wav2vec2_model(tmp_path):
+@pytest.mark.parametrize("preset", ["wav2vec2_tiny", "wav2vec2_fbank_tiny"])
+def test_onnx_export_of_a_wav2vec2_model(tmp_path, preset):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from bestrq.export.onnx import export_onnx
 
-    cfg = load_config("wav2vec2_tiny", ["encoder.num_layers=2"])
+    cfg = load_config(preset, ["encoder.num_layers=2"])
     torch.manual_seed(0)
     loaded = Loaded(build_model(cfg).eval().requires_grad_(False), cfg, 0, tmp_path / "ckpt")
     path = export_onnx(loaded, tmp_path / "w2v.onnx")

@@ -86,6 +86,33 @@ def test_resume_continues_exactly(corpus, tmp_path):
     assert steps == sorted(steps) and steps[-1] == 6
 
 
+W2V_SMALL = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64",
+             "encoder.pos_conv_groups=4", "encoder.pos_conv_kernel=16", "wav2vec2.conv_channels=[32,32,32,32,32,32,32]",
+             "wav2vec2.num_entries=8", "wav2vec2.codevector_dim=16", "wav2vec2.final_dim=12",
+             *(s for s in SMALL if not s.startswith(("encoder.", "quantizer.")))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["wav2vec2.feature_encoder=conv"],
+                                   ["wav2vec2.feature_encoder=fbank", "features.normalization=global"]])
+def test_wav2vec2_resume_continues_exactly(corpus, tmp_path, extra):
+    """Gumbel noise, distractors, the temperature schedule and (fbank) the running feature statistics resume."""
+    def run(out: str, steps: int):
+        return pretrain(load_config("wav2vec2_tiny", [*W2V_SMALL, *extra, f"data.corpus={corpus}",
+                                                      f"train.out_dir={tmp_path / out}", f"train.steps={steps}",
+                                                      "train.checkpoint_every=3"]))
+    straight = run("a", 6)
+    first = weights(run("b", 3).model)
+    resumed = run("b", 6)
+    a, b = weights(straight.model), weights(resumed.model)
+    assert not torch.equal(first["project_hid.weight"], b["project_hid.weight"])  # it did train on
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    if "features.normalization=global" in extra:
+        stats = b["feature_extractor.normalizer.count"]
+        assert stats > first["feature_extractor.normalizer.count"] > 0  # statistics kept accumulating
+
+
 def test_resume_refuses_a_different_model(corpus, tmp_path):
     pretrain(small(corpus, tmp_path, "train.steps=1"))
     with pytest.raises(checkpoint.CheckpointError, match="different encoder config"):

@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bestrq.config import ConfigError, load_config
+from bestrq.features import FeatureNormalizer, LogMelFbank
 from bestrq.masking import MaskSpec, span_mask
 from bestrq.models.frontend import PassThrough
-from bestrq.models.wav2vec2 import BASE_CONV_LAYERS, ConvFeatureEncoder, TransformerEncoder
+from bestrq.models.wav2vec2 import (
+    BASE_CONV_LAYERS,
+    ConvFeatureEncoder,
+    FbankFeatureEncoder,
+    TransformerEncoder,
+)
+from bestrq.objectives import build_model
 from bestrq.objectives.wav2vec2 import (
     GumbelQuantizer,
     Wav2Vec2,
@@ -20,11 +28,13 @@ from bestrq.objectives.wav2vec2 import (
 SMALL_CONV = tuple((32, k, s) for _, k, s in BASE_CONV_LAYERS)
 
 
-def small_model(negatives: int = 5, norm: str = "group") -> Wav2Vec2:
+def small_model(negatives: int = 5, norm: str = "group", features: str = "conv") -> Wav2Vec2:
     torch.manual_seed(0)
-    return Wav2Vec2(ConvFeatureEncoder(SMALL_CONV, norm), TransformerEncoder(PassThrough(), 32, 2, 2, 64, 0.0, 16, 4),
-                    GumbelQuantizer(32, 2, 8, 16), MaskSpec("independent", 0.065, 10), final_dim=12,
-                    num_negatives=negatives, dropout_input=0.0, dropout_features=0.0)
+    extractor = (FbankFeatureEncoder(LogMelFbank(), FeatureNormalizer(80), 2) if features == "fbank"
+                 else ConvFeatureEncoder(SMALL_CONV, norm))
+    return Wav2Vec2(extractor, TransformerEncoder(PassThrough(), 32, 2, 2, 64, 0.0, 16, 4),
+                    GumbelQuantizer(extractor.output_dim, 2, 8, 16), MaskSpec("independent", 0.065, 10),
+                    final_dim=12, num_negatives=negatives, dropout_input=0.0, dropout_features=0.0)
 
 
 def test_distractors_are_other_masked_frames_of_the_same_utterance():
@@ -111,13 +121,15 @@ def test_temperature_anneals_from_start_to_end():
     assert model.temperature(10**9) == 0.5
 
 
-def test_padded_batch_equals_each_utterance_alone():
-    model = small_model().eval()
+@pytest.mark.parametrize("features", ["conv", "fbank"])
+def test_padded_batch_equals_each_utterance_alone(features):
+    model = small_model(features=features).eval()
     g = torch.Generator().manual_seed(1)
     lengths = torch.tensor([16000, 11000, 5210])
     waves = torch.randn(3, 16000, generator=g) * 0.1
     batch = model.encode(waves, lengths)
-    assert torch.equal(batch.lengths, ConvFeatureEncoder(SMALL_CONV).output_lengths(lengths))
+    assert torch.equal(batch.lengths, model.feature_extractor.output_lengths(lengths))
+    assert batch.lengths.tolist() == ([49, 34, 16] if features == "conv" else [49, 33, 15])  # 20 ms frames
     for b in range(3):
         alone = model.encode(waves[b:b + 1, : lengths[b]], lengths[b:b + 1])
         n = int(alone.lengths[0])
@@ -227,15 +239,14 @@ def test_only_masked_frames_carry_loss():
     assert grad[0, mask[0]].abs().sum(-1).gt(0).all()
 
 
-def test_fits_one_batch_of_the_demo_corpus(corpus):
+@pytest.mark.parametrize("preset", ["wav2vec2_tiny", "wav2vec2_fbank_tiny"])
+def test_fits_one_batch_of_the_demo_corpus(corpus, preset):
     """The objective can be learned: on one fixed batch the contrastive accuracy leaves chance quickly.
 
     (With PyTorch's default conv init the features vanish before the LayerNorm, every target
     looks alike and this stays at chance: the regression it guards against.)
     """
-    from bestrq.config import load_config
     from bestrq.data.manifest import load_split
-    from bestrq.objectives import build_model
 
     cuts = list(load_split(str(corpus), "train"))[:6]
     clips = [torch.from_numpy(c.load_audio()[0].copy()).float()[:16000 * 5] for c in cuts]
@@ -244,7 +255,7 @@ def test_fits_one_batch_of_the_demo_corpus(corpus):
     for i, c in enumerate(clips):
         waves[i, : c.numel()] = c
     torch.manual_seed(0)
-    model = build_model(load_config("wav2vec2_tiny")).train()
+    model = build_model(load_config(preset)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = None
     for step in range(40):
@@ -255,3 +266,72 @@ def test_fits_one_batch_of_the_demo_corpus(corpus):
         optimizer.zero_grad()
     assert first > 4.5  # about ln(101) at the start
     assert out.accuracy.item() > 5 / 101 and out.contrastive_loss.item() < 4.3, (out.accuracy, out.contrastive_loss)
+
+
+def test_fbank_features_are_bestrq_s_two_frames_at_a_time():
+    """The fbank feature encoder feeds wav2vec 2.0 exactly what BEST-RQ's encoder reads, two
+    10 ms frames per 20 ms frame, in fp32 under autocast; nothing in it is learned."""
+    bestrq = build_model(load_config("bestrq_tiny")).eval()
+    model = build_model(load_config("wav2vec2_fbank_tiny")).eval()
+    assert not list(model.feature_extractor.parameters()) and not model.learned_features
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([16000, 9000])
+    waves = torch.randn(2, 16000, generator=g) * 0.1
+    ref, ref_lengths = bestrq.input_features(waves, lengths)  # (B, T, 80) at 10 ms
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, frame_lengths = model.feature_extractor(waves, lengths)
+    assert feats.dtype == torch.float32 and feats.shape[-1] == 160
+    assert torch.equal(frame_lengths, torch.div(ref_lengths, 2, rounding_mode="floor"))
+    for b, n in enumerate(frame_lengths.tolist()):
+        torch.testing.assert_close(feats[b, :n, :80], ref[b, 0:2 * n:2], rtol=0, atol=0)
+        torch.testing.assert_close(feats[b, :n, 80:], ref[b, 1:2 * n:2], rtol=0, atol=0)
+
+
+def test_the_feature_penalty_applies_to_learned_features_only():
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.tensor([16000, 12000])
+    waves = torch.randn(2, 16000, generator=g) * 0.1
+    for features in ("conv", "fbank"):
+        model = small_model(features=features).train()
+        out = model(waves, lengths, torch.Generator().manual_seed(0), 0)
+        assert (out.feature_penalty > 0).item() == (features == "conv")
+        torch.testing.assert_close(out.loss.detach(),
+                                   out.contrastive_loss + 0.1 * out.diversity_loss + 10.0 * out.feature_penalty)
+
+
+def _same_code_rates(model: Wav2Vec2, clips: list[torch.Tensor]) -> tuple[float, float]:
+    """How often two adjacent frames, and two random frames of the same clip, get the same code (per codebook)."""
+    g = torch.Generator().manual_seed(0)
+    adjacent = random = pairs = 0.0
+    with torch.no_grad():
+        for clip in clips:
+            feats, _ = model.feature_extractor(clip[None], torch.tensor([clip.numel()]))
+            codes = model.quantizer.logits(model.feature_projection(feats)[1][0]).argmax(-1)  # (T, G)
+            t = codes.shape[0]
+            i, j = torch.randint(t, (2, t - 1), generator=g)
+            adjacent += (codes[1:] == codes[:-1]).float().mean(1).sum().item()
+            random += (codes[i] == codes[j]).float().mean(1).sum().item()
+            pairs += t - 1
+    return adjacent / pairs, random / pairs
+
+
+def test_fbank_targets_follow_the_spectrum_from_the_first_step(corpus):
+    """Why the fbank variant learns on the demo corpus and the conv one does not (docs/pretraining.md):
+    at initialisation the conv encoder's codes are close to hashes of the waveform, so adjacent
+    frames rarely share one, while codes of log-mel frames change slowly, as speech does."""
+    from bestrq.data.manifest import load_split
+
+    clips = [torch.from_numpy(c.load_audio()[0].copy()).float() for c in list(load_split(str(corpus), "dev"))[:12]]
+    rates = {}
+    for preset in ("wav2vec2_tiny", "wav2vec2_fbank_tiny"):
+        torch.manual_seed(0)
+        rates[preset] = _same_code_rates(build_model(load_config(preset)).eval(), clips)
+    (conv_adjacent, _), (fbank_adjacent, fbank_random) = rates.values()
+    assert fbank_adjacent > 3 * fbank_random and fbank_adjacent > 2 * conv_adjacent, rates
+
+
+def test_feature_encoder_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"wav2vec2\.feature_encoder: must be one of conv, fbank, not 'mel'"):
+        load_config("wav2vec2_tiny", ["wav2vec2.feature_encoder=mel"])
+    with pytest.raises(ConfigError, match=r"wav2vec2\.fbank_stack: must be >= 1, got 0"):
+        load_config("wav2vec2_fbank_tiny", ["wav2vec2.fbank_stack=0"])

@@ -20,7 +20,7 @@ from .features import NORMALIZATIONS
 from .masking import MODES
 from .models.conformer import POSITIONS
 from .models.frontend import FRONTENDS
-from .models.wav2vec2 import CONV_NORMS
+from .models.wav2vec2 import CONV_NORMS, FEATURE_ENCODERS
 
 OBJECTIVES = ("bestrq", "wav2vec2")
 ENCODERS = ("conformer", "transformer")
@@ -95,6 +95,9 @@ class EncoderConfig:
 
 @dataclass
 class Wav2Vec2Config:
+    feature_encoder: str = _f("conv", "conv (BASE's learned waveform encoder, below) or fbank (the fixed log-mel "
+                              "frames of features.*, stacked by fbank_stack: targets predictable from the start)")
+    fbank_stack: int = _f(2, "fbank feature encoder: 10 ms frames per frame (2: 20 ms, the conv encoder's rate)")
     conv_channels: list = _f([512] * 7, "waveform encoder: channels per conv layer")  # noqa: RUF009
     conv_kernels: list = _f([10, 3, 3, 3, 3, 2, 2], "waveform encoder: kernel per layer")  # noqa: RUF009
     conv_strides: list = _f([5, 2, 2, 2, 2, 2, 2], "waveform encoder: stride per layer (product 320 = "  # noqa: RUF009
@@ -110,7 +113,8 @@ class Wav2Vec2Config:
     num_negatives: int = _f(100, "distractors per masked frame, drawn from the same utterance's masked frames")
     logit_temperature: float = _f(0.1, "cosine similarities are divided by this (kappa)")
     diversity_weight: float = _f(0.1, "weight of the codebook diversity loss (alpha)")
-    feature_penalty: float = _f(10.0, "weight of the L2 penalty on the waveform encoder's features")
+    feature_penalty: float = _f(10.0, "weight of the L2 penalty on the waveform encoder's features (conv only: "
+                                "fbank features are fixed)")
     mask_prob: float = _f(0.65, "span starts per frame x mask_span (fairseq's mask_prob: ~49% masked)")
     mask_span: int = _f(10, "masked span in 20 ms frames")
     dropout_input: float = _f(0.1, "dropout on the projected features before masking")
@@ -181,6 +185,9 @@ class PretrainConfig:
         check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                   for v in (*w.conv_channels, *w.conv_kernels, *w.conv_strides)),
               "wav2vec2.conv_channels", "conv channels, kernels and strides must be positive integers")
+        check(w.feature_encoder in FEATURE_ENCODERS, "wav2vec2.feature_encoder",
+              f"must be one of {', '.join(FEATURE_ENCODERS)}, not {w.feature_encoder!r}")
+        check(w.fbank_stack >= 1, "wav2vec2.fbank_stack", f"must be >= 1, got {w.fbank_stack}")
         check(w.conv_norm in CONV_NORMS, "wav2vec2.conv_norm", f"must be one of {', '.join(CONV_NORMS)}")
         check(len(w.temperature) == 3 and w.temperature[0] >= w.temperature[1] > 0 and 0 < w.temperature[2] <= 1,
               "wav2vec2.temperature", "must be [start, end, decay] with start >= end > 0 and 0 < decay <= 1")

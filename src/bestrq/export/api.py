@@ -12,7 +12,6 @@ weights do not fit the model its own config describes is refused, naming the key
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,7 +112,7 @@ class Model(nn.Module):
     def downsample_rate(self) -> int:
         """Input samples per output frame: 640 for BEST-RQ (40 ms), 320 for wav2vec 2.0 (20 ms)."""
         if self.config.objective == "wav2vec2":
-            return math.prod(self.config.wav2vec2.conv_strides)
+            return self.module.feature_extractor.hop
         return self.module.features.frame_shift * self.config.features.stack
 
     @property

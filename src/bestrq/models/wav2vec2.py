@@ -4,6 +4,9 @@
     hop = 20 ms at 16 kHz) -> (B, T, C) features -> LayerNorm + Linear -> (B, T, D)
     -> convolutional relative position embedding -> LayerNorm -> post-LN Transformer layers
 
+``FbankFeatureEncoder`` can stand in for the conv encoder: BEST-RQ's fixed log-mel frames,
+stacked to 20 ms (``wav2vec2.feature_encoder=fbank``).
+
 Parameter names follow Hugging Face transformers' ``Wav2Vec2Model`` (``conv_layers.0.conv``,
 ``pos_conv_embed.conv``, ``layers.0.attention.q_proj``, ...), so weights map one to one and
 the parity test compares the two networks on the same weights.
@@ -25,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import padding_mask
+from ..features import FeatureNormalizer, LogMelFbank, padding_mask, stack_frames
 from .conformer import EncoderOutput, FeedForward
 from .dropout import Dropout, attention
 
 CONV_NORMS = ("group", "layer")
+FEATURE_ENCODERS = ("conv", "fbank")
 # the BASE/LARGE waveform encoder: (channels, kernel, stride) per layer, 20 ms frames at 16 kHz
 BASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
 
@@ -157,6 +161,33 @@ class ConvFeatureEncoder(nn.Module):
             x = layer(x, frame_lengths)
         x = grad_multiply(x, self.grad_scale).transpose(1, 2)  # (B, T, C)
         return x, frame_lengths
+
+
+class FbankFeatureEncoder(nn.Module):
+    """(B, S) waveforms + (B,) lengths -> (B, T, stack F) log-mel frames + (B,) frame lengths.
+
+    The same fixed, normalised log-mel features BEST-RQ reads, ``stack`` 10 ms frames to a
+    frame (2: 20 ms, the conv encoder's rate). Nothing here is learned, so the quantizer's
+    targets are a function of the spectrum from the first step, as BEST-RQ's are; the conv
+    encoder's start as hashes of the waveform (docs/pretraining.md). Features stay fp32
+    under autocast; an utterance gets the same frames alone or padded in a batch.
+    """
+
+    def __init__(self, fbank: LogMelFbank, normalizer: FeatureNormalizer, stack: int = 2) -> None:
+        super().__init__()
+        if stack < 1:
+            raise ValueError(f"fbank stack must be >= 1, got {stack}")
+        self.fbank, self.normalizer, self.stack = fbank, normalizer, stack
+        self.output_dim = fbank.num_mel_bins * stack
+        self.hop = fbank.frame_shift * stack
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(self.fbank.output_lengths(lengths), self.stack, rounding_mode="floor")
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(waveforms.device.type, enabled=False):
+            feats, frame_lengths = self.fbank(waveforms, lengths)
+            return stack_frames(self.normalizer(feats, frame_lengths), frame_lengths, self.stack)
 
 
 class FeatureProjection(nn.Module):

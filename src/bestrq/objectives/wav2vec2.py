@@ -1,13 +1,14 @@
 """The wav2vec 2.0 objective (Baevski et al., 2020): contrast masked context vectors with quantized targets.
 
     waveforms -> conv encoder (B, T, C), 20 ms frames -> LayerNorm -> Linear (B, T, D)
+                 (or, with ``feature_encoder: fbank``, fixed log-mel frames stacked to 20 ms)
     mask (B, T): spans of 10 frames, ~49% of frames; masked frames replaced by a learned vector
     -> encoder (Transformer or Conformer) -> project_hid -> context c (N, final_dim) at the N masked frames
     targets: the clean normalised conv features of the same frames -> Gumbel product quantizer
              (G codebooks x V entries, straight-through hard choice) -> project_q -> q (N, final_dim)
     loss = CE over [q_t, 100 distractors] of cos(c_t, .) / kappa            (contrastive)
          + alpha * (G V - perplexity) / (G V)                              (diversity)
-         + beta * mean(features^2)                                         (feature penalty)
+         + beta * mean(features^2)                                         (feature penalty, conv only)
 
 Distractors for a masked frame are the quantized vectors of other masked frames of the same
 utterance, drawn uniformly with replacement: never the frame itself, never padding, never
@@ -28,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PretrainConfig
-from ..features import padding_mask
+from ..features import FeatureNormalizer, LogMelFbank, padding_mask
 from ..masking import MaskSpec, span_mask
 from ..models.conformer import EncoderOutput
 from ..models.dropout import Dropout
-from ..models.wav2vec2 import ConvFeatureEncoder, FeatureProjection
+from ..models.wav2vec2 import ConvFeatureEncoder, FbankFeatureEncoder, FeatureProjection
 from .encoders import build_encoder
 
 
@@ -192,7 +193,7 @@ def contrastive_loss(context: torch.Tensor, targets: torch.Tensor, codes: torch.
 class Wav2Vec2(nn.Module):
     """Waveform encoder, masking, context encoder, Gumbel quantizer and projections in one module."""
 
-    def __init__(self, feature_extractor: ConvFeatureEncoder, encoder: nn.Module, quantizer: GumbelQuantizer,
+    def __init__(self, feature_extractor: ConvFeatureEncoder | FbankFeatureEncoder, encoder: nn.Module, quantizer: GumbelQuantizer,
                  mask: MaskSpec, *, final_dim: int = 256, num_negatives: int = 100, logit_temperature: float = 0.1,
                  diversity_weight: float = 0.1, feature_penalty: float = 10.0,
                  temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995), dropout_input: float = 0.1,
@@ -212,6 +213,7 @@ class Wav2Vec2(nn.Module):
         self.feature_penalty_weight = feature_penalty
         self.temperature_schedule = tuple(temperature)
         self.sample_rate = sample_rate
+        self.learned_features = any(True for _ in feature_extractor.parameters())
 
     baseline_name = "chance"
 
@@ -242,7 +244,10 @@ class Wav2Vec2(nn.Module):
         feats, frame_lengths = self.feature_extractor(waveforms, lengths)  # (B, T, C)
         t = feats.shape[1]
         valid = ~padding_mask(frame_lengths, t)
-        penalty = feats.float().square().mean(dim=-1)[valid].mean() if valid.any() else feats.sum() * 0.0
+        if self.learned_features and valid.any():
+            penalty = feats.float().square().mean(dim=-1)[valid].mean()
+        else:  # no valid frame, or fixed (fbank) features that a penalty cannot move
+            penalty = feats.sum() * 0.0
         x, normed = self.feature_projection(feats)  # (B, T, D), (B, T, C)
 
         mask = span_mask(frame_lengths, t, self.mask_spec, generator)  # (B, T)
@@ -272,8 +277,13 @@ def mask_spec(cfg: PretrainConfig) -> MaskSpec:
 def build_wav2vec2(cfg: PretrainConfig) -> Wav2Vec2:
     """The model a config describes. Parameters come from the global RNG."""
     w = cfg.wav2vec2
-    layers = tuple(zip(w.conv_channels, w.conv_kernels, w.conv_strides))
-    features = ConvFeatureEncoder(layers, w.conv_norm, w.conv_bias, w.feature_grad_mult)
+    if w.feature_encoder == "fbank":
+        f = cfg.features
+        features = FbankFeatureEncoder(LogMelFbank(num_mel_bins=f.num_mel_bins),
+                                       FeatureNormalizer(f.num_mel_bins, f.normalization), w.fbank_stack)
+    else:
+        layers = tuple(zip(w.conv_channels, w.conv_kernels, w.conv_strides))
+        features = ConvFeatureEncoder(layers, w.conv_norm, w.conv_bias, w.feature_grad_mult)
     return Wav2Vec2(
         features, build_encoder(cfg),
         GumbelQuantizer(features.output_dim, w.num_groups, w.num_entries, w.codevector_dim),
