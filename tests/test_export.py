@@ -85,7 +85,8 @@ def test_s3prl_upstream_contract(run):
 
 
 @pytest.mark.parametrize("preset, overrides, rate", [
-    ("wav2vec2_tiny", [], 320), ("wav2vec2_fbank_tiny", [], 320), ("wav2vec2_fbank_tiny", ["wav2vec2.fbank_stack=4"], 640),
+    ("wav2vec2_tiny", [], 320), ("wav2vec2_fbank_tiny", [], 320),
+    ("wav2vec2_fbank_tiny", ["wav2vec2.fbank_stack=4"], 640),
 ])
 def test_wav2vec2_models_report_their_frame_rate(preset, overrides, rate):
     cfg = load_config(preset, overrides)

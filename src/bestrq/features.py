@@ -167,6 +167,15 @@ class FeatureNormalizer(nn.Module):
         return (feats - mean.float()) * torch.rsqrt(var.float() + self.eps) * valid
 
 
+def normalised_fbank(fbank: LogMelFbank, normalizer: FeatureNormalizer, waveforms: torch.Tensor,
+                     lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) waveforms -> (B, T, F) normalised log-mel features + (B,) frame counts, in fp32
+    whatever autocast is on (bf16 features would move the quantizer's targets)."""
+    with torch.autocast(waveforms.device.type, enabled=False):
+        feats, frame_lengths = fbank(waveforms, lengths)
+        return normalizer(feats, frame_lengths), frame_lengths
+
+
 def stack_frames(feats: torch.Tensor, lengths: torch.Tensor, factor: int = 4
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, F) -> (B, T // factor, factor * F): ``factor`` consecutive frames per vector.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureNormalizer, LogMelFbank, padding_mask, stack_frames
+from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask, stack_frames
 from .conformer import EncoderOutput, FeedForward
 from .dropout import Dropout, attention
 
@@ -185,9 +185,7 @@ class FbankFeatureEncoder(nn.Module):
         return torch.div(self.fbank.output_lengths(lengths), self.stack, rounding_mode="floor")
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(waveforms.device.type, enabled=False):
-            feats, frame_lengths = self.fbank(waveforms, lengths)
-            return stack_frames(self.normalizer(feats, frame_lengths), frame_lengths, self.stack)
+        return stack_frames(*normalised_fbank(self.fbank, self.normalizer, waveforms, lengths), self.stack)
 
 
 class FeatureProjection(nn.Module):

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PretrainConfig
-from ..features import FeatureNormalizer, LogMelFbank, stack_frames
+from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, stack_frames
 from ..masking import MaskSpec, preset, span_mask
 from ..models.conformer import ConformerEncoder, EncoderOutput
 from ..quantizer import RandomProjectionQuantizer
-from .encoders import build_encoder, fbank_frontend
+from .encoders import build_encoder, fbank_features, fbank_frontend
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,7 @@ class BestRQ(nn.Module):
 
     def input_features(self, waveforms: torch.Tensor, lengths: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(waveforms.device.type, enabled=False):  # features stay fp32 under bf16
-            feats, frame_lengths = self.features(waveforms, lengths)
-            return self.normalizer(feats, frame_lengths), frame_lengths
+        return normalised_fbank(self.features, self.normalizer, waveforms, lengths)
 
     def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         """Unmasked encoding: hidden states of every layer (for probes and export)."""
@@ -139,8 +137,7 @@ def build_bestrq(cfg: PretrainConfig) -> BestRQ:
     """The model a config describes. Parameters come from the global RNG; buffers from seeds."""
     f, q = cfg.features, cfg.quantizer
     return BestRQ(
-        LogMelFbank(num_mel_bins=f.num_mel_bins),
-        FeatureNormalizer(f.num_mel_bins, f.normalization),
+        *fbank_features(cfg),
         RandomProjectionQuantizer(f.num_mel_bins * f.stack, q.codebook_size, q.codebook_dim, q.num_codebooks,
                                   q.seed, q.input_layer_norm),
         build_encoder(cfg, fbank_frontend(cfg)), mask_spec(cfg), cfg.masking.noise_std, f.stack)

@@ -5,9 +5,16 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import PretrainConfig
+from ..features import FeatureNormalizer, LogMelFbank
 from ..models.conformer import ConformerEncoder
 from ..models.frontend import FRONTENDS, PassThrough
 from ..models.wav2vec2 import TransformerEncoder
+
+
+def fbank_features(cfg: PretrainConfig) -> tuple[LogMelFbank, FeatureNormalizer]:
+    """The log-mel features and their normalisation ``features.*`` describes (either objective)."""
+    f = cfg.features
+    return LogMelFbank(num_mel_bins=f.num_mel_bins), FeatureNormalizer(f.num_mel_bins, f.normalization)
 
 
 def fbank_frontend(cfg: PretrainConfig) -> nn.Module:

@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PretrainConfig
-from ..features import FeatureNormalizer, LogMelFbank, padding_mask
+from ..features import padding_mask
 from ..masking import MaskSpec, span_mask
 from ..models.conformer import EncoderOutput
 from ..models.dropout import Dropout
 from ..models.wav2vec2 import ConvFeatureEncoder, FbankFeatureEncoder, FeatureProjection
-from .encoders import build_encoder
+from .encoders import build_encoder, fbank_features
 
 
 @dataclass(frozen=True)
@@ -193,8 +193,8 @@ def contrastive_loss(context: torch.Tensor, targets: torch.Tensor, codes: torch.
 class Wav2Vec2(nn.Module):
     """Waveform encoder, masking, context encoder, Gumbel quantizer and projections in one module."""
 
-    def __init__(self, feature_extractor: ConvFeatureEncoder | FbankFeatureEncoder, encoder: nn.Module, quantizer: GumbelQuantizer,
-                 mask: MaskSpec, *, final_dim: int = 256, num_negatives: int = 100, logit_temperature: float = 0.1,
+    def __init__(self, feature_extractor: ConvFeatureEncoder | FbankFeatureEncoder, encoder: nn.Module,
+                 quantizer: GumbelQuantizer, mask: MaskSpec, *, final_dim: int = 256, num_negatives: int = 100, logit_temperature: float = 0.1,
                  diversity_weight: float = 0.1, feature_penalty: float = 10.0,
                  temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995), dropout_input: float = 0.1,
                  dropout_features: float = 0.1, sample_rate: int = 16000) -> None:
@@ -278,9 +278,7 @@ def build_wav2vec2(cfg: PretrainConfig) -> Wav2Vec2:
     """The model a config describes. Parameters come from the global RNG."""
     w = cfg.wav2vec2
     if w.feature_encoder == "fbank":
-        f = cfg.features
-        features = FbankFeatureEncoder(LogMelFbank(num_mel_bins=f.num_mel_bins),
-                                       FeatureNormalizer(f.num_mel_bins, f.normalization), w.fbank_stack)
+        features = FbankFeatureEncoder(*fbank_features(cfg), w.fbank_stack)
     else:
         layers = tuple(zip(w.conv_channels, w.conv_kernels, w.conv_strides))
         features = ConvFeatureEncoder(layers, w.conv_norm, w.conv_bias, w.feature_grad_mult)

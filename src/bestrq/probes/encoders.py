@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import PretrainConfig, load_config
 from ..export.api import load_checkpoint
-from ..features import FeatureNormalizer, LogMelFbank, padding_mask
+from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask
 from ..models.conformer import EncoderOutput
 from ..train.loop import read_metrics
 
@@ -40,8 +40,7 @@ class FbankEncoder(nn.Module):
         return self.features.sample_rate
 
     def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        feats, frame_lengths = self.features(waveforms, lengths)
-        feats = self.normalizer(feats, frame_lengths)
+        feats, frame_lengths = normalised_fbank(self.features, self.normalizer, waveforms, lengths)
         return EncoderOutput((feats,), frame_lengths, padding_mask(frame_lengths, feats.shape[1]))
 
 
