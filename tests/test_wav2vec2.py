@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
+from bestrq.cli import main
 from bestrq.config import ConfigError, load_config
 from bestrq.features import FeatureNormalizer, LogMelFbank
 from bestrq.masking import MaskSpec, span_mask
@@ -328,6 +332,26 @@ def test_fbank_targets_follow_the_spectrum_from_the_first_step(corpus):
         rates[preset] = _same_code_rates(build_model(load_config(preset)).eval(), clips)
     (conv_adjacent, _), (fbank_adjacent, fbank_random) = rates.values()
     assert fbank_adjacent > 3 * fbank_random and fbank_adjacent > 2 * conv_adjacent, rates
+
+
+@pytest.mark.slow
+def test_pretrain_with_the_fbank_preset_generalises_on_the_demo_corpus(corpus, tmp_path):
+    """`bestrq pretrain` with a wav2vec 2.0 preset learns on the demo corpus, and what it learns holds on
+    clips it never saw: after 300 steps of `wav2vec2_fbank_tiny` (about 2 CPU minutes) the contrastive
+    accuracy on the dev split is well above its chance level and the dev loss is below ln(101).
+    Measured 2026-12-01: 0.028 against a chance of 0.0153 (1/101 = 0.0099), loss 4.557; 0.018 at
+    step 50. (`wav2vec2_tiny`'s conv encoder stays at chance this early: docs/pretraining.md.)"""
+    out = tmp_path / "run"
+    settings = [f"data.corpus={corpus}", "train.steps=300", "train.valid_every=0", "train.checkpoint_every=300",
+                "train.progress=false", "train.tensorboard=false"]
+    assert main(["pretrain", "--config", "wav2vec2_fbank_tiny", "--out", str(out),
+                 *(arg for s in settings for arg in ("--set", s))]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == [300]  # one validation, at the end, on the whole dev split
+    dev = valid[0]
+    assert dev["accuracy"] > 1.5 * dev["chance_accuracy"] and dev["accuracy"] > 2 / 101, dev
+    assert dev["contrastive_loss"] < math.log(101) - 0.02, dev
 
 
 def test_feature_encoder_settings_are_checked():
