@@ -465,9 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", default=["tiny", "paper"], choices=list(SIZES))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps per model first (default 2: on a CPU the first step after one warm-up "
-                             "still paid for first-touch memory, +3.5 s for every model at the paper's size)")
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch-seconds", type=float, nargs="+", default=None,
                         help="seconds of audio per batch, per size (default: 60 and 20 on CPU; 600 and 300 on CUDA)")
     parser.add_argument("--corpus", type=Path, default=Path("data/demo"),
