@@ -35,6 +35,37 @@ def test_batched_output_equals_each_utterance_alone(frontend, position):
         assert out.padding_mask.tolist()[3][:3] == [False, False, True]
 
 
+@pytest.mark.parametrize("position", ["relative_key", "rotary"])
+def test_skipping_padded_frames_gives_the_padded_layouts_outputs_and_gradients(position):
+    """The frame-wise layers see only valid frames, and nothing else changes, forward or backward."""
+    lengths = torch.tensor([203, 160, 57, 9])
+    feats = torch.randn(4, 203, 80, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(4, 50, 64, generator=torch.Generator().manual_seed(2))
+    results = []
+    for skip in (True, False):
+        enc = encoder(position=position)
+        enc.skip_padding = skip
+        rows = []
+        enc.layers[0].ffn1.intermediate_dense.register_forward_hook(
+            lambda _m, inputs, _o, rows=rows: rows.append(inputs[0].shape[:-1].numel()))
+        out = enc(feats, lengths)
+        valid = ~out.padding_mask[..., None]
+        loss = sum((h * weights * valid).sum() for h in out.hidden_states[1:])
+        loss.backward()
+        results.append((out, {n: p.grad for n, p in enc.named_parameters()}, rows[0]))
+    (packed, packed_grads, packed_rows), (padded, padded_grads, padded_rows) = results
+    assert packed_rows == 50 + 40 + 14 + 2 and padded_rows == 4 * 50  # padding skipped, or not
+    valid = ~packed.padding_mask[..., None]
+    for h_packed, h_padded in zip(packed.hidden_states, padded.hidden_states):
+        assert ((h_packed - h_padded).abs() * valid).max() <= 1e-5
+    for h in packed.hidden_states[1:]:
+        assert (h * ~valid).abs().max() == 0  # zeros at padding
+    # sums over many frames: rounding scales with the gradients (the key bias's is zero up to rounding)
+    scale = max(g.abs().max() for g in padded_grads.values())
+    for name, grad in padded_grads.items():
+        assert (packed_grads[name] - grad).abs().max() <= 1e-6 * scale, name
+
+
 def test_relative_key_bias_makes_attention_position_aware():
     enc = encoder()
     x = torch.randn(1, 80, 80, generator=torch.Generator().manual_seed(2)).repeat(1, 1, 1)
