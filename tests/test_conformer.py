@@ -1,4 +1,4 @@
-"""The encoder: padding invariance, lengths, and parity with transformers' Wav2Vec2BertModel."""
+"""The encoder: padding invariance, skipped padding, lengths, and parity with transformers' Wav2Vec2BertModel."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bestrq.models.conformer import ConformerEncoder
-from bestrq.models.frontend import Conv2dSubsampling, StackedFrames
+from bestrq.models.frontend import Conv2dSubsampling, PassThrough, StackedFrames
+from bestrq.models.wav2vec2 import TransformerEncoder
 
 
 def encoder(frontend: str = "stack", position: str = "relative_key", d: int = 64) -> ConformerEncoder:
@@ -35,20 +36,27 @@ def test_batched_output_equals_each_utterance_alone(frontend, position):
         assert out.padding_mask.tolist()[3][:3] == [False, False, True]
 
 
-@pytest.mark.parametrize("position", ["relative_key", "rotary"])
-def test_skipping_padded_frames_gives_the_padded_layouts_outputs_and_gradients(position):
+@pytest.mark.parametrize("kind", ["conformer", "conformer-rotary", "transformer"])
+def test_skipping_padded_frames_gives_the_padded_layouts_outputs_and_gradients(kind):
     """The frame-wise layers see only valid frames, and nothing else changes, forward or backward."""
-    lengths = torch.tensor([203, 160, 57, 9])
-    feats = torch.randn(4, 203, 80, generator=torch.Generator().manual_seed(1))
+    if kind == "transformer":  # wav2vec 2.0's context network, on (B, T, D) inputs
+        lengths, frames = torch.tensor([50, 40, 14, 2]), torch.randn(4, 50, 64, generator=torch.Generator().manual_seed(1))
+    else:  # fbank at 10 ms -> 40 ms frames
+        lengths, frames = torch.tensor([203, 160, 57, 9]), torch.randn(4, 203, 80, generator=torch.Generator().manual_seed(1))
     weights = torch.randn(4, 50, 64, generator=torch.Generator().manual_seed(2))
     results = []
     for skip in (True, False):
-        enc = encoder(position=position)
+        if kind == "transformer":
+            torch.manual_seed(0)
+            enc = TransformerEncoder(PassThrough(), 64, 3, 4, 128, 0.0, 16, 4).eval()
+            first = enc.layers[0].feed_forward.intermediate_dense
+        else:
+            enc = encoder(position="rotary" if kind == "conformer-rotary" else "relative_key")
+            first = enc.layers[0].ffn1.intermediate_dense
         enc.skip_padding = skip
         rows = []
-        enc.layers[0].ffn1.intermediate_dense.register_forward_hook(
-            lambda _m, inputs, _o, rows=rows: rows.append(inputs[0].shape[:-1].numel()))
-        out = enc(feats, lengths)
+        first.register_forward_hook(lambda _m, inputs, _o, rows=rows: rows.append(inputs[0].shape[:-1].numel()))
+        out = enc(frames, lengths)
         valid = ~out.padding_mask[..., None]
         loss = sum((h * weights * valid).sum() for h in out.hidden_states[1:])
         loss.backward()

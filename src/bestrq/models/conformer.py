@@ -63,7 +63,7 @@ class Packing:
         return out.view(self.batch, self.frames, x.shape[-1])
 
 
-def _static_shapes_wanted() -> bool:
+def static_shapes_wanted() -> bool:
     """Compiling, exporting or tracing: data-dependent shapes (the packed N) are unwelcome."""
     return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
             or torch.jit.is_scripting())
@@ -233,7 +233,7 @@ class ConformerEncoder(nn.Module):
                   if self.position == "rotary" else None)
         hidden = [x]
         packing = None
-        if self.skip_padding and not _static_shapes_wanted() and bool(pad.any()):
+        if self.skip_padding and not static_shapes_wanted() and bool(pad.any()):
             packing = Packing(pad)
             x = packing.pack(x)
         for layer in self.layers:

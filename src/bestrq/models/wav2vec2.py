@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask, stack_frames
-from .conformer import EncoderOutput, FeedForward
+from .conformer import EncoderOutput, FeedForward, Packing, static_shapes_wanted
 from .dropout import Dropout, attention
 
 CONV_NORMS = ("group", "layer")
@@ -233,12 +233,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = (lin(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        """x (B, T, D), or (N, D) with ``packing``: the output has x's layout."""
+        b, t = key_padding.shape
+        unpack = packing.unpack if packing is not None else (lambda y: y)
+        q, k, v = (unpack(lin(x)).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
                    for lin in (self.q_proj, self.k_proj, self.v_proj))
         out = attention(q, k, v, ~key_padding[:, None, None, :], self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+        out = out.transpose(1, 2)  # (B, T, H, hd)
+        return self.out_proj(packing.pack(out) if packing is not None else out.reshape(b, t, x.shape[-1]))
 
 
 class TransformerLayer(nn.Module):
@@ -252,8 +255,9 @@ class TransformerLayer(nn.Module):
         self.feed_forward = FeedForward(d_model, ffn_dim, dropout, activation=F.gelu)
         self.final_layer_norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
-        x = self.layer_norm(x + self.dropout(self.attention(x, key_padding)))
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor, packing: Packing | None = None) -> torch.Tensor:
+        """x (B, T, D), or (N, D) with ``packing``: the output has x's layout."""
+        x = self.layer_norm(x + self.dropout(self.attention(x, key_padding, packing)))
         return self.final_layer_norm(x + self.feed_forward(x))
 
 
@@ -262,6 +266,8 @@ class TransformerEncoder(nn.Module):
 
     Takes a ``frontend`` like ``ConformerEncoder`` does, so either encoder serves either
     objective (wav2vec 2.0 passes its projected conv features through ``PassThrough``).
+    As the Conformer, it runs the frame-wise parts of its layers on valid frames only (see
+    ``models/conformer.py``); ``skip_padding = False`` computes the padding too.
     """
 
     def __init__(self, frontend: nn.Module, d_model: int, num_layers: int, num_heads: int, ffn_dim: int,
@@ -274,6 +280,7 @@ class TransformerEncoder(nn.Module):
         self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(TransformerLayer(d_model, num_heads, ffn_dim, dropout)
                                     for _ in range(num_layers))
+        self.skip_padding = True
         for module in self.layers.modules():  # BERT's init, as fairseq's and transformers' wav2vec 2.0
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)
@@ -286,7 +293,11 @@ class TransformerEncoder(nn.Module):
         x = x.masked_fill(pad[..., None], 0.0)  # the position conv sees zeros past the end, as alone
         x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
         hidden = [x]
+        packing = None
+        if self.skip_padding and not static_shapes_wanted() and bool(pad.any()):
+            packing = Packing(pad)
+            x = packing.pack(x)
         for layer in self.layers:
-            x = layer(x, key_pad)
-            hidden.append(x)
+            x = layer(x, key_pad, packing)
+            hidden.append(packing.unpack(x) if packing is not None else x)
         return EncoderOutput(tuple(hidden), out_lengths, pad)
