@@ -69,8 +69,14 @@ class Batch:
         return float(self.lengths.sum()) / 16000
 
 
-def make_batches(corpus: Path, n: int, seconds: float, seed: int) -> tuple[list[Batch], str]:
-    """``n`` batches of about ``seconds`` of audio: demo-corpus clips if there, else noise of speech-like lengths."""
+def make_batches(corpus: Path, n: int, seconds: float, seed: int, bucketed: bool = False
+                 ) -> tuple[list[Batch], str]:
+    """``n`` batches of about ``seconds`` of audio: demo-corpus clips if there, else noise of speech-like lengths.
+
+    Clips come in random order, so a batch mixes lengths and is often half padding. With
+    ``bucketed`` the clips are sorted by length first, as a duration-bucketing sampler would
+    group them (``bestrq pretrain`` uses lhotse's), so there is little padding.
+    """
     g = torch.Generator().manual_seed(seed)
     clips: list[torch.Tensor] = []
     source = f"random noise clips of 2-10 s (no corpus at {corpus})"
@@ -84,11 +90,15 @@ def make_batches(corpus: Path, n: int, seconds: float, seed: int) -> tuple[list[
             if sum(c.numel() for c in clips) / 16000 > need:
                 break
         source = f"clips of the corpus at {corpus}"
+    if bucketed:
+        clips.sort(key=len, reverse=True)  # popped from the end: shortest first
     batches, pending = [], []
     while len(batches) < n:
         if not clips:
             clips = [0.1 * torch.randn(int(16000 * (2 + 8 * torch.rand(1, generator=g).item())), generator=g)
                      for _ in range(200)]
+            if bucketed:
+                clips.sort(key=len, reverse=True)
         pending.append(clips.pop())
         if sum(c.numel() for c in pending) >= seconds * 16000:
             lengths = torch.tensor([c.numel() for c in pending])
@@ -346,7 +356,8 @@ def step_flops(runner: Runner, prepared: object, autocast) -> float:
 def peak_memory_cpu(name: str, size_name: str, args: argparse.Namespace) -> float:
     """Peak resident memory (MiB) that one model's training steps add to a fresh process."""
     cmd = [sys.executable, "-m", "bestrq.benchmark", "--memory-of", name, "--sizes", size_name, "--batch-seconds",
-           str(args.batch_seconds[size_name]), "--corpus", str(args.corpus), "--device", "cpu"]
+           str(args.batch_seconds[size_name]), "--corpus", str(args.corpus), "--device", "cpu",
+           "--batching", args.batching]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if out.returncode or not lines:
@@ -366,7 +377,8 @@ def memory_child(args: argparse.Namespace) -> None:
     """Peak RSS above the RSS before the model exists (Linux: the high-water mark is reset first)."""
     size_name = args.sizes[0]
     device = torch.device("cpu")
-    batches, _ = make_batches(args.corpus, 2, args.batch_seconds[size_name], seed=0)
+    batches, _ = make_batches(args.corpus, 2, args.batch_seconds[size_name], seed=0,
+                              bucketed=args.batching == "bucketed")
     if args.memory_of == "bestrq-sb":
         _speechbrain()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
@@ -381,10 +393,11 @@ def memory_child(args: argparse.Namespace) -> None:
 def run_size(size_name: str, names: list[str], args: argparse.Namespace, device: torch.device) -> list[dict]:
     size = SIZES[size_name]
     seconds = args.batch_seconds[size_name]
-    batches, source = make_batches(args.corpus, args.rounds + args.warmup, seconds, seed=1)
+    batches, source = make_batches(args.corpus, args.rounds + args.warmup, seconds, seed=1,
+                                   bucketed=args.batching == "bucketed")
     padding = 1 - sum(int(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
     print(f"\n[{size_name}] {size['layers']} layers, width {size['d_model']}, {size['heads']} heads, FFN "
-          f"{size['ffn']}; batches of ~{seconds:g} s from {source} (padding is {100 * padding:.0f}% of the "
+          f"{size['ffn']}; {args.batching} batches of ~{seconds:g} s from {source} (padding is {100 * padding:.0f}% of the "
           f"padded batches); {args.warmup} warm-up + {args.rounds} timed rounds")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     autocast = torch.autocast(device.type, dtype=dtype, enabled=args.precision == "bf16")
@@ -468,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch-seconds", type=float, nargs="+", default=None,
                         help="seconds of audio per batch, per size (default: 60 and 20 on CPU; 600 and 300 on CUDA)")
+    parser.add_argument("--batching", default="random", choices=["random", "bucketed"],
+                        help="random: clips in random order, batches of mixed lengths (about half padding); "
+                             "bucketed: clips sorted by length, as a duration-bucketing sampler (little padding)")
     parser.add_argument("--corpus", type=Path, default=Path("data/demo"),
                         help="manifest folder whose train split gives the audio (default data/demo)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
