@@ -11,6 +11,10 @@ Models, at matched encoder sizes (same layers, width, heads, FFN):
   bestrq (speechbrain) SpeechBrain's RandomProjectionQuantizer, compute_mask, conv front-end and
                        Conformer, wired as its LibriSpeech BEST-RQ recipe
 
+Batches are clips in random order (mixed lengths, about half padding, which our encoders skip
+and the peers compute), or with ``--batching bucketed`` sorted by length first, as a
+duration-bucketing sampler would batch them (little padding).
+
 Every model trains on the same batches of audio, one training step each in turn (forward,
 backward, clipping, AdamW), so drifts of the machine hit all alike. Masks and distractors
 of the peers are drawn before the timer starts, as their data loaders would; ours are drawn
@@ -18,7 +22,7 @@ inside the step; every batch is on the model's device before the timer starts. R
 mean step time, audio seconds per second, peak memory (CUDA: the allocator's peak during a
 step above what all models keep resident, plus this model's weights and optimizer state;
 CPU: the peak resident memory a fresh process adds for that model, from a separate process
-per model), FLOPs per step (torch's FLOP counter, forward + backward) and model FLOPs
+per model), FLOPs per step (torch's FLOP counter, forward + backward, averaged over the timed batches) and model FLOPs
 utilisation: achieved FLOP/s over the matmul FLOP/s this machine reaches in the same run.
 
 SpeechBrain imports torchaudio at start-up, and PyPI's torchaudio pins its own torch. The
@@ -427,7 +431,9 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
     rows = []
     audio = sum(b.seconds for b in batches[args.warmup:])  # the same batches for every model
     for name, runner in runners.items():
-        flops = step_flops(runner, prepared[name][-1], autocast) * audio / len(times[name]) / batches[-1].seconds
+        # counted on every timed batch: batches differ in shape (bucketed ones a lot), and attention's
+        # FLOPs grow with the square of a batch's length
+        flops = sum(step_flops(runner, p, autocast) for p in prepared[name][args.warmup:]) / len(times[name])
         t = sum(times[name]) / len(times[name])
         memory = peaks[name] if device.type == "cuda" else (
             peak_memory_cpu(name, size_name, args) if args.memory else float("nan"))
