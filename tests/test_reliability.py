@@ -81,13 +81,19 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(corpus, tmp_path, reference):
     out, rng, kills = tmp_path / "run", random.Random(0), 0
-    for _ in range(3):
+    # kill points set in steps, not seconds, so that a faster step never lets the run finish
+    # before the last fault below: each one somewhere in the step (or its checkpoint write)
+    # after a random step of each third of the run, timed by the step before it
+    for target in (rng.randint(3, 8), rng.randint(12, 17), rng.randint(21, 24)):
         proc = subprocess.Popen(command(corpus, out), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        start = logged_steps(out)
-        deadline = time.monotonic() + 240
-        while logged_steps(out) <= start and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # training is under way again
-        time.sleep(rng.uniform(0.0, 0.6))  # somewhere in a step or a checkpoint write
+        deadline, marks = time.monotonic() + 240, {}
+        while len(marks) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            step = logged_steps(out)
+            for k in (target - 1, target):
+                if step >= k:
+                    marks.setdefault(k, time.monotonic())
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, marks[target] - marks[target - 1]) if len(marks) == 2 else 0.0)
         if proc.poll() is None:
             proc.kill()
             kills += 1
