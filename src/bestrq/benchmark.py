@@ -22,8 +22,9 @@ inside the step; every batch is on the model's device before the timer starts. R
 mean step time, audio seconds per second, peak memory (CUDA: the allocator's peak during a
 step above what all models keep resident, plus this model's weights and optimizer state;
 CPU: the peak resident memory a fresh process adds for that model, from a separate process
-per model), FLOPs per step (torch's FLOP counter, forward + backward, averaged over the timed batches) and model FLOPs
-utilisation: achieved FLOP/s over the matmul FLOP/s this machine reaches in the same run.
+per model), FLOPs per step (torch's FLOP counter, forward + backward, averaged over the
+timed batches) and model FLOPs utilisation: achieved FLOP/s over the matmul FLOP/s this
+machine reaches in the same run.
 
 SpeechBrain imports torchaudio at start-up, and PyPI's torchaudio pins its own torch. The
 modules used here are pure PyTorch, so this script puts a stand-in module named torchaudio
@@ -401,8 +402,8 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
                                    bucketed=args.batching == "bucketed")
     padding = 1 - sum(int(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
     print(f"\n[{size_name}] {size['layers']} layers, width {size['d_model']}, {size['heads']} heads, FFN "
-          f"{size['ffn']}; {args.batching} batches of ~{seconds:g} s from {source} (padding is {100 * padding:.0f}% of the "
-          f"padded batches); {args.warmup} warm-up + {args.rounds} timed rounds")
+          f"{size['ffn']}; {args.batching} batches of ~{seconds:g} s from {source} (padding is "
+          f"{100 * padding:.0f}% of the padded batches); {args.warmup} warm-up + {args.rounds} timed rounds")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     autocast = torch.autocast(device.type, dtype=dtype, enabled=args.precision == "bf16")
     runners = {}
