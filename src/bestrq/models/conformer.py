@@ -62,11 +62,14 @@ class Packing:
         out = x.new_zeros(self.batch * self.frames, x.shape[-1]).index_copy(0, self.index, x)
         return out.view(self.batch, self.frames, x.shape[-1])
 
-
-def static_shapes_wanted() -> bool:
-    """Compiling, exporting or tracing: data-dependent shapes (the packed N) are unwelcome."""
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.jit.is_scripting())
+    @classmethod
+    def of(cls, pad: torch.Tensor, enabled: bool) -> Packing | None:
+        """A packing of this batch's valid frames, or None to keep the padded layout: when disabled,
+        when there is no padding, or when compiling, exporting or tracing (their graphs want static
+        shapes, and the packed N depends on the data)."""
+        static = (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+                  or torch.jit.is_scripting())
+        return cls(pad) if enabled and not static and bool(pad.any()) else None
 
 
 @dataclass(frozen=True)
@@ -232,9 +235,8 @@ class ConformerEncoder(nn.Module):
         rotary = (rotary_tables(x.shape[1], self.d_model // self.num_heads, x.device)
                   if self.position == "rotary" else None)
         hidden = [x]
-        packing = None
-        if self.skip_padding and not static_shapes_wanted() and bool(pad.any()):
-            packing = Packing(pad)
+        packing = Packing.of(pad, self.skip_padding)
+        if packing is not None:
             x = packing.pack(x)
         for layer in self.layers:
             x = layer(x, key_pad, rotary, packing)

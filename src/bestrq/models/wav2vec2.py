@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask, stack_frames
-from .conformer import EncoderOutput, FeedForward, Packing, static_shapes_wanted
+from .conformer import EncoderOutput, FeedForward, Packing
 from .dropout import Dropout, attention
 
 CONV_NORMS = ("group", "layer")
@@ -293,9 +293,8 @@ class TransformerEncoder(nn.Module):
         x = x.masked_fill(pad[..., None], 0.0)  # the position conv sees zeros past the end, as alone
         x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
         hidden = [x]
-        packing = None
-        if self.skip_padding and not static_shapes_wanted() and bool(pad.any()):
-            packing = Packing(pad)
+        packing = Packing.of(pad, self.skip_padding)
+        if packing is not None:
             x = packing.pack(x)
         for layer in self.layers:
             x = layer(x, key_pad, packing)
