@@ -94,7 +94,8 @@ def test_bucketed_batches_hold_the_same_kind_of_audio_with_less_padding(tmp_path
 
     random, _ = benchmark.make_batches(tmp_path, 4, 30.0, seed=1)  # no corpus there: noise clips
     bucketed, _ = benchmark.make_batches(tmp_path, 4, 30.0, seed=1, bucketed=True)
-    assert padding(bucketed) < 0.1 < 0.3 < padding(random)
+    assert padding(bucketed) < 0.1
+    assert padding(random) > 0.3
     for batches in (random, bucketed):
         for b in batches:
             assert b.seconds >= 30.0 and all(2.0 <= n / 16000 <= 10.0 for n in b.lengths.tolist())

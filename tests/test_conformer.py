@@ -118,3 +118,47 @@ def test_layer_layout_matches_transformers_wav2vec2bert():
     for i, n in enumerate(ours.lengths.tolist()):
         diff = (ours.last[i, :n] - theirs.last_hidden_state[i, :n]).abs().max().item()
         assert diff < 1e-4, diff
+
+
+def test_compiled_depthwise_convolution_computes_what_the_convolution_does(monkeypatch):
+    """Compiled, the depthwise convolution runs as a sum of shifted products; same outputs and grads."""
+    from bestrq.models.conformer import ConvModule
+
+    torch.manual_seed(0)
+    module = ConvModule(16, 7, 0.0)
+    x = torch.randn(3, 20, 16)
+    outs, grads = [], []
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+        xi = x.clone().requires_grad_()
+        out = module._depthwise(xi)
+        out.pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append((xi.grad, module.depthwise_conv.weight.grad.clone()))
+        module.zero_grad()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # left padding only: the first output frame sees the first input frame alone
+    torch.testing.assert_close(outs[0][:, 0], x[:, 0] * module.depthwise_conv.weight[:, 0, -1].detach())
+
+
+def test_compiled_convolution_module_keeps_one_graph_across_batch_lengths():
+    """torch.compile(dynamic=True): new batch lengths reuse the graph (a convolution's compiled
+    backward would fix the first batch's length and compile again for every new one)."""
+    from torch._dynamo.utils import counters
+
+    from bestrq.models.conformer import ConvModule
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    module = ConvModule(8, 5, 0.0)
+    compiled = torch.compile(module, dynamic=True)
+    for t in (13, 21, 17):
+        pad = torch.arange(t)[None, :] >= torch.tensor([t, t - 3])[:, None]
+        x = torch.randn(2, t, 8, requires_grad=True)
+        out = compiled(x, pad)
+        torch.testing.assert_close(out, module(x, pad), rtol=1e-4, atol=1e-5)
+        out.sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1

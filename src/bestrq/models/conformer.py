@@ -177,13 +177,29 @@ class ConvModule(nn.Module):
         x = F.glu(F.linear(x, self.pointwise_conv1.weight[..., 0]), dim=-1)  # padding: GLU(0) = 0
         if packing is not None:
             x = packing.unpack(x)  # (B, T, D), zeros at padding
-        # left padding only (transformers' layout): frame t sees t - k + 1 .. t, never padding
-        x = self.depthwise_conv(F.pad(x.transpose(1, 2), (self.depthwise_conv.kernel_size[0] - 1, 0)))
-        x = x.transpose(1, 2)  # (B, T, D)
+        x = self._depthwise(x)  # (B, T, D)
         if packing is not None:
             x = packing.pack(x)
         x = F.silu(self.depthwise_layer_norm(x))
         return self.dropout(F.linear(x, self.pointwise_conv2.weight[..., 0]))
+
+
+    def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D). Left padding only (transformers' layout): frame t sees
+        t - k + 1 .. t, never padding."""
+        weight = self.depthwise_conv.weight  # (D, 1, k)
+        k = weight.shape[-1]
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            # Compiled: a sum of k shifted products, which inductor fuses into one kernel. Its
+            # lowering of a convolution's backward fixes the batch's length (it guards the input
+            # gradient's strides), so with a convolution every new length compiled again.
+            t = x.shape[1]
+            x = F.pad(x, (0, 0, k - 1, 0))
+            out = x[:, :t] * weight[:, 0, 0]
+            for j in range(1, k):
+                out = out + x[:, j : j + t] * weight[:, 0, j]
+            return out
+        return self.depthwise_conv(F.pad(x.transpose(1, 2), (k - 1, 0))).transpose(1, 2)
 
 
 class ConformerLayer(nn.Module):
