@@ -359,3 +359,37 @@ def test_feature_encoder_settings_are_checked():
         load_config("wav2vec2_tiny", ["wav2vec2.feature_encoder=mel"])
     with pytest.raises(ConfigError, match=r"wav2vec2\.fbank_stack: must be >= 1, got 0"):
         load_config("wav2vec2_fbank_tiny", ["wav2vec2.fbank_stack=0"])
+
+
+def test_compiled_positional_convolution_computes_what_the_convolution_does(monkeypatch):
+    """Compiled, the positional convolution runs as windows times weight: same outputs and grads,
+    and new batch lengths reuse the graph (a convolution's compiled backward fixed the length)."""
+    from torch._dynamo.utils import counters
+
+    from bestrq.models.wav2vec2 import PositionalConvEmbedding
+
+    torch.manual_seed(0)
+    for kernel in (8, 7):  # even: one output frame trimmed; odd: none
+        module = PositionalConvEmbedding(16, kernel, 4)
+        x = torch.randn(2, 19, 16)
+        results = []
+        for compiling in (False, True):
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+            xi = x.clone().requires_grad_()
+            out = module(xi)
+            out.pow(2).sum().backward()
+            results.append((out.detach(), xi.grad, *(p.grad.clone() for p in module.parameters())))
+            module.zero_grad()
+        for a, b in zip(results[1], results[0], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    monkeypatch.undo()
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(module, dynamic=True)
+    for t in (13, 21, 17):
+        x = torch.randn(2, t, 16, requires_grad=True)
+        out = compiled(x)
+        torch.testing.assert_close(out, module(x), rtol=1e-4, atol=1e-5)
+        out.sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1

@@ -216,10 +216,26 @@ class PositionalConvEmbedding(nn.Module):
         self.trim = 1 if kernel % 2 == 0 else 0  # an even kernel with padding k/2 gives one frame extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            return F.gelu(self._windows_times_weight(x))
         y = self.conv(x.transpose(1, 2))
         if self.trim:
             y = y[..., : -self.trim]
         return F.gelu(y).transpose(1, 2)
+
+    def _windows_times_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution as a product of each frame's window with the weight (compiled only).
+
+        Inductor's lowering of a convolution's backward fixes the batch's length (it guards the
+        input gradient's strides), so with ``torch.compile(dynamic=True)`` every new length
+        compiled again. The windows are a view; the product is one batched matmul per group.
+        """
+        weight, bias = self.conv.weight, self.conv.bias  # (D, D / G, k), (D,)
+        d, dg, k = weight.shape
+        t, pad = x.shape[1], self.conv.padding[0]
+        windows = F.pad(x, (0, 0, pad, pad)).unfold(1, k, 1)[:, :t]  # (B, T, D, k): frame t sees t - pad ..
+        y = torch.einsum("btgik,goik->btgo", windows.unflatten(2, (d // dg, dg)), weight.view(d // dg, dg, dg, k))
+        return y.flatten(2) + bias
 
 
 class Attention(nn.Module):
