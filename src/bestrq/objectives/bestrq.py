@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PretrainConfig
-from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, stack_frames
+from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, stack_frames, whole_groups
 from ..masking import MaskSpec, preset, span_mask
 from ..models.conformer import ConformerEncoder, EncoderOutput
 from ..quantizer import RandomProjectionQuantizer
@@ -109,14 +109,15 @@ class BestRQ(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor,
                 generator: torch.Generator | None = None, step: int | None = None) -> Output:
         """``step`` is part of the objectives' common interface; BEST-RQ does not anneal anything."""
-        feats, frame_lengths = self.input_features(waveforms, lengths)  # (B, T, F)
+        feats, frame_lengths = self.input_features(waveforms, lengths)
+        # the encoder drops a last partial group anyway; cut here, a compiled encoder keeps one graph
+        feats = whole_groups(feats, self.stack)  # (B, T, F), T a multiple of stack
         stacked, target_lengths = stack_frames(feats, frame_lengths, self.stack)  # (B, T4, stack*F)
         mask = span_mask(target_lengths, stacked.shape[1], self.mask_spec, generator)  # (B, T4)
         # targets from the clean features, for the masked frames only: nothing else reads them
         targets = self.quantizer(stacked[mask])  # (N, K)
         # each masked 40 ms target frame masks its `stack` 10 ms input frames
-        input_mask = mask.repeat_interleave(self.stack, dim=1)
-        input_mask = F.pad(input_mask, (0, feats.shape[1] - input_mask.shape[1]))  # (B, T)
+        input_mask = mask.repeat_interleave(self.stack, dim=1)  # (B, T)
         noise = torch.randn(feats.shape, generator=generator, device=feats.device) * self.noise_std
         feats = torch.where(input_mask[..., None], noise, feats)
 
