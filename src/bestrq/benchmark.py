@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 from bestrq.data.manifest import load_split  # lhotse looks for torchaudio once, before any stand-in exists
 
@@ -412,22 +413,33 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
     prepared = {name: [r.prepare(b) for b in batches] for name, r in runners.items()}
     times: dict[str, list[float]] = {name: [] for name in names}
     peaks = dict.fromkeys(names, 0.0)
+    compiled = dict.fromkeys(names, 0)  # --compile: graphs compiled inside timed steps (their time is in the step)
     for i in range(len(batches)):
-        for name, runner in runners.items():  # interleaved: every model on this batch, in turn
+        for name, runner in list(runners.items()):  # interleaved: every model on this batch, in turn
             if device.type == "cuda":
                 sync(device)
                 torch.cuda.reset_peak_memory_stats(device)
                 resident = torch.cuda.memory_allocated(device)  # every model's weights and batches
             sync(device)
+            graphs = counters["stats"]["unique_graphs"]
             start = time.perf_counter()
-            runner.step(prepared[name][i], autocast)
+            try:
+                runner.step(prepared[name][i], autocast)
+            except torch.OutOfMemoryError:
+                print(f"  {LABELS[name]}: out of memory on a batch of {batches[i].seconds:.0f} s of audio; "
+                      "left out of this size (a smaller --batch-seconds fits)", flush=True)
+                del runners[name], prepared[name], runner
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             sync(device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
+                compiled[name] += counters["stats"]["unique_graphs"] - graphs
             if device.type == "cuda":  # this step's peak above what was resident, plus this model's own state
                 step_peak = torch.cuda.max_memory_allocated(device) - resident + state_bytes(runner)
                 peaks[name] = max(peaks[name], step_peak / 2**20)
-        done = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names) if i >= args.warmup else "warm-up"
+        done = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in runners) if i >= args.warmup else "warm-up"
         print(f"  round {i + 1}/{len(batches)}: {done}", flush=True)
     rows = []
     audio = sum(b.seconds for b in batches[args.warmup:])  # the same batches for every model
@@ -440,7 +452,7 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
             peak_memory_cpu(name, size_name, args) if args.memory else float("nan"))
         rows.append({"size": size_name, "model": name, "params": sum(p.numel() for p in runner.model.parameters()),
                      "step_s": t, "audio_per_s": audio / sum(times[name]), "peak_mib": memory, "gflop": flops / 1e9,
-                     "flop_per_s": flops / t})
+                     "flop_per_s": flops / t, "compiled_graphs": compiled[name]})
     del runners
     return rows
 
@@ -457,6 +469,9 @@ def report(rows: list[dict], device_name: str, peak_flops: float, args: argparse
         lines.append(f"| {r['size']} | {LABELS[r['model']]} | {r['params'] / 1e6:.1f}M | {r['step_s']:.3f} | "
                      f"{r['audio_per_s']:.1f} | {r['peak_mib']:.0f} | {r['gflop']:.1f} | {100 * r['mfu']:.1f}% |")
     lines.append("")
+    if args.compile:
+        lines += [f"[{r['size']}] {LABELS[r['model']]}: {r['compiled_graphs']} graphs compiled during the timed "
+                  "rounds (their compile time is in the step times)" for r in rows if r["compiled_graphs"]]
     for size in dict.fromkeys(r["size"] for r in rows):
         by = {r["model"]: r for r in rows if r["size"] == size}
 
@@ -487,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch-seconds", type=float, nargs="+", default=None,
-                        help="seconds of audio per batch, per size (default: 60 and 20 on CPU; 600 and 300 on CUDA)")
+                        help="seconds of audio per batch, per size (default: 60 and 20 on CPU; 300 and 120 on CUDA)")
     parser.add_argument("--batching", default="random", choices=["random", "bucketed"],
                         help="random: clips in random order, batches of mixed lengths (about half padding); "
                              "bucketed: clips sorted by length, as a duration-bucketing sampler (little padding)")
@@ -505,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.corpus}: no train split to take batches from; make one with "
                      f"`bestrq synth --out {args.corpus}` or pass --corpus DIR")
     device = torch.device(args.device)
-    defaults = {"tiny": 60.0, "paper": 20.0} if device.type == "cpu" else {"tiny": 600.0, "paper": 300.0}
+    # CUDA: the paper size's batch is about wav2vec 2.0 BASE's per GPU (1.4M samples, 87.5 s)
+    defaults = {"tiny": 60.0, "paper": 20.0} if device.type == "cpu" else {"tiny": 300.0, "paper": 120.0}
     given = args.batch_seconds or []
     args.batch_seconds = {s: (given[i] if i < len(given) else defaults[s]) for i, s in enumerate(args.sizes)}
     for s in SIZES:
@@ -521,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {LABELS[name]}: {why}")
         else:
             names.append(name)
-    if "bestrq-sb" in names:
+    if "bestrq-sb" in names and sys.modules["torchaudio"].__version__.endswith("stand-in"):
         print("note: SpeechBrain runs with a stand-in module for torchaudio in sys.modules (its BEST-RQ "
               "modules are pure PyTorch; PyPI's torchaudio needs another torch build)")
     torch.manual_seed(0)
