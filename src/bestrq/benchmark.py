@@ -24,7 +24,9 @@ step above what all models keep resident, plus this model's weights and optimize
 CPU: the peak resident memory a fresh process adds for that model, from a separate process
 per model), FLOPs per step (torch's FLOP counter, forward + backward, averaged over the
 timed batches) and model FLOPs utilisation: achieved FLOP/s over the matmul FLOP/s this
-machine reaches in the same run.
+machine reaches in the same run. With ``--compile``, the graphs each model compiled inside
+its timed steps are printed too: their compile time is in those steps (a model whose
+compiled graph is tied to one batch length compiles again for each new length).
 
 SpeechBrain imports torchaudio at start-up, and PyPI's torchaudio pins its own torch. The
 modules used here are pure PyTorch, so this script puts a stand-in module named torchaudio

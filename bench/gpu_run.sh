@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU benchmark runs for bench/RESULTS.md, on a machine without network access whose python3
+# has a CUDA build of PyTorch and transformers; the other packages come from .whl/
+# (bench/gpu_wheels.sh). Every output goes to OUT_DIR as it is printed.
+#   bash bench/gpu_run.sh OUT_DIR [MINUTES_PER_RUN, default 3]
+set -uo pipefail
+out=${1:?usage: bash bench/gpu_run.sh OUT_DIR [MINUTES_PER_RUN]}
+minutes=${2:-3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+site=$(mktemp -d)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl || exit 1
+export PYTHONPATH="$PWD/src:$site"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'transformers', transformers.__version__)"
+} 2>&1 | tee "$out/env.txt"
+corpus=$(mktemp -d)/demo
+python3 -m bestrq synth --out "$corpus" --hours 1 --seed 0 --quiet 2>&1 | tail -3 | tee "$out/synth.txt"
+bench() {  # NAME ARGS...: one benchmark run, stopped after MINUTES_PER_RUN
+  local name=$1; shift
+  echo "== $name: $*" | tee "$out/$name.txt"
+  # BENCH_DEVICE and BENCH_EXTRA (more arguments) are for a dry run on a CPU
+  timeout "$((minutes * 60))" python3 -m bestrq.benchmark --corpus "$corpus" --device "${BENCH_DEVICE:-cuda}" \
+    --precision bf16 --sizes tiny paper --json "$out/$name.json" "$@" ${BENCH_EXTRA:-} 2>&1 | tee -a "$out/$name.txt"
+  echo "exit ${PIPESTATUS[0]}" | tee -a "$out/$name.txt"
+}
+bench bf16
+bench bf16_bucketed --batching bucketed
+bench bf16_compile --compile
