@@ -427,7 +427,7 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
             start = time.perf_counter()
             try:
                 runner.step(prepared[name][i], autocast)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 print(f"  {LABELS[name]}: out of memory on a batch of {batches[i].seconds:.0f} s of audio; "
                       "left out of this size (a smaller --batch-seconds fits)", flush=True)
                 del runners[name], prepared[name], runner
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {LABELS[name]}: {why}")
         else:
             names.append(name)
-    if "bestrq-sb" in names and sys.modules["torchaudio"].__version__.endswith("stand-in"):
+    if "bestrq-sb" in names and getattr(sys.modules["torchaudio"], "__version__", "").endswith("stand-in"):
         print("note: SpeechBrain runs with a stand-in module for torchaudio in sys.modules (its BEST-RQ "
               "modules are pure PyTorch; PyPI's torchaudio needs another torch build)")
     torch.manual_seed(0)
