@@ -185,17 +185,15 @@ def stack_frames(feats: torch.Tensor, lengths: torch.Tensor, factor: int = 4
     """
     b, t, f = feats.shape
     t_out = t // factor
-    stacked = feats[:, : t_out * factor].reshape(b, t_out, factor * f)
+    stacked = whole_groups(feats, factor).reshape(b, t_out, factor * f)
     return stacked, torch.div(lengths, factor, rounding_mode="floor")
 
 
 def whole_groups(feats: torch.Tensor, factor: int) -> torch.Tensor:
     """(B, T, ...) -> (B, factor * (T // factor), ...): the frames of whole groups of ``factor``.
 
-    BEST-RQ cuts its features with this (eagerly) before a compiled encoder sees them:
-    compiled with dynamic shapes, a graph holds either lengths that are multiples of
-    ``factor`` or lengths that are not, so uncut features would compile a second graph.
-    (Not for traced code: exporting with a dynamic length, the branch cannot be decided.)
+    BEST-RQ cuts its features with this before its encoder: compiled with dynamic shapes, a
+    graph holds either lengths that are multiples of ``factor`` or lengths that are not, so
+    uncut features would compile a second graph.
     """
-    keep = feats.shape[1] // factor * factor
-    return feats if keep == feats.shape[1] else feats[:, :keep]
+    return feats[:, : feats.shape[1] // factor * factor]

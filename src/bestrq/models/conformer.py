@@ -183,7 +183,6 @@ class ConvModule(nn.Module):
         x = F.silu(self.depthwise_layer_norm(x))
         return self.dropout(F.linear(x, self.pointwise_conv2.weight[..., 0]))
 
-
     def _depthwise(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (B, T, D). Left padding only (transformers' layout): frame t sees
         t - k + 1 .. t, never padding."""
