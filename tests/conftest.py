@@ -20,6 +20,29 @@ def corpus(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def compiled_graphs():
+    """Compile a module with dynamic shapes, run it forward and backward on inputs of several
+    lengths, check each output against eager, and return how many graphs dynamo compiled
+    (one means new batch lengths reuse the graph)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    def run(module, make_inputs, lengths=(13, 21, 17)) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(module, dynamic=True)
+        for t in lengths:
+            inputs = make_inputs(t)
+            out = compiled(*inputs)
+            torch.testing.assert_close(out, module(*inputs), rtol=1e-4, atol=1e-5)
+            out.sum().backward()
+        return counters["stats"]["unique_graphs"]
+
+    yield run
+    torch._dynamo.reset()
+
+
 def write_audio(path: Path, samples: np.ndarray, rate: int = 16000, subtype: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), samples, rate, subtype=subtype)
