@@ -43,6 +43,19 @@ from torch import nn
 from ..features import padding_mask
 from .dropout import Dropout, attention
 
+
+def exporting() -> bool:
+    """Whether torch.export (or ONNX export through it) is tracing this call. torch < 2.6 has no
+    ``torch.compiler.is_exporting``; there export counts as compiling only."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return is_exporting is not None and is_exporting()
+
+
+def compiling() -> bool:
+    """Whether torch.compile (not export) is tracing this call."""
+    return torch.compiler.is_compiling() and not exporting()
+
+
 POSITIONS = ("relative_key", "rotary")
 
 
@@ -67,7 +80,7 @@ class Packing:
         """A packing of this batch's valid frames, or None to keep the padded layout: when disabled,
         when there is no padding, or when compiling, exporting or tracing (their graphs want static
         shapes, and the packed N depends on the data)."""
-        static = (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+        static = (torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
                   or torch.jit.is_scripting())
         return cls(pad) if enabled and not static and bool(pad.any()) else None
 
@@ -188,7 +201,7 @@ class ConvModule(nn.Module):
         t - k + 1 .. t, never padding."""
         weight = self.depthwise_conv.weight  # (D, 1, k)
         k = weight.shape[-1]
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if compiling():
             # Compiled: a sum of k shifted products, which inductor fuses into one kernel. Its
             # lowering of a convolution's backward fixes the batch's length (it guards the input
             # gradient's strides), so with a convolution every new length compiled again.

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask, stack_frames
-from .conformer import EncoderOutput, FeedForward, Packing
+from .conformer import EncoderOutput, FeedForward, Packing, compiling
 from .dropout import Dropout, attention
 
 CONV_NORMS = ("group", "layer")
@@ -216,7 +216,7 @@ class PositionalConvEmbedding(nn.Module):
         self.trim = 1 if kernel % 2 == 0 else 0  # an even kernel with padding k/2 gives one frame extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if compiling():
             return F.gelu(self._windows_times_weight(x))
         y = self.conv(x.transpose(1, 2))
         if self.trim:
