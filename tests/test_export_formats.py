@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch.torch_version import TorchVersion
 
 import bestrq
 from bestrq.cli import main
@@ -23,6 +24,7 @@ from bestrq.train import checkpoint
 from bestrq.train.loop import _init_from, pretrain
 
 transformers = pytest.importorskip("transformers")
+onnx_export = pytest.mark.skipif(TorchVersion(torch.__version__) < (2, 6), reason="ONNX export needs torch >= 2.6")
 
 # bestrq_tiny as it is, briefly trained so the weights are not their initial ones
 TINY = ["data.max_batch_duration=30", "data.num_workers=0", "data.valid_max_batches=2", "train.device=cpu",
@@ -171,7 +173,17 @@ def test_export_never_overwrites_unless_asked(trained, exported, capsys):
     assert "no such run, checkpoint or export folder" in capsys.readouterr().err
 
 
+def test_onnx_export_on_a_torch_older_than_2_6_says_so(monkeypatch, tmp_path):
+    from bestrq.export.onnx import export_onnx
+
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.5.1+cpu"))
+    with pytest.raises(ImportError, match=r"ONNX needs torch >= 2\.6 .*this is torch 2\.5\.1\+cpu"):
+        export_onnx(None, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 @pytest.mark.slow
+@onnx_export
 def test_onnx_export_matches_pytorch_under_onnxruntime(trained, clips, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -194,6 +206,7 @@ def test_onnx_export_matches_pytorch_under_onnxruntime(trained, clips, tmp_path)
 
 
 @pytest.mark.slow
+@onnx_export
 @pytest.mark.parametrize("preset", ["wav2vec2_tiny", "wav2vec2_fbank_tiny"])
 def test_onnx_export_of_a_wav2vec2_model(tmp_path, preset):
     ort = pytest.importorskip("onnxruntime")

@@ -9,8 +9,8 @@ normalisation, front-end, encoder), with dynamic batch and sample axes::
              frame_lengths  (B,)   int64, valid frames per row (T = frames of the longest row)
 
 Either objective exports. Run it with onnxruntime (``tests/test_export_formats.py`` checks
-that it agrees with PyTorch to 1e-4). Export uses ``torch.onnx.export(dynamo=True)``, which needs the ``onnx`` and
-``onnxscript`` packages (``pip install 'bestrq[export]'``).
+that it agrees with PyTorch to 1e-4). Export uses ``torch.onnx.export(dynamo=True)``, which
+needs torch >= 2.6 and the ``onnx`` and ``onnxscript`` packages (``pip install 'bestrq[export]'``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from .api import Loaded
 from .hf import whole_frames
@@ -41,6 +42,9 @@ class _Encode(nn.Module):
 
 def export_onnx(loaded: Loaded, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``loaded``'s encoder as an ONNX file (and a ``.json`` beside it describing it); returns the file."""
+    if TorchVersion(torch.__version__) < (2, 6):
+        raise ImportError(f"exporting to ONNX needs torch >= 2.6 (its torch.export-based exporter with "
+                          f"dynamic shapes); this is torch {torch.__version__}")
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
