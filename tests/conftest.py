@@ -41,6 +41,9 @@ def compiled_graphs():
 
     yield run
     torch._dynamo.reset()
+    # torch 2.4's inductor builds its CPU kernels with -ffast-math: loading one turns on flush-to-zero
+    # for the whole process (hypothesis then refuses to draw floats); later torch builds leave it off
+    torch.set_flush_denormal(False)
 
 
 def write_audio(path: Path, samples: np.ndarray, rate: int = 16000, subtype: str | None = None) -> Path:
