@@ -4,7 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # the CPU build of PyTorch; a plain `torch` requirement could pull a multi-GB CUDA build
 TORCH ?= torch==2.13.0
-TORCH_PEERS ?=
 STAMP := $(VENV)/.installed
 # `make demo`: the whole study at toy scale (under 45 min on 2 cores); `make demo QUICK=1`: a
 # smaller corpus and budgets (under 8 min), to see every step work
@@ -23,12 +22,12 @@ PROBE_ARGS ?= --epochs 12 --asr-hidden 128 --max-minutes 3
 endif
 BESTRQ := $(VENV)/bin/bestrq
 
-.PHONY: install test test-torch-floor demo bench clean
+.PHONY: install test test-floor demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" $(TORCH_PEERS)
+	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
@@ -37,12 +36,15 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest -q
 
-# the tests on the oldest torch pyproject.toml allows (torch>=2.4), in a venv of their own; not
-# part of CI: PyPI's Linux torch 2.4.1 is a CUDA build, about 3 GB of downloads. transformers 5
-# needs torch >= 2.6, so this venv gets transformers 4
-FLOOR_VENV ?= .venv-torch-floor
-test-torch-floor:
-	$(MAKE) test VENV=$(FLOOR_VENV) TORCH=torch==2.4.1 TORCH_PEERS='"transformers>=4.40,<5"'
+# the tests on the lowest version of every dependency pyproject.toml allows (torch 2.4, numpy 1.24,
+# transformers 4.44, ...: uv's lowest-direct resolution), in a venv of their own; not part of CI:
+# PyPI's Linux torch 2.4 is a CUDA build, about 3 GB to download
+FLOOR_VENV ?= .venv-floor
+test-floor:
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q uv
+	$(FLOOR_VENV)/bin/uv pip install -q --python $(FLOOR_VENV)/bin/python --resolution lowest-direct -e ".[test]"
+	$(FLOOR_VENV)/bin/python -m pytest -q
 
 # synthesise; pre-train BEST-RQ and wav2vec 2.0 for the same wall time; probe them, a random
 # init and the fbank on the four tasks; write the report and print its table
