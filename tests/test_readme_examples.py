@@ -26,18 +26,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from lhotse import CutSet
-from torch.torch_version import TorchVersion
 
 from bestrq.data.manifest import load_split, save_split
+from bestrq.export.onnx import torch_exports_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BLOCK = re.compile(r"(?:<!-- (tested|tested: together|make) -->\n)?```(\w*)\n(.*?)```", re.DOTALL)
 
 # `--to onnx` needs torch >= 2.6; on an older torch it must exit 2 saying so, and what reads the file is skipped
-ONNX = TorchVersion(torch.__version__) >= (2, 6)
+ONNX = torch_exports_onnx()
 PRETRAIN = ["--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "data.num_workers=0"]
 BASE_ON_CPU = ["--set", "train.precision=fp32", "--set", "data.max_batch_duration=8", "--set", "data.max_duration=4"]
 # appended to the commands that start with (or, under torchrun or timeout, contain) the key;

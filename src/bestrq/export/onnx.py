@@ -40,9 +40,14 @@ class _Encode(nn.Module):
         return torch.stack(out.hidden_states), out.lengths
 
 
+def torch_exports_onnx() -> bool:
+    """Whether this torch has the exporter used here: ``torch.onnx.export(dynamo=True, dynamic_shapes=...)``, 2.6 on."""
+    return TorchVersion(torch.__version__) >= (2, 6)
+
+
 def export_onnx(loaded: Loaded, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``loaded``'s encoder as an ONNX file (and a ``.json`` beside it describing it); returns the file."""
-    if TorchVersion(torch.__version__) < (2, 6):
+    if not torch_exports_onnx():
         raise ImportError(f"exporting to ONNX needs torch >= 2.6 (its torch.export-based exporter with "
                           f"dynamic shapes); this is torch {torch.__version__}")
     try:
