@@ -21,6 +21,29 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def eager_and_compiled_forms(monkeypatch):
+    """Run ``fn(x)`` as in eager mode and as torch.compile would trace it (``is_compiling()`` true,
+    so a module takes its compile-only form), each forward and backward; return, for each, the
+    output, x's gradient and the gradients of ``params``."""
+    import torch
+
+    def run(fn, x, params):
+        results = []
+        for compiling in (False, True):
+            with monkeypatch.context() as patch:
+                patch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+                xi = x.clone().requires_grad_()
+                out = fn(xi)
+                out.pow(2).sum().backward()
+            results.append((out.detach(), xi.grad, *(p.grad.clone() for p in params)))
+            for p in params:
+                p.grad = None
+        return results
+
+    return run
+
+
+@pytest.fixture
 def compiled_graphs():
     """Compile a module with dynamic shapes, run it forward and backward on inputs of several
     lengths, check each output against eager, and return how many graphs dynamo compiled

@@ -120,27 +120,20 @@ def test_layer_layout_matches_transformers_wav2vec2bert():
         assert diff < 1e-4, diff
 
 
-def test_compiled_depthwise_convolution_computes_what_the_convolution_does(monkeypatch):
+def test_compiled_depthwise_convolution_computes_what_the_convolution_does(eager_and_compiled_forms):
     """Compiled, the depthwise convolution runs as a sum of shifted products; same outputs and grads."""
     from bestrq.models.conformer import ConvModule
 
     torch.manual_seed(0)
     module = ConvModule(16, 7, 0.0)
     x = torch.randn(3, 20, 16)
-    outs, grads = [], []
-    for compiling in (False, True):
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
-        xi = x.clone().requires_grad_()
-        out = module._depthwise(xi)
-        out.pow(2).sum().backward()
-        outs.append(out.detach())
-        grads.append((xi.grad, module.depthwise_conv.weight.grad.clone()))
-        module.zero_grad()
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads[1], grads[0], strict=True):
+    weight = module.depthwise_conv.weight
+    (out, *grads), (out_compiled, *grads_compiled) = eager_and_compiled_forms(module._depthwise, x, [weight])
+    torch.testing.assert_close(out_compiled, out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_compiled, grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # left padding only: the first output frame sees the first input frame alone
-    torch.testing.assert_close(outs[0][:, 0], x[:, 0] * module.depthwise_conv.weight[:, 0, -1].detach())
+    torch.testing.assert_close(out[:, 0], x[:, 0] * weight[:, 0, -1].detach())
 
 
 def test_compiled_convolution_module_keeps_one_graph_across_batch_lengths(compiled_graphs):

@@ -361,7 +361,7 @@ def test_feature_encoder_settings_are_checked():
         load_config("wav2vec2_fbank_tiny", ["wav2vec2.fbank_stack=0"])
 
 
-def test_compiled_positional_convolution_computes_what_the_convolution_does(monkeypatch, compiled_graphs):
+def test_compiled_positional_convolution_computes_what_the_convolution_does(eager_and_compiled_forms, compiled_graphs):
     """Compiled, the positional convolution runs as windows times weight: same outputs and grads,
     and new batch lengths reuse the graph (a convolution's compiled backward fixed the length)."""
     from bestrq.models.wav2vec2 import PositionalConvEmbedding
@@ -369,16 +369,7 @@ def test_compiled_positional_convolution_computes_what_the_convolution_does(monk
     torch.manual_seed(0)
     for kernel in (8, 7):  # even: one output frame trimmed; odd: none
         module = PositionalConvEmbedding(16, kernel, 4)
-        x = torch.randn(2, 19, 16)
-        results = []
-        for compiling in (False, True):
-            monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
-            xi = x.clone().requires_grad_()
-            out = module(xi)
-            out.pow(2).sum().backward()
-            results.append((out.detach(), xi.grad, *(p.grad.clone() for p in module.parameters())))
-            module.zero_grad()
-        for a, b in zip(results[1], results[0], strict=True):
+        eager, compiled = eager_and_compiled_forms(module, torch.randn(2, 19, 16), list(module.parameters()))
+        for a, b in zip(compiled, eager, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    monkeypatch.undo()
     assert compiled_graphs(module, lambda t: (torch.randn(2, t, 16, requires_grad=True),)) == 1
