@@ -228,7 +228,7 @@ class PositionalConvEmbedding(nn.Module):
 
         Inductor's lowering of a convolution's backward fixes the batch's length (it guards the
         input gradient's strides), so with ``torch.compile(dynamic=True)`` every new length
-        compiled again. The windows are a view; the product is one batched matmul per group.
+        compiled again. The windows are a view; the product is one einsum over all groups.
         """
         weight, bias = self.conv.weight, self.conv.bias  # (D, D / G, k), (D,)
         d, dg, k = weight.shape
