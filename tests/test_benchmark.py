@@ -120,3 +120,34 @@ def test_a_model_out_of_memory_is_left_out_and_the_others_still_run(monkeypatch,
     assert [r["model"] for r in rows] == ["bestrq-ours"]
     assert rows[0]["step_s"] > 0 and rows[0]["compiled_graphs"] == 0
     assert "wav2vec 2.0 (transformers): out of memory" in capsys.readouterr().out
+
+
+def test_a_torchaudio_that_loads_is_used_as_it_is(monkeypatch, tmp_path):
+    """Where torchaudio matches the torch installed (a GPU image's), SpeechBrain gets the real one."""
+    (tmp_path / "torchaudio").mkdir()
+    (tmp_path / "torchaudio" / "__init__.py").write_text('__version__ = "9.9.0"\n')
+    monkeypatch.delitem(sys.modules, "torchaudio", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    benchmark._torchaudio_or_stand_in()
+    assert sys.modules["torchaudio"].__version__ == "9.9.0"
+
+
+def test_a_torchaudio_that_fails_to_load_gives_way_to_a_stand_in_that_says_why(monkeypatch, tmp_path):
+    """A torchaudio built for another torch fails part-way through its import (undefined symbols).
+
+    What it loaded before failing is dropped, and the stand-in keeps the error for the note.
+    """
+    package = tmp_path / "torchaudio"
+    package.mkdir()
+    (package / "__init__.py").write_text("from . import _extension\n")
+    (package / "_extension.py").write_text(
+        "from . import utils\nraise OSError('libtorchaudio.so: undefined symbol: _ZN3c104cuda9SetDevice')\n")
+    (package / "utils.py").write_text("")
+    monkeypatch.delitem(sys.modules, "torchaudio", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    benchmark._torchaudio_or_stand_in()
+    stand_in = sys.modules["torchaudio"]
+    assert stand_in.__version__ == benchmark.STAND_IN
+    assert stand_in.reason == "OSError: libtorchaudio.so: undefined symbol: _ZN3c104cuda9SetDevice"
+    assert not [m for m in sys.modules if m.startswith("torchaudio.")]
+

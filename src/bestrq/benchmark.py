@@ -29,10 +29,10 @@ its timed steps are printed too: their compile time is in those steps (a model w
 compiled graph is tied to one batch length compiles again for each new length).
 
 SpeechBrain imports torchaudio at start-up, and PyPI's torchaudio pins its own torch. The
-modules used here are pure PyTorch, so this script puts a stand-in module named torchaudio
-in ``sys.modules`` (this process only) and needs ``pip install --no-deps speechbrain
-hyperpyyaml ruamel.yaml`` (``make bench`` does it). Without speechbrain or transformers the
-corresponding rows are skipped and said so.
+modules used here are pure PyTorch, so where torchaudio does not load, this script puts a
+stand-in module named torchaudio in ``sys.modules`` (this process only, and it says so).
+SpeechBrain needs ``pip install --no-deps speechbrain hyperpyyaml ruamel.yaml`` (``make bench``
+does it). Without speechbrain or transformers the corresponding rows are skipped and said so.
 """
 
 from __future__ import annotations
@@ -213,13 +213,33 @@ class HFWav2Vec2(Runner):
         return out.loss / mask.sum()  # transformers sums over masked frames; its training script divides
 
 
-def _speechbrain():
-    """Import SpeechBrain with a stand-in torchaudio module (this process only)."""
-    if "torchaudio" not in sys.modules:
+STAND_IN = "0.0+bestrq-bench-stand-in"
+
+
+def _torchaudio_or_stand_in() -> None:
+    """Import torchaudio; where it does not load, put a stand-in module in its place (this process only).
+
+    A torchaudio built for the torch installed here (a GPU image's, say) is used as it is. PyPI's
+    torchaudio beside our CPU torch fails to load, and is often not installed at all; the stand-in
+    then records why in ``reason``.
+    """
+    if "torchaudio" in sys.modules:
+        return
+    try:
+        import torchaudio  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as e:  # a build for another torch: undefined symbols
+        for name in [m for m in sys.modules if m.split(".")[0] == "torchaudio"]:
+            del sys.modules[name]  # what loaded before the failure
         stand_in = types.ModuleType("torchaudio")
-        stand_in.__version__ = "0.0+bestrq-bench-stand-in"
+        stand_in.__version__ = STAND_IN
         stand_in.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+        stand_in.reason = f"{type(e).__name__}: {e}".splitlines()[0]
         sys.modules["torchaudio"] = stand_in
+
+
+def _speechbrain():
+    """Import SpeechBrain, with a stand-in torchaudio module where the real one does not load."""
+    _torchaudio_or_stand_in()
     import logging
 
     logging.getLogger("speechbrain").setLevel(logging.ERROR)
@@ -539,9 +559,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {LABELS[name]}: {why}")
         else:
             names.append(name)
-    if "bestrq-sb" in names and getattr(sys.modules["torchaudio"], "__version__", "").endswith("stand-in"):
-        print("note: SpeechBrain runs with a stand-in module for torchaudio in sys.modules (its BEST-RQ "
-              "modules are pure PyTorch; PyPI's torchaudio needs another torch build)")
+    if "bestrq-sb" in names:
+        torchaudio = sys.modules["torchaudio"]
+        if getattr(torchaudio, "__version__", "") == STAND_IN:
+            print("note: SpeechBrain runs with a stand-in module for torchaudio in sys.modules (its BEST-RQ "
+                  f"modules are pure PyTorch; torchaudio did not load: {torchaudio.reason})")
+        else:
+            print(f"note: SpeechBrain runs with torchaudio {torchaudio.__version__}")
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_flops(device, dtype)
