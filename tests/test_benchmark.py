@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 
@@ -151,3 +152,24 @@ def test_a_torchaudio_that_fails_to_load_gives_way_to_a_stand_in_that_says_why(m
     assert stand_in.reason == "OSError: libtorchaudio.so: undefined symbol: _ZN3c104cuda9SetDevice"
     assert not [m for m in sys.modules if m.startswith("torchaudio.")]
 
+
+def test_a_run_stopped_in_its_second_size_keeps_the_first_sizes_table_and_rows(monkeypatch, tmp_path, capsys):
+    """The GPU run has a few minutes: a timeout while the paper size compiles must not lose the tiny figures."""
+    def run_size(size, names, args, device):
+        if size == "paper":
+            raise KeyboardInterrupt  # what a stop in the middle of the size looks like from here
+        return [{"size": size, "model": name, "params": 1e6, "step_s": 1.0, "audio_per_s": 60.0,
+                 "peak_mib": 100.0, "gflop": 50.0, "flop_per_s": 50e9, "compiled_graphs": 0} for name in names]
+
+    monkeypatch.setattr(benchmark, "run_size", run_size)
+    monkeypatch.setattr(benchmark, "matmul_flops", lambda device, dtype: 100e9)
+    (tmp_path / "cuts_train.jsonl.gz").touch()
+    out = tmp_path / "rows.json"
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(["--corpus", str(tmp_path), "--device", "cpu", "--sizes", "tiny", "paper",
+                        "--models", "bestrq-ours", "wav2vec2-ours", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r["size"], r["model"]) for r in rows] == [("tiny", "bestrq-ours"), ("tiny", "wav2vec2-ours")]
+    assert rows[0]["mfu"] == pytest.approx(0.5)
+    printed = capsys.readouterr().out
+    assert "the table so far (next: paper)" in printed and "| tiny | BEST-RQ (ours) |" in printed

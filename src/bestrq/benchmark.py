@@ -572,12 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU, {torch.get_num_threads()} threads")
     rows = []
-    for size in args.sizes:
+    for i, size in enumerate(args.sizes):
         rows += run_size(size, names, args, device)
         peak = max(peak, matmul_flops(device, dtype))
-    text = report(rows, device_name, peak, args)  # adds each row's MFU against the run's best peak
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        text = report(rows, device_name, peak, args)  # adds each row's MFU against the run's best peak so far
+        if args.json:  # after each size: a run stopped (or timed out) in the next size keeps these rows
+            args.json.write_text(json.dumps(rows, indent=2))
+        if i + 1 < len(args.sizes):
+            print(f"\nthe table so far (next: {', '.join(args.sizes[i + 1:])})\n" + text)
     print("\n" + text)
     return 0
 
