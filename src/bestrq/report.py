@@ -110,7 +110,11 @@ def _plots(models: list[Model], out: Path) -> list[str]:
                 ax.plot(range(len(w)), w, marker="o", label=m.name)
                 ax.axhline(1 / len(w), color="grey", lw=0.6, ls=":")
         ax.set(title=f"{task}: layer weights", xlabel="layer (0 = front-end output)", ylabel="softmax weight")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:  # every model here has one layer (the fbank, say): no weights to compare
+            ax.text(0.5, 0.5, "no model with more than one layer", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8, color="grey")
     fig.tight_layout()
     fig.savefig(out / "layer_weights.png", dpi=110)
     plt.close(fig)
