@@ -38,7 +38,8 @@ test: install
 
 # the tests on the lowest version of every dependency pyproject.toml allows (torch 2.4, numpy 1.24,
 # transformers 4.44, ...: uv's lowest-direct resolution), in a venv of their own; not part of CI:
-# PyPI's Linux torch 2.4 is a CUDA build, about 3 GB to download
+# PyPI's Linux torch 2.4 is a CUDA build, about 3 GB to download. `make test-floor PYTHON=python3.10`:
+# also the lowest Python
 FLOOR_VENV ?= .venv-floor
 test-floor:
 	$(PYTHON) -m venv $(FLOOR_VENV)
