@@ -44,6 +44,7 @@ import math
 import subprocess
 import sys
 import time
+import traceback
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -447,9 +448,13 @@ def run_size(size_name: str, names: list[str], args: argparse.Namespace, device:
             start = time.perf_counter()
             try:
                 runner.step(prepared[name][i], autocast)
-            except torch.cuda.OutOfMemoryError:
-                print(f"  {LABELS[name]}: out of memory on a batch of {batches[i].seconds:.0f} s of audio; "
-                      "left out of this size (a smaller --batch-seconds fits)", flush=True)
+            except Exception as e:  # noqa: BLE001 - a model that fails (memory, a compiler) leaves the others' figures
+                on = f"on a batch of {batches[i].seconds:.0f} s of audio; left out of this size"
+                if isinstance(e, torch.cuda.OutOfMemoryError):
+                    print(f"  {LABELS[name]}: out of memory {on} (a smaller --batch-seconds fits)", flush=True)
+                else:
+                    traceback.print_exc()
+                    print(f"  {LABELS[name]}: {type(e).__name__} (above) {on}", flush=True)
                 del runners[name], prepared[name], runner
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
