@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The GPU benchmark runs for bench/RESULTS.md, on a machine without network access whose python3
 # has a CUDA build of PyTorch and transformers; the other packages come from .whl/
-# (bench/gpu_wheels.sh). Every output goes to OUT_DIR as it is printed.
-#   bash bench/gpu_run.sh OUT_DIR [MINUTES_PER_RUN, default 3]
+# (bench/gpu_wheels.sh). Every output goes to OUT_DIR as it is printed; each run's JSON holds
+# the sizes it finished.
+#   bash bench/gpu_run.sh OUT_DIR [MINUTES_PER_RUN, default 3] [TOTAL_MINUTES, default 9]
+# The first two runs stop after MINUTES_PER_RUN; the last (--compile, whose first steps compile)
+# has what is left of TOTAL_MINUTES, counted from the start of this script.
 set -uo pipefail
-out=${1:?usage: bash bench/gpu_run.sh OUT_DIR [MINUTES_PER_RUN]}
+out=${1:?usage: bash bench/gpu_run.sh OUT_DIR [MINUTES_PER_RUN] [TOTAL_MINUTES]}
 minutes=${2:-3}
+total=$((${3:-9} * 60))
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 site=$(mktemp -d)
@@ -18,14 +22,17 @@ export PYTHONPATH="$PWD/src:$site"
 } 2>&1 | tee "$out/env.txt"
 corpus=$(mktemp -d)/demo
 python3 -m bestrq synth --out "$corpus" --hours 1 --seed 0 --quiet 2>&1 | tail -3 | tee "$out/synth.txt"
-bench() {  # NAME ARGS...: one benchmark run, stopped after MINUTES_PER_RUN
-  local name=$1; shift
-  echo "== $name: $*" | tee "$out/$name.txt"
+bench() {  # SECONDS NAME ARGS...: one benchmark run, stopped after SECONDS (or at the total's end)
+  local limit=$1 name=$2; shift 2
+  local left=$((total - SECONDS))
+  ((limit > left)) && limit=$left
+  echo "== $name: $* (stopped after ${limit} s)" | tee "$out/$name.txt"
+  ((limit > 0)) || { echo "exit skipped: no time left" | tee -a "$out/$name.txt"; return; }
   # BENCH_DEVICE and BENCH_EXTRA (more arguments) are for a dry run on a CPU
-  timeout "$((minutes * 60))" python3 -m bestrq.benchmark --corpus "$corpus" --device "${BENCH_DEVICE:-cuda}" \
+  timeout "$limit" python3 -m bestrq.benchmark --corpus "$corpus" --device "${BENCH_DEVICE:-cuda}" \
     --precision bf16 --sizes tiny paper --json "$out/$name.json" "$@" ${BENCH_EXTRA:-} 2>&1 | tee -a "$out/$name.txt"
   echo "exit ${PIPESTATUS[0]}" | tee -a "$out/$name.txt"
 }
-bench bf16
-bench bf16_bucketed --batching bucketed
-bench bf16_compile --compile
+bench "$((minutes * 60))" bf16
+bench "$((minutes * 60))" bf16_bucketed --batching bucketed
+bench "$total" bf16_compile --compile
