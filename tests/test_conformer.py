@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bestrq.models.conformer import ConformerEncoder
+from bestrq.models.conformer import ConformerEncoder, dynamic_compile_works
 from bestrq.models.frontend import Conv2dSubsampling, PassThrough, StackedFrames
 from bestrq.models.wav2vec2 import TransformerEncoder
 
@@ -148,3 +148,35 @@ def test_compiled_convolution_module_keeps_one_graph_across_batch_lengths(compil
         return torch.randn(2, t, 8, requires_grad=True), pad
 
     assert compiled_graphs(ConvModule(8, 5, 0.0), inputs) == 1
+
+
+class _ValidFrames(torch.nn.Module):
+    """An encoder's last hidden states with the padding zeroed (padded frames hold no defined value)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(x, lengths)
+        return out.last.masked_fill(out.padding_mask[..., None], 0.0)
+
+
+@pytest.mark.skipif(not dynamic_compile_works(), reason=f"torch {torch.__version__} compiles these encoders "
+                    "again for new batch lengths, or fails at them (see dynamic_compile_works)")
+@pytest.mark.parametrize("kind", ["conformer relative_key", "conformer rotary", "transformer"])
+def test_compiled_encoders_train_on_new_batch_lengths_with_one_graph(compiled_graphs, kind):
+    """What ``train.compile=true`` runs: a whole encoder, forward and backward, over padded batches of
+    three lengths; outputs match eager on the valid frames and the first graph serves them all
+    (torch 2.11 failed here at the second length: "expected size 2==2, stride 17==21")."""
+    torch.manual_seed(0)
+    if kind == "transformer":
+        encoder = TransformerEncoder(PassThrough(), 16, 1, 2, 32, dropout=0.0, pos_conv_kernel=4, pos_conv_groups=2)
+    else:
+        encoder = ConformerEncoder(PassThrough(), 16, 1, 2, 32, conv_kernel=5, dropout=0.0,
+                                   position=kind.split()[1])
+
+    def inputs(t):
+        return torch.randn(2, t, 16, requires_grad=True), torch.tensor([t, t - 5])
+
+    assert compiled_graphs(_ValidFrames(encoder.train()), inputs) == 1

@@ -119,6 +119,17 @@ def test_resume_refuses_a_different_model(corpus, tmp_path):
         pretrain(small(corpus, tmp_path, "train.steps=2", "encoder.num_layers=3"))
 
 
+def test_compile_on_a_torch_that_cannot_train_compiled_is_refused_before_any_step(corpus, tmp_path, monkeypatch):
+    """torch 2.11 trains a compiled encoder until the batch length changes, then fails in backward."""
+    from torch.torch_version import TorchVersion
+
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.11.0+cu130"))
+    with pytest.raises(ConfigError, match=r"train\.compile: torch 2\.11\.0\+cu130 .* use torch >= 2\.12, or "
+                                          r"train\.compile=false"):
+        pretrain(small(corpus, tmp_path / "run", "train.steps=1", "train.compile=true"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_checkpoints_are_pruned_and_foreign_files_refused(corpus, tmp_path):
     pretrain(small(corpus, tmp_path, "train.steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2"))
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]

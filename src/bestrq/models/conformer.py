@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from ..features import padding_mask
 from .dropout import Dropout, attention
@@ -54,6 +55,23 @@ def exporting() -> bool:
 def compiling() -> bool:
     """Whether torch.compile (not export) is tracing this call."""
     return torch.compiler.is_compiling() and not exporting()
+
+
+# the first torch seen to train every encoder here compiled once for all batch lengths
+DYNAMIC_COMPILE_TORCH = (2, 12)
+
+
+def dynamic_compile_works() -> bool:
+    """Whether this torch trains the encoders under ``torch.compile(dynamic=True)`` with one graph.
+
+    Seen on the CPU, forward and backward over batches of changing length: torch 2.12, 2.13 and 2.14
+    kept one graph for the Conformer (both positions) and the Transformer. torch 2.11's compiled
+    backward fixed saved activations' strides to the first batch's length, so the Transformer and
+    the rotary Conformer failed at the next length ("expected size 2==2, stride 287==464") and the
+    relative-key Conformer compiled again for every length; torch 2.4 compiled again for every
+    length too, and failed to trace the rotary tables.
+    """
+    return TorchVersion(torch.__version__) >= DYNAMIC_COMPILE_TORCH
 
 
 POSITIONS = ("relative_key", "rotary")

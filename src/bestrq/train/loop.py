@@ -41,9 +41,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import PretrainConfig, to_dict
+from ..config import ConfigError, PretrainConfig, to_dict
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import atomic_path, load_split
+from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 from ..objectives import build_model
 from . import checkpoint, distributed
 from .optim import build_optimizer, lr_at
@@ -249,6 +250,11 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
 
 def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals) -> RunResult:
     t, device = cfg.train, ctx.device
+    if t.compile and not dynamic_compile_works():
+        raise ConfigError(
+            f"train.compile: torch {torch.__version__} does not train these encoders compiled for batches of "
+            f"changing length (torch 2.11 failed at the second length, torch 2.4 compiled again for every "
+            f"length); use torch >= {'.'.join(map(str, DYNAMIC_COMPILE_TORCH))}, or train.compile=false")
     if t.threads:
         torch.set_num_threads(t.threads)
     out_dir = Path(t.out_dir)
