@@ -36,9 +36,10 @@ bench() {  # SECONDS NAME ARGS...: one benchmark run, stopped after SECONDS (or 
 }
 bench "$((minutes * 60))" bf16
 bench "$((minutes * 60))" bf16_bucketed --batching bucketed
-if python3 -c "import sys; from bestrq.models.conformer import dynamic_compile_works as w; sys.exit(not w())"; then
+old_torch=$(python3 -c "import torch; from bestrq.models.conformer import DYNAMIC_COMPILE_TORCH as v, \
+dynamic_compile_works as works; print('' if works() else f'torch {torch.__version__} < {v}')")
+if [[ -z $old_torch ]]; then
   bench "$total" bf16_compile --compile
 else  # our encoders compile again for every batch length there, or fail (docs/implementation.md)
-  echo "== bf16_compile: skipped: torch $(python3 -c 'import torch; print(torch.__version__)') < 2.12" \
-    | tee "$out/bf16_compile.txt"
+  echo "== bf16_compile: skipped: $old_torch" | tee "$out/bf16_compile.txt"
 fi

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from bestrq.data.manifest import load_split  # lhotse looks for torchaudio once, before any stand-in exists
-from bestrq.models.conformer import dynamic_compile_works
+from bestrq.models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 
 # matched encoder sizes; `conv` etc. size wav2vec 2.0's own parts (as our presets)
 SIZES = {
@@ -574,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: SpeechBrain runs with torchaudio {torchaudio.__version__}")
     if args.compile and not dynamic_compile_works():
         print(f"note: torch {torch.__version__} compiles our encoders again for new batch lengths, or fails at "
-              "them (torch >= 2.12 keeps one graph; docs/implementation.md); a model whose step fails is left out")
+              f"them (torch >= {DYNAMIC_COMPILE_TORCH} keeps one graph; docs/implementation.md); a model whose step fails "
+              "is left out")
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_flops(device, dtype)

@@ -18,7 +18,7 @@ import yaml
 
 from .features import NORMALIZATIONS
 from .masking import MODES
-from .models.conformer import POSITIONS
+from .models.conformer import DYNAMIC_COMPILE_TORCH, POSITIONS
 from .models.frontend import FRONTENDS
 from .models.wav2vec2 import CONV_NORMS, FEATURE_ENCODERS
 
@@ -145,7 +145,7 @@ class TrainConfig:
                             "already has a checkpoint resumes from it instead")
     device: str = _f("auto", "auto (cuda if available), cpu or cuda")
     precision: str = _f("fp32", "fp32 or bf16 (autocast; for GPUs: this CPU has no fast bf16)")
-    compile: bool = _f(False, "torch.compile the encoder, one graph for every batch length (torch >= 2.12)")
+    compile: bool = _f(False, f"torch.compile the encoder, one graph for every batch length (torch >= {DYNAMIC_COMPILE_TORCH})")
     threads: int = _f(0, "CPU threads per process (0: PyTorch's default)")
     log_every: int = _f(10, "steps between logged training metrics")
     valid_every: int = _f(500, "steps between validations (0: only at the end)")

@@ -57,8 +57,8 @@ def compiling() -> bool:
     return torch.compiler.is_compiling() and not exporting()
 
 
-# the first torch seen to train every encoder here compiled once for all batch lengths
-DYNAMIC_COMPILE_TORCH = (2, 12)
+# the first torch release seen to train every encoder here compiled once for all batch lengths
+DYNAMIC_COMPILE_TORCH = "2.12"
 
 
 def dynamic_compile_works() -> bool:

@@ -254,7 +254,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
         raise ConfigError(
             f"train.compile: torch {torch.__version__} does not train these encoders compiled for batches of "
             f"changing length (torch 2.11 failed at the second length, torch 2.4 compiled again for every "
-            f"length); use torch >= {'.'.join(map(str, DYNAMIC_COMPILE_TORCH))}, or train.compile=false")
+            f"length); use torch >= {DYNAMIC_COMPILE_TORCH}, or train.compile=false")
     if t.threads:
         torch.set_num_threads(t.threads)
     out_dir = Path(t.out_dir)
