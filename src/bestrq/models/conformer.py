@@ -65,11 +65,11 @@ def dynamic_compile_works() -> bool:
     """Whether this torch trains the encoders under ``torch.compile(dynamic=True)`` with one graph.
 
     Seen on the CPU, forward and backward over batches of changing length: torch 2.12, 2.13 and 2.14
-    kept one graph for the Conformer (both positions) and the Transformer. torch 2.11's compiled
-    backward fixed saved activations' strides to the first batch's length, so the Transformer and
-    the rotary Conformer failed at the next length ("expected size 2==2, stride 287==464") and the
-    relative-key Conformer compiled again for every length; torch 2.4 compiled again for every
-    length too, and failed to trace the rotary tables.
+    kept one graph for the Conformer (both positions) and the Transformer. The compiled backward of
+    torch 2.8, 2.10 and 2.11 fixed saved activations' strides to the first batch's length, so the
+    Transformer and the rotary Conformer failed at the next length ("expected size 2==2, stride
+    287==464") and the relative-key Conformer compiled again for every length; torch 2.4 compiled
+    again for every length too, and failed to trace the rotary tables (docs/implementation.md).
     """
     return TorchVersion(torch.__version__) >= DYNAMIC_COMPILE_TORCH
 
