@@ -215,3 +215,23 @@ def test_heads_train_on_a_batch_of_one():
     # a split's last batch can hold a single utterance: no batch statistics anywhere
     for head in (SpeakerHead(6, 4), PooledClassifier(6, 3, mlp_hidden=8)):
         head.train()(torch.randn(1, 5, 6), torch.tensor([5])).sum().backward()
+
+
+def test_report_table_bolds_a_columns_best_only_where_the_models_differ():
+    from pathlib import Path
+
+    from bestrq.report import Model, table
+
+    def model(name, wer, accuracy, eer):
+        return Model(name, Path(name), {"objective": "bestrq"},
+                     {"asr": {"test": {"wer": wer}}, "speaker": {"test": {"accuracy": accuracy, "eer": eer}}})
+
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")
+            for line in table([model("a", 1.0, 0.0, 0.2), model("b", 1.0, 0.0, float("nan")),
+                               model("c", 1.0, 0.0, 0.3)]).splitlines()[2:]}
+    wer, acc, eer = 4, 6, 7  # cells of a row
+    assert [rows[m][wer] for m in "abc"] == ["100.0"] * 3  # all tie: no best
+    assert [rows[m][acc] for m in "abc"] == ["0.0"] * 3
+    assert [rows[m][eer] for m in "abc"] == ["**20.0**", "–", "30.0"]  # lower is better; NaN never best
+    single = table([model("a", 0.5, 0.5, 0.5)])
+    assert "**" not in single

@@ -63,21 +63,29 @@ def _hours(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
 
 
+def _scored(value: float | None) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def table(models: list[Model]) -> str:
-    """Models x tasks in markdown; the best of each column in bold."""
+    """Models x tasks in markdown; the best of each column in bold.
+
+    A column whose scored models all tie (every WER 100% after a short probe, say) has no best,
+    and nothing in it is bold; a missing or NaN score is never bold.
+    """
     header = ["model", "objective", "pre-training", "audio seen"] + [c[2] for c in COLUMNS]
     values = [[m.results.get(t, {}).get("test", {}).get(k) for t, k, _, _ in COLUMNS] for m in models]
     best = []
     for j, (_, _, _, lower) in enumerate(COLUMNS):
-        col = [v[j] for v in values if v[j] is not None]
-        best.append((min(col) if lower else max(col)) if col else None)
+        col = [v[j] for v in values if _scored(v[j])]
+        best.append((min(col) if lower else max(col)) if len(set(col)) > 1 else None)
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * 4 + "---:|" * len(COLUMNS)]
     for m, vals in zip(models, values):
         audio = m.encoder.get("pretrain_audio_hours")
         cells = [m.name, m.encoder.get("objective", "?"), _hours(m.encoder.get("pretrain_seconds")),
                  "–" if audio is None else f"{audio:.2f} h"]
         for v, b in zip(vals, best):
-            cells.append(f"**{_cell(v)}**" if v is not None and v == b and len(models) > 1 else _cell(v))
+            cells.append(f"**{_cell(v)}**" if b is not None and v == b else _cell(v))
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -163,7 +171,7 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(models, out)
     text = ["# Downstream probes on frozen encoders", "",
-            "Test-set scores; each probe keeps its best dev epoch. Bold: the best of each column.", "",
+            "Test-set scores; each probe keeps its best dev epoch. Bold: the best of each column (none where every model ties).", "",
             table(models), ""]
     text += [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
