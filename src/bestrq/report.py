@@ -53,18 +53,18 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
     return models
 
 
+def _scored(value: float | None) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def _cell(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+    return f"{100 * value:.1f}" if _scored(value) else "–"
 
 
 def _hours(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
-
-
-def _scored(value: float | None) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def table(models: list[Model]) -> str:
