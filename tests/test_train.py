@@ -41,6 +41,55 @@ def test_unknown_keys_are_rejected_with_the_valid_ones_listed():
         load_config("no_such_preset")
 
 
+def _numeric_fields(section=None, prefix=""):
+    """(key, field, default) of every int, float and number-list field of the pre-training config."""
+    import dataclasses
+
+    from bestrq.config import PretrainConfig
+
+    section = PretrainConfig() if section is None else section
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numeric_fields(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("item") or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            yield f"{prefix}{f.name}", f, value
+
+
+def test_every_number_of_the_config_declares_its_range_seeds_excepted():
+    unbounded = [key for key, f, _ in _numeric_fields() if not f.metadata["bounds"]]
+    assert unbounded == ["quantizer.seed", "train.seed"]
+
+
+def test_a_number_out_of_its_range_is_refused_with_its_key_and_range():
+    checked = 0
+    for key, f, default in _numeric_fields():
+        bounds, item = f.metadata["bounds"], f.metadata["item"]
+        is_int = (item or type(default)) is int
+        bad = [b - 1 if is_int else b - 0.5 for k, b in bounds.items() if k == "ge"]
+        bad += [b for k, b in bounds.items() if k in ("gt", "lt")]
+        bad += [b + 1 if is_int else b + 0.5 for k, b in bounds.items() if k == "le"]
+        bad += [] if is_int else [".inf", ".nan"]
+        for v in bad:
+            value = f"[{', '.join(str(d) for d in default[:-1])}, {v}]" if item else v
+            with pytest.raises(ConfigError, match=rf"^{key}: (every item )?must be"):
+                load_config(None, [f"{key}={value}"])
+            checked += 1
+    assert checked >= 60
+    # and the messages read well
+    with pytest.raises(ConfigError, match=r"^optim\.lr: must be > 0, got -0\.001$"):
+        load_config(None, ["optim.lr=-1e-3"])
+    with pytest.raises(ConfigError, match=r"^encoder\.dropout: must be >= 0 and < 1, got 1\.5$"):
+        load_config(None, ["encoder.dropout=1.5"])
+    with pytest.raises(ConfigError, match=r"^optim\.betas: every item must be >= 0 and < 1, got \[0\.9, 1\.0\]$"):
+        load_config(None, ["optim.betas=[0.9, 1]"])
+    with pytest.raises(ConfigError, match=r"^config: wav2vec2\.temperature: expected float, got str 'hot'$"):
+        load_config(None, ["wav2vec2.temperature=[hot, 0.5, 0.9]"])
+    with pytest.raises(ConfigError, match=r"^encoder\.num_heads: must be >= 1, got 0$"):
+        load_config(None, ["encoder.num_heads=0"])  # before d_model % num_heads, which would divide by zero
+    assert load_config(None, ["optim.warmup_steps=0", "encoder.dropout=0", "wav2vec2.temperature=[1, 1, 1]"])
+
+
 def test_presets_load_and_the_base_model_is_the_papers():
     from bestrq.objectives.bestrq import build_bestrq
 
