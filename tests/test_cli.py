@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from bestrq.cli import main
 from bestrq.data.manifest import list_splits
 
@@ -35,6 +38,48 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "bestrq.cli", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "synth" in result.stdout and "prepare" in result.stdout
+
+
+def test_numbers_out_of_range_are_refused_before_any_work(tmp_path, capsys):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    cases = [
+        (["synth", "--out", str(tmp_path / "s"), "--hours", "0"], "hours: must be > 0, got 0.0"),
+        (["synth", "--out", str(tmp_path / "s"), "--hours", "-1"], "hours: must be > 0, got -1.0"),
+        (["synth", "--out", str(tmp_path / "s"), "--speakers", "0"], "speakers: must be >= 2"),
+        (["synth", "--out", str(tmp_path / "s"), "--sv-speakers", "0"], "sv_speakers: must be >= 1, got 0"),
+        (["synth", "--out", str(tmp_path / "s"), "--jobs", "-3"], "jobs: must be >= 1, got -3"),
+        (["prepare", "folder", str(audio), "--out", str(tmp_path / "p"), "--max-duration", "-5"],
+         "max_duration must be >= 0 seconds"),
+        (["prepare", "folder", str(audio), "--out", str(tmp_path / "p"), "--jobs", "0"], "jobs must be >= 1, got 0"),
+        (["probe", "--checkpoint", "fbank", "--data", str(tmp_path), "--epochs", "0"], "epochs: must be >= 1, got 0"),
+        (["probe", "--checkpoint", "fbank", "--data", str(tmp_path), "--lr", "-1"], "lr: must be > 0, got -1.0"),
+        (["probe", "--checkpoint", "fbank", "--data", str(tmp_path), "--batch-seconds", "0"],
+         "batch_seconds: must be > 0, got 0.0"),
+        (["probe", "--checkpoint", "fbank", "--data", str(tmp_path), "--max-minutes", "-1"],
+         "max_minutes: must be >= 0, got -1.0"),
+        (["probe", "--checkpoint", "fbank", "--data", str(tmp_path), "--device", "gpu"],
+         "device: 'gpu' is not a device this runs on"),
+        (["pretrain", "--set", "encoder.num_heads=0", "--out", str(tmp_path / "r")],
+         "encoder.num_heads: must be >= 1, got 0"),
+        (["pretrain", "--set", "optim.lr=-1", "--out", str(tmp_path / "r")], "optim.lr: must be > 0, got -1.0"),
+    ]
+    if not torch.cuda.is_available():
+        cases += [(["pretrain", "--set", f"data.corpus={tmp_path}", "--set", "train.device=cuda",
+                    "--out", str(tmp_path / "r")], "train.device=cuda, but no CUDA device is available"),
+                  (["probe", "--checkpoint", "fbank", "--data", str(tmp_path), "--device", "cuda"],
+                   "device=cuda, but no CUDA device is available")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"bestrq {argv[0]}: error: " in err and message in err and "Traceback" not in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio"]  # nothing made, nothing half-written
+    for argv in (["--rounds", "0"], ["--warmup", "-1"], ["--batch-seconds", "0"], ["--sizes", "tiny",
+                 "--batch-seconds", "10", "20"], ["--device", "gpu"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(["bench", "--corpus", str(tmp_path), *argv])
+        assert stopped.value.code == 2
+        assert "bestrq bench: error: --" in capsys.readouterr().err
 
 
 def test_pretrain_config_errors_name_the_key_and_the_valid_ones(tmp_path, capsys):

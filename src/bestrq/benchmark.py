@@ -55,6 +55,7 @@ from torch._dynamo.utils import counters
 
 from bestrq.data.manifest import load_split  # lhotse looks for torchaudio once, before any stand-in exists
 from bestrq.models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
+from bestrq.train.distributed import require_device
 
 # matched encoder sizes; `conv` etc. size wav2vec 2.0's own parts (as our presets)
 SIZES = {
@@ -544,6 +545,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {args.rounds} and {args.warmup}")
+    if args.batch_seconds and (len(args.batch_seconds) > len(args.sizes) or min(args.batch_seconds) <= 0):
+        parser.error(f"--batch-seconds takes one positive number per size ({' '.join(args.sizes)}), "
+                     f"got {' '.join(f'{b:g}' for b in args.batch_seconds)}")
+    try:
+        require_device(args.device, "--device")
+    except ValueError as e:
+        parser.error(str(e))
     if not (args.corpus / "cuts_train.jsonl.gz").exists():
         parser.error(f"{args.corpus}: no train split to take batches from; make one with "
                      f"`bestrq synth --out {args.corpus}` or pass --corpus DIR")

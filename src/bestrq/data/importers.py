@@ -114,6 +114,8 @@ def from_folder(src: Path, report: ImportReport, jobs: int = 4, max_duration: fl
                 dev_fraction: float = 0.02, **_) -> dict[str, CutSet]:
     if not 0 <= dev_fraction < 1:
         raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
+    if not max_duration >= 0:
+        raise ValueError(f"max_duration must be >= 0 seconds (0: never cut), got {max_duration}")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not files:
         raise ManifestError(f"{src}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
@@ -365,6 +367,8 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
+    if options.get("jobs", 1) < 1:
+        raise ValueError(f"jobs must be >= 1, got {options['jobs']}")
     report = ImportReport()
     for split, cuts in IMPORTERS[fmt](src, report, **options).items():
         save_split(out, split, cuts)

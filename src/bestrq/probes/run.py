@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data.manifest import atomic_path, list_splits, load_split
+from ..train.distributed import require_device
 from .cache import encode_cuts, extract
 from .encoders import Encoder, load_encoder
 from .tasks import TASKS, ProbeConfig, read_trials, task_data, train_probe
@@ -32,6 +33,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
                cache_dtype: str = "float16") -> dict[str, dict]:
     """Probe one encoder (what ``--checkpoint`` names, or a loaded one) on ``tasks``; returns and writes the results."""
     cfg = cfg or ProbeConfig()
+    dev = require_device(device, "device")
     for task in tasks:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)} or all")
@@ -42,7 +44,6 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     missing = [s for s in ("train", "dev", "test") if s not in available]
     if missing:
         raise FileNotFoundError(f"{data_dir}: no {', '.join(missing)} split (found: {', '.join(available) or 'none'})")
-    dev = torch.device(device)
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint, dev, seed=cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "encoder.json", {"name": encoder.name, "spec": encoder.spec, **encoder.info})

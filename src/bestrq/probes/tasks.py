@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..config import check_range
 from .cache import by_duration
 from .heads import CTCHead, PooledClassifier, SpeakerHead, WeightedLayerSum
 from .metrics import accuracy, ctc_greedy, equal_error_rate, error_rates, macro_f1
@@ -50,6 +51,14 @@ class ProbeConfig:
     intent_head: str = "mlp"  # mlp or lstm
     max_minutes: float = 0.0  # per task; 0: no limit (the epoch under way is finished)
     unfreeze: bool = False
+
+    def __post_init__(self) -> None:
+        for name, bounds in (("epochs", {"ge": 1}), ("patience", {"ge": 1}), ("lr", {"gt": 0}),
+                             ("encoder_lr", {"gt": 0}), ("batch_seconds", {"gt": 0}), ("asr_hidden", {"ge": 1}),
+                             ("asr_layers", {"ge": 1}), ("max_minutes", {"ge": 0})):
+            check_range(name, getattr(self, name), bounds)
+        if self.intent_head not in ("mlp", "lstm"):
+            raise ValueError(f"intent_head: must be mlp or lstm, not {self.intent_head!r}")
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,19 @@ class SynthConfig:
     speakers: int | None = None  # default: max(40, 125 per hour)
     sv_speakers: int | None = None  # unseen speakers for verification; default max(20, 20%)
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.hours) and self.hours > 0):
+            raise ValueError(f"hours: must be > 0, got {self.hours}")
+        if self.speakers is not None and self.speakers < 2:
+            raise ValueError(f"speakers: must be >= 2 (seen ones and held-out verification ones), got {self.speakers}")
+        if self.sv_speakers is not None and self.sv_speakers < 1:
+            raise ValueError(f"sv_speakers: must be >= 1, got {self.sv_speakers}")
+
     def n_speakers(self) -> int:
-        return self.speakers or max(40, math.ceil(125 * self.hours))
+        return self.speakers if self.speakers is not None else max(40, math.ceil(125 * self.hours))
 
     def n_sv_speakers(self) -> int:
-        n = self.sv_speakers or max(20, round(0.2 * self.n_speakers()))
+        n = self.sv_speakers if self.sv_speakers is not None else max(20, round(0.2 * self.n_speakers()))
         if n >= self.n_speakers():
             raise ValueError(f"{n} verification speakers leave no seen speaker out of {self.n_speakers()}")
         return n
@@ -174,6 +182,8 @@ def _trials(sv_cuts: list[tuple[str, str]], rng: np.random.Generator) -> list[tu
 def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None,
                progress: bool = True) -> dict:
     """Make the corpus in ``out`` and return its summary (also written to summary.json)."""
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs: must be >= 1, got {jobs}")
     out = Path(out)
     settings = {"hours": cfg.hours, "seed": cfg.seed, "speakers": cfg.n_speakers(),
                 "sv_speakers": cfg.n_sv_speakers()}

@@ -26,6 +26,22 @@ class Context:
         return self.world_size > 1
 
 
+def require_device(device: str, what: str) -> torch.device:
+    """``torch.device(device)``, or a ValueError naming ``what`` if it is no device or one this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what}: {device!r} is not a device this runs on: cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(f"{what}={device}, but no CUDA device is available (torch {torch.__version__} is {build})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{what}={device}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def setup(device: str = "auto", timeout_minutes: float = 10.0) -> Context:
     """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); NCCL on GPUs, gloo on CPU.
 
@@ -36,9 +52,7 @@ def setup(device: str = "auto", timeout_minutes: float = 10.0) -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    use_cuda = torch.cuda.is_available() if device == "auto" else require_device(device, "train.device").type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
