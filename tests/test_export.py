@@ -97,12 +97,50 @@ def test_wav2vec2_models_report_their_frame_rate(preset, overrides, rate):
     assert abs(out.lengths.item() - 16000 / rate) <= 1 and len(out.hidden_states) == cfg.encoder.num_layers + 1
 
 
+@pytest.mark.parametrize("preset, overrides, shortest", [
+    ("bestrq_tiny", [], 880), ("bestrq_tiny", ["encoder.frontend=conv2d"], 880), ("wav2vec2_tiny", [], 400),
+    ("wav2vec2_fbank_tiny", [], 560),
+])
+def test_the_shortest_clip_gives_one_frame_and_output_lengths_are_the_encoders(preset, overrides, shortest):
+    cfg = load_config(preset, overrides)
+    torch.manual_seed(0)
+    model = Model(Loaded(build_model(cfg).eval().requires_grad_(False), cfg, 0, Path("."), {}))
+    assert model.min_samples == shortest  # 25 ms windows: 55 ms for 4 stacked 10 ms frames, 35 ms for 2
+    sizes = [shortest, shortest + 1, 3 * shortest + 7, 5000, 16000]
+    out = model.extract_features([speech(1.0, i)[:n] for i, n in enumerate(sizes)])
+    assert out.lengths.tolist() == model.output_lengths(torch.tensor(sizes)).tolist()
+    assert out.lengths[0] == 1
+    with pytest.raises(ValueError, match=rf"clip 1 has {shortest - 1} samples at 16000 Hz, too short for one frame: "
+                                         rf"the encoder needs at least {shortest} \({shortest / 16:g} ms\)$"):
+        model.extract_features([speech(1.0, 0), speech(1.0, 1)[:shortest - 1]])
+
+
 def test_bad_calls_name_the_problem(run, tmp_path):
     model = bestrq.load(run[0])
     with pytest.raises(ValueError, match="expected 1-D audio"):
         model.extract_features([np.zeros((2, 16000), dtype=np.float32)])
     with pytest.raises(ValueError, match="do not fit"):
         model.extract_features(torch.zeros(2, 100), lengths=[100, 200])
+    with pytest.raises(ValueError, match=r"clip 0 has 0 samples .* at least 880 \(55 ms\)$"):
+        model.extract_features(np.zeros(0, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"clip 0 has 2 samples .*a 2-D input is a batch \(B, S\); this one is "
+                                         r"\(16000, 2\)"):
+        model.extract_features(torch.zeros(16000, 2))  # (S, channels) audio taken for a batch
+    noisy = speech(1.0, 0)
+    noisy[100] = np.nan
+    with pytest.raises(ValueError, match="clip 1 holds NaN or infinite samples"):
+        model.extract_features([speech(1.0, 0), noisy])
+    for rate in (0, -8000, 8000.0, True):
+        with pytest.raises(ValueError, match=f"sample_rate must be a positive whole number of Hz, got {rate!r}"):
+            model.extract_features(speech(1.0, 0), sample_rate=rate)
+    assert model.extract_features(speech(1.0, 0, 8000), sample_rate=np.int64(8000)).lengths.item() == 24
+    with pytest.raises(TypeError, match="expected audio as a tensor or numpy array, got str"):
+        model.extract_features("speech.wav")
+    with pytest.raises(ValueError, match="device: 'gpu' is not a device this runs on"):
+        bestrq.load(run[0], device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device=cuda, but no CUDA device is available"):
+            bestrq.load(run[0], device="cuda")
     with pytest.raises(FileNotFoundError, match="no such run"):
         bestrq.load(tmp_path / "nothing")
     with pytest.raises(checkpoint.CheckpointError, match="without any complete checkpoint"):

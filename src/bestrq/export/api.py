@@ -12,6 +12,7 @@ weights do not fit the model its own config describes is refused, naming the key
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ..data.audio import resample
 from ..data.loader import collate
 from ..models.conformer import EncoderOutput
 from ..train import checkpoint as ckpt_io
+from ..train.distributed import require_device
 
 
 @dataclass
@@ -46,6 +48,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     from ..objectives import build_model
     from .hf import WEIGHTS, is_export, read_export
 
+    device = require_device(str(device), "device")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run, checkpoint or export folder")
@@ -130,11 +133,36 @@ class Model(nn.Module):
         audio's rate if it is not the model's (it is resampled). Returns an EncoderOutput:
         ``hidden_states`` ((B, T, D) each), ``lengths`` (B,) and ``padding_mask``.
         """
+        if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral)
+                                        or sample_rate <= 0):
+            raise ValueError(f"sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
         clips = [c.numpy() for c in _clips(waveforms, lengths)]
+        for i, c in enumerate(clips):
+            if not np.isfinite(c).all():
+                raise ValueError(f"clip {i} holds NaN or infinite samples")
         if sample_rate is not None and sample_rate != self.sample_rate:
-            clips = [resample(c, sample_rate, self.sample_rate) for c in clips]
+            clips = [resample(c, int(sample_rate), self.sample_rate) for c in clips]
         batch, batch_lengths = collate(clips)
+        frames = self.output_lengths(batch_lengths)
+        if (frames < 1).any():
+            i = int((frames < 1).nonzero()[0])
+            shape = np.shape(waveforms) if isinstance(waveforms, (torch.Tensor, np.ndarray)) else None
+            hint = f" (a 2-D input is a batch (B, S); this one is {tuple(shape)})" if shape and len(shape) == 2 else ""
+            raise ValueError(
+                f"clip {i} has {int(batch_lengths[i])} samples at {self.sample_rate} Hz, too short for one frame: "
+                f"the encoder needs at least {self.min_samples} ({1000 * self.min_samples / self.sample_rate:g} ms)"
+                f"{hint}")
         return self.module.encode(batch.to(self.device), batch_lengths.to(self.device))
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames for clips of ``lengths`` samples at the model's rate."""
+        return self.module.output_lengths(lengths)
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip, in samples at the model's rate, that gives one output frame."""
+        frames = self.output_lengths(torch.arange(1, 4 * self.downsample_rate + 1))
+        return int((frames >= 1).nonzero()[0]) + 1
 
     def forward(self, waveforms, lengths=None, sample_rate=None) -> EncoderOutput:
         return self.extract_features(waveforms, lengths, sample_rate)
@@ -145,6 +173,9 @@ class Model(nn.Module):
 
 def _clips(waveforms: Audio | Sequence[Audio], lengths) -> list[torch.Tensor]:
     def as_tensor(x: Audio) -> torch.Tensor:
+        if not isinstance(x, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"expected audio as a tensor or numpy array, got {type(x).__name__} "
+                            "(read a file first, e.g. with soundfile.read)")
         t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x.float()
         if t.dim() != 1:
             raise ValueError(f"expected 1-D audio, got shape {tuple(t.shape)} (down-mix multi-channel audio first)")

@@ -106,6 +106,10 @@ class BestRQ(nn.Module):
         """Unmasked encoding: hidden states of every layer (for probes and export)."""
         return self.encoder(*self.input_features(waveforms, lengths))
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames for clips of ``lengths`` samples: whole groups of ``stack`` fbank frames."""
+        return torch.div(self.features.output_lengths(lengths), self.stack, rounding_mode="floor")
+
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor,
                 generator: torch.Generator | None = None, step: int | None = None) -> Output:
         """``step`` is part of the objectives' common interface; BEST-RQ does not anneal anything."""

@@ -239,6 +239,10 @@ class Wav2Vec2(nn.Module):
         feats, frame_lengths = self.feature_extractor(waveforms, lengths)
         return self.encoder(self.feature_projection(feats)[0], frame_lengths)
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames for clips of ``lengths`` samples."""
+        return self.feature_extractor.output_lengths(lengths)
+
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None,
                 step: int | None = None) -> Output:
         feats, frame_lengths = self.feature_extractor(waveforms, lengths)  # (B, T, C)
