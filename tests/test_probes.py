@@ -211,6 +211,39 @@ def test_a_fixed_seed_reproduces_a_probe(small_corpus, tmp_path):
     assert other["curve"] != first["curve"]
 
 
+def test_cuts_too_short_for_one_frame_are_left_out_and_counted(small_corpus, tmp_path, caplog):
+    from bestrq.probes import run_probes
+
+    corpus = tmp_path / "corpus"
+    trials = (small_corpus / "sv_trials.txt").read_text()
+    corpus.mkdir()
+    (corpus / "sv_trials.txt").write_text(trials)
+    short_sv = trials.split()[1]  # the first trial's first utterance
+    for split in ("train", "dev", "test", "sv"):
+        cuts = list(load_split(small_corpus, split))
+        if split in ("train", "test"):  # 30 ms copies: a 25 ms fbank window fits, 4 stacked frames (55 ms) do not
+            cuts += [c.truncate(duration=0.03).with_id(f"{c.id}-30ms") for c in cuts[-3:]]
+        if split == "sv":
+            cuts = [c.truncate(duration=0.03, preserve_id=True) if c.id == short_sv else c for c in cuts]
+        save_split(corpus, split, type(load_split(small_corpus, split)).from_cuts(cuts))
+    cfg = ProbeConfig(epochs=1)
+    with caplog.at_level("WARNING", logger="bestrq.probes.run"):
+        result = run_probes("random:bestrq_tiny", ["emotion", "speaker"], corpus, tmp_path / "out", cfg,
+                            progress=False)
+    assert "train: 3 cuts too short for one frame of the encoder are left out" in caplog.text
+    assert "test: 3 cuts too short" in caplog.text and "sv: 1 cuts too short" in caplog.text
+    emotion_items = len(task_data("emotion", {s: list(load_split(small_corpus, s))
+                                              for s in ("train", "dev", "test")}).train)
+    assert result["emotion"]["train_items"] == emotion_items  # the 30 ms copies are not among them
+    lost = sum(short_sv in line.split() for line in trials.splitlines())
+    assert 0 < lost < len(trials.splitlines()) and f"{lost} trials dropped" in caplog.text
+    assert math.isfinite(result["speaker"]["test"]["eer"])  # on the trials that are left
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bestrq.probes.run"):
+        fbank = run_probes("fbank", ["emotion"], corpus, tmp_path / "fbank", cfg, progress=False)
+    assert "too short" not in caplog.text and fbank["emotion"]["train_items"] == emotion_items + 3
+
+
 def test_heads_train_on_a_batch_of_one():
     # a split's last batch can hold a single utterance: no batch statistics anywhere
     for head in (SpeakerHead(6, 4), PooledClassifier(6, 3, mlp_hidden=8)):

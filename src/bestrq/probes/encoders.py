@@ -43,6 +43,9 @@ class FbankEncoder(nn.Module):
         feats, frame_lengths = normalised_fbank(self.features, self.normalizer, waveforms, lengths)
         return EncoderOutput((feats,), frame_lengths, padding_mask(frame_lengths, feats.shape[1]))
 
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.features.output_lengths(lengths)
+
 
 @dataclass
 class Encoder:
@@ -60,6 +63,10 @@ class Encoder:
     @torch.no_grad()
     def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         return self.module.encode(waveforms, lengths)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames for clips of ``lengths`` samples (0: too short for one)."""
+        return self.module.output_lengths(lengths)
 
 
 def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:

@@ -28,6 +28,17 @@ def _write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2))
 
 
+def _long_enough(encoder: Encoder, cuts: list, split: str) -> list:
+    """The cuts that give the encoder at least one frame; the others are left out, with a warning."""
+    samples = torch.tensor([round(c.duration * encoder.sample_rate) for c in cuts], dtype=torch.int64)
+    frames = encoder.output_lengths(samples).tolist() if cuts else []
+    short = [c for c, n in zip(cuts, frames) if n < 1]
+    if short:
+        log.warning("%s: %d cuts too short for one frame of the encoder are left out, e.g. %s (%.0f ms)",
+                    split, len(short), short[0].id, 1000 * short[0].duration)
+    return [c for c, n in zip(cuts, frames) if n >= 1]
+
+
 def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                cfg: ProbeConfig | None = None, device: str = "cpu", progress: bool = True,
                cache_dtype: str = "float16") -> dict[str, dict]:
@@ -48,7 +59,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "encoder.json", {"name": encoder.name, "spec": encoder.spec, **encoder.info})
 
-    splits = {s: list(load_split(data_dir, s)) for s in ("train", "dev", "test")}
+    splits = {s: _long_enough(encoder, list(load_split(data_dir, s)), s) for s in ("train", "dev", "test")}
     trials_path = data_dir / "sv_trials.txt"
     sv = list(load_split(data_dir, "sv")) if "speaker" in tasks and "sv" in available else []
     trials = read_trials(trials_path) if sv and trials_path.is_file() else []
@@ -64,7 +75,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
             if lost:
                 raise ValueError(f"{trials_path}: {len(lost)} trial utterances are not in the sv split, "
                                  f"e.g. {min(lost)}")
-            sv_states = extract(encoder, sv, out_dir / "cache" / "sv", device=dev, dtype=cache_dtype,
+            sv_states = extract(encoder, _long_enough(encoder, sv, "sv"), out_dir / "cache" / "sv", device=dev, dtype=cache_dtype,
                                 progress=progress)
             kept = [t for t in trials if t[1] in sv_states and t[2] in sv_states]
             if len(kept) < len(trials):
