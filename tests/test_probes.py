@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -268,3 +269,33 @@ def test_report_table_bolds_a_columns_best_only_where_the_models_differ():
     assert [rows[m][eer] for m in "abc"] == ["**20.0**", "–", "30.0"]  # lower is better; NaN never best
     single = table([model("a", 0.5, 0.5, 0.5)])
     assert "**" not in single
+
+
+def test_report_names_a_malformed_result_file_and_reads_past_bad_metric_lines(tmp_path):
+    from bestrq.report import write_report
+
+    run = tmp_path / "run"
+    probes = run / "probes"
+    probes.mkdir(parents=True)
+    (probes / "encoder.json").write_text(json.dumps({"name": "m", "objective": "bestrq",
+                                                     "checkpoint": str(run / "checkpoints" / "step-00000002")}))
+    good = {"test": {"accuracy": 0.5}, "curve": [{"epoch": 1, "dev_accuracy": 0.4}], "layer_weights": [0.6, 0.4]}
+    (probes / "probe_emotion.json").write_text(json.dumps(good))
+    (run / "metrics.jsonl").write_text("\n".join([
+        json.dumps({"split": "train", "step": 1, "elapsed": 1.0, "loss": 9.0}), "5", '{"split": "train"}',
+        json.dumps({"split": "valid", "step": 1, "accuracy": 0.1, "baseline_accuracy": 0.05}),
+        json.dumps({"split": "train", "step": 2, "elapsed": 2.0, "loss": 8.5}), '{"split": "tr']))
+    assert "| m |" in write_report([run], tmp_path / "report").read_text()
+    assert (tmp_path / "report" / "pretraining.png").is_file()
+    for bad, problem in [([1, 2], "expected a JSON object, got list"), ({"curve": []}, "no 'test' scores"),
+                         ({**good, "test": {"accuracy": "high"}}, "no 'test' scores"),
+                         ({**good, "curve": [{"epoch": 1}]}, "no 'curve' of epochs with 'epoch' and 'dev_accuracy'"),
+                         ({**good, "layer_weights": "even"}, "'layer_weights' is not a list of numbers")]:
+        (probes / "probe_emotion.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"probe_emotion.json: not a probe result.*: {re.escape(problem)}$"):
+            write_report([run], tmp_path / "report")
+    (probes / "probe_emotion.json").write_text(json.dumps(good))
+    (probes / "encoder.json").write_text("[")
+    with pytest.raises(ValueError, match=r"encoder\.json: not an encoder record: Expecting value"):
+        write_report([run], tmp_path / "report")
+

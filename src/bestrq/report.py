@@ -38,19 +38,46 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
         folder = p if list(p.glob("probe_*.json")) else p / "probes"
         if not list(folder.glob("probe_*.json")):
             raise FileNotFoundError(f"{p}: no probe results (probe_*.json) here or in {p / 'probes'}")
-        encoder = json.loads((folder / "encoder.json").read_text()) if (folder / "encoder.json").is_file() else {}
+        encoder = _read_json(folder / "encoder.json", "an encoder record") if (folder / "encoder.json").is_file() else {}
         results = {}
         for task in TASKS:
             f = folder / f"probe_{task}.json"
             if f.is_file():
-                try:
-                    results[task] = json.loads(f.read_text())
-                except ValueError as e:
-                    raise ValueError(f"{f}: not a probe result: {e}") from None
-        run = Path(encoder["checkpoint"]).parent.parent if encoder.get("checkpoint") else None
+                results[task] = _check_result(f, task, _read_json(f, "a probe result"))
+        checkpoint = encoder.get("checkpoint")
+        run = Path(checkpoint).parent.parent if isinstance(checkpoint, str) and checkpoint else None
         pretraining = read_metrics(run / "metrics.jsonl") if run else []
         models.append(Model(encoder.get("name", p.name), folder, encoder, results, pretraining))
     return models
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not {what}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not {what}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
+    return data
+
+
+def _check_result(path: Path, task: str, result: dict) -> dict:
+    """``result`` if it has what the report reads from a probe result of ``task``, else a ValueError naming it."""
+    def number(v: object, missing_ok: bool = True) -> bool:
+        return (v is None and missing_ok) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    metric = f"dev_{MAIN_METRIC[task]}"
+    test, curve, weights = result.get("test"), result.get("curve"), result.get("layer_weights", [])
+    if not isinstance(test, dict) or not all(map(number, test.values())):
+        problem = "no 'test' scores"
+    elif not isinstance(curve, list) or not all(isinstance(c, dict) and number(c.get("epoch"), False)
+                                                and number(c.get(metric), False) for c in curve):
+        problem = f"no 'curve' of epochs with 'epoch' and '{metric}'"
+    elif not isinstance(weights, list) or not all(map(number, weights)):
+        problem = "'layer_weights' is not a list of numbers"
+    else:
+        return result
+    raise ValueError(f"{path}: not a probe result of {task}: {problem}")
 
 
 def _scored(value: float | None) -> bool:
@@ -132,10 +159,12 @@ def _plots(models: list[Model], out: Path) -> list[str]:
     if runs:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
         for m in runs:
-            train = [r for r in m.pretraining if r.get("split") == "train" and "elapsed" in r]
+            train = [r for r in m.pretraining if r.get("split") == "train" and {"elapsed", "loss", "step"} <= r.keys()]
+            if not train:
+                continue
             ax1.plot([r["elapsed"] / 60 for r in train], [r["loss"] for r in train], label=m.name)
             steps, elapsed = [r["step"] for r in train], [r["elapsed"] for r in train]
-            valid = [r for r in m.pretraining if r.get("split") == "valid"]
+            valid = [r for r in m.pretraining if r.get("split") == "valid" and {"step", "accuracy"} <= r.keys()]
             ax2.plot([np.interp(r["step"], steps, elapsed) / 60 for r in valid],
                      [r["accuracy"] / max(r.get("baseline_accuracy", 0) or 1e-9, 1e-9) for r in valid],
                      marker="o", label=m.name)

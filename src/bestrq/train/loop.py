@@ -489,9 +489,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(record, dict):
+                records.append(record)
     return records
 
 
