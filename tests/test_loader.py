@@ -151,3 +151,21 @@ def test_bad_audio_is_skipped_counted_and_named(train, tmp_path, caplog):
         assert str(path) in caplog.text
     with pytest.raises(BadAudio, match="nan.wav: non-finite"):
         load_mono(bad[2])
+
+
+def test_an_epoch_with_no_usable_audio_stops_the_loader_instead_of_looping(train, tmp_path, caplog):
+    missing = [MonoCut(id=f"gone{i}", start=0.0, duration=2.0, channel=0, recording=Recording(
+        id=f"gone{i}", sources=[c.recording.sources[0].__class__(type="file", channels=[0],
+                                                                  source=str(tmp_path / f"gone{i}.flac"))],
+        sampling_rate=16000, num_samples=32000, duration=2.0)) for i, c in enumerate(train.subset(first=8))]
+    loader = _loader(CutSet.from_cuts(missing), max_batch_duration=4.0)
+    with caplog.at_level(logging.WARNING, logger="bestrq.data"), \
+            pytest.raises(ValueError, match=r"no usable audio in a whole epoch of 8 cuts on rank 0: every clip was "
+                                            r"skipped, e\.g\. .*gone\d\.flac: unreadable"):
+        for _ in itertools.islice(iter(loader), 100):
+            pass
+    assert loader.epoch == 0 and loader.position == 4  # it stopped at the end of the first epoch
+    # one good cut among them is enough to go on
+    loader = _loader(CutSet.from_cuts([*missing, *train.subset(first=1)]), max_batch_duration=4.0)
+    assert len(list(itertools.islice(iter(loader), 30))) == 30
+

@@ -87,6 +87,8 @@ def test_a_number_out_of_its_range_is_refused_with_its_key_and_range():
         load_config(None, ["wav2vec2.temperature=[hot, 0.5, 0.9]"])
     with pytest.raises(ConfigError, match=r"^encoder\.num_heads: must be >= 1, got 0$"):
         load_config(None, ["encoder.num_heads=0"])  # before d_model % num_heads, which would divide by zero
+    with pytest.raises(ConfigError, match=r"^data\.min_duration: 0\.5 s is above data\.max_duration \(0\.1 s\)"):
+        load_config(None, ["data.max_duration=0.1"])  # every cropped clip too short: the loader skipped them all
     assert load_config(None, ["optim.warmup_steps=0", "encoder.dropout=0", "wav2vec2.temperature=[1, 1, 1]"])
 
 

@@ -243,6 +243,9 @@ class PretrainConfig:
               f"must be speechbrain or original, not {self.masking.preset!r}")
         check(self.masking.mode in ("", *MODES), "masking.mode",
               f"must be one of {', '.join(MODES)} (or '' for the preset's), not {self.masking.mode!r}")
+        check(self.data.min_duration <= self.data.max_duration, "data.min_duration",
+              f"{self.data.min_duration:g} s is above data.max_duration ({self.data.max_duration:g} s): every clip, "
+              "cropped to max_duration, would be too short")
         check(self.encoder.frontend in FRONTENDS, "encoder.frontend", f"must be one of {', '.join(FRONTENDS)}")
         check(self.encoder.position in POSITIONS, "encoder.position", f"must be one of {', '.join(POSITIONS)}")
         check(self.encoder.d_model % self.encoder.num_heads == 0, "encoder.d_model",

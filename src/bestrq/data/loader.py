@@ -155,11 +155,16 @@ class AudioLoader:
                 # RNG, which the trainer restores on resume (dropout) and must not share
                 generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
             )
-            yielded = 0
+            yielded, usable, whole_epoch, example = 0, 0, self.position == 0, None
             for batch in loader:
                 self.position += 1
                 yielded += 1
+                usable += len(batch) > 0
+                example = example or next(iter(batch.skipped), None)
                 yield batch
+            if whole_epoch and yielded and not usable:  # every clip bad: another epoch would only repeat it
+                raise ValueError(f"no usable audio in a whole epoch of {len(self.cuts)} cuts on rank {self.rank}: "
+                                 f"every clip was skipped, e.g. {example.path}: {example.reason.splitlines()[0]}")
             # nothing at all this epoch, not merely a resumed one at its end
             if not yielded and next(iter(self._sampler(self.epoch)), None) is None:
                 if self.drop_last:  # too little audio for one full batch: keep the partial ones, from now on
