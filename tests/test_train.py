@@ -181,6 +181,22 @@ def test_compile_on_a_torch_that_cannot_train_compiled_is_refused_before_any_ste
     assert not (tmp_path / "run").exists()
 
 
+def test_clips_too_short_for_one_encoder_frame_are_left_out_whatever_min_duration_says(corpus, tmp_path, caplog):
+    from bestrq.data.manifest import load_split, save_split
+
+    train = list(load_split(corpus, "train"))[:4]
+    short = [c.truncate(duration=0.03).with_id(f"{c.id}-30ms") for c in list(load_split(corpus, "train"))[4:12]]
+    save_split(tmp_path / "mixed", "train", type(load_split(corpus, "train")).from_cuts(train + short))
+    save_split(tmp_path / "short", "train", type(load_split(corpus, "train")).from_cuts(short))
+    extra = ["data.min_duration=0", "data.valid_split=", "data.num_buckets=2", "data.max_batch_duration=6"]
+    with caplog.at_level(logging.WARNING, logger="bestrq.train"):
+        result = pretrain(small(tmp_path / "mixed", tmp_path / "run", "train.steps=4", *extra))
+    assert "train: left out 8 of 12 cuts shorter than 0.055s, one frame of the encoder" in caplog.text
+    assert result.step == 4
+    with pytest.raises(ValueError, match=r"split 'train' has no cut of at least 0\.055s"):
+        pretrain(small(tmp_path / "short", tmp_path / "run2", "train.steps=1", *extra))  # not a conv kernel error
+
+
 def test_checkpoints_are_pruned_and_foreign_files_refused(corpus, tmp_path):
     pretrain(small(corpus, tmp_path, "train.steps=4", "train.checkpoint_every=1", "train.keep_checkpoints=2"))
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]

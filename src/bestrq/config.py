@@ -86,7 +86,8 @@ class DataConfig:
     valid_split: str = _f("dev", "held-out split for validation metrics ('' for none)")
     max_batch_duration: float = _f(120.0, "seconds of audio per batch on each process", gt=0)
     max_duration: float = _f(20.0, "longer clips are randomly cropped to this many seconds", gt=0)
-    min_duration: float = _f(0.5, "shorter clips are left out (and counted)", ge=0)
+    min_duration: float = _f(0.5, "shorter clips are left out (and counted), as are clips too short for one frame "
+                             "of the encoder", ge=0)
     num_buckets: int = _f(10, "duration buckets of the sampler", ge=1)
     num_workers: int = _f(2, "audio-loading worker processes per training process", ge=0)
     valid_max_batches: int = _f(50, "validation uses at most this many batches", ge=1)

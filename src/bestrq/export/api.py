@@ -27,6 +27,7 @@ from ..config import ConfigError, PretrainConfig, from_dict
 from ..data.audio import resample
 from ..data.loader import collate
 from ..models.conformer import EncoderOutput
+from ..objectives import min_samples
 from ..train import checkpoint as ckpt_io
 from ..train.distributed import require_device
 
@@ -161,8 +162,7 @@ class Model(nn.Module):
     @property
     def min_samples(self) -> int:
         """The shortest clip, in samples at the model's rate, that gives one output frame."""
-        frames = self.output_lengths(torch.arange(1, 4 * self.downsample_rate + 1))
-        return int((frames >= 1).nonzero()[0]) + 1
+        return min_samples(self.module)
 
     def forward(self, waveforms, lengths=None, sample_rate=None) -> EncoderOutput:
         return self.extract_features(waveforms, lengths, sample_rate)

@@ -45,7 +45,7 @@ from ..config import ConfigError, PretrainConfig, to_dict
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import atomic_path, load_split
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
-from ..objectives import build_model
+from ..objectives import build_model, min_samples
 from . import checkpoint, distributed
 from .optim import build_optimizer, lr_at
 
@@ -263,17 +263,20 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
     optimizer = build_optimizer(model, cfg.optim)
     torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs across ranks
 
+    # data.min_duration, or one frame of the encoder (55 ms for BEST-RQ) if that is longer
+    shortest = max(cfg.data.min_duration, min_samples(model) / model.sample_rate)
+    why = f"data.min_duration={cfg.data.min_duration:g}s" if shortest == cfg.data.min_duration else \
+        f"{shortest:g}s, one frame of the encoder"
+
     def make_loader(split: str, train: bool) -> AudioLoader:
-        dataset = AudioDataset(max_duration=cfg.data.max_duration, min_duration=cfg.data.min_duration,
-                               seed=t.seed)
+        dataset = AudioDataset(max_duration=cfg.data.max_duration, min_duration=shortest, seed=t.seed)
         cuts = load_split(cfg.data.corpus, split)
         # too-short clips are dropped up front from the manifest's durations, once, not warned per batch
-        kept = cuts.filter(lambda c: c.duration >= cfg.data.min_duration).to_eager()
+        kept = cuts.filter(lambda c: c.duration >= shortest).to_eager()
         if ctx.is_main and len(kept) < len(cuts):
-            log.warning("%s: left out %d of %d cuts shorter than data.min_duration=%gs", split,
-                        len(cuts) - len(kept), len(cuts), cfg.data.min_duration)
+            log.warning("%s: left out %d of %d cuts shorter than %s", split, len(cuts) - len(kept), len(cuts), why)
         if len(kept) == 0:
-            raise ValueError(f"{cfg.data.corpus}: split {split!r} has no cut of at least {cfg.data.min_duration}s")
+            raise ValueError(f"{cfg.data.corpus}: split {split!r} has no cut of at least {shortest:g}s")
         return AudioLoader(kept, dataset,
                            max_batch_duration=cfg.data.max_batch_duration, num_buckets=cfg.data.num_buckets,
                            shuffle=train, seed=t.seed, rank=ctx.rank, world_size=ctx.world_size,
