@@ -1,9 +1,10 @@
 """Pre-training objectives. Each is one module: ``forward(waveforms, lengths, generator, step)``
 returns an Output with ``loss``, ``accuracy``, ``masked_frames``, ``frames`` and ``scalars()``;
 ``encode(waveforms, lengths)`` returns every layer's hidden states; ``output_lengths(lengths)``
-its frames for clips of ``lengths`` samples; ``sample_rate`` is the audio rate it expects; ``baseline_name``, ``baseline_counts(out, device)`` and
-``baseline_accuracy(counts)`` give the validation baseline that its accuracy is read against.
-The training loop knows only this interface."""
+its frames for clips of ``lengths`` samples; ``sample_rate`` is the audio rate it expects;
+``baseline_name``, ``baseline_counts(out, device)`` and ``baseline_accuracy(counts)`` give
+the validation baseline that its accuracy is read against. The training loop knows only this
+interface."""
 
 from __future__ import annotations
 

@@ -75,8 +75,8 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
             if lost:
                 raise ValueError(f"{trials_path}: {len(lost)} trial utterances are not in the sv split, "
                                  f"e.g. {min(lost)}")
-            sv_states = extract(encoder, _long_enough(encoder, sv, "sv"), out_dir / "cache" / "sv", device=dev, dtype=cache_dtype,
-                                progress=progress)
+            sv_states = extract(encoder, _long_enough(encoder, sv, "sv"), out_dir / "cache" / "sv", device=dev,
+                                dtype=cache_dtype, progress=progress)
             kept = [t for t in trials if t[1] in sv_states and t[2] in sv_states]
             if len(kept) < len(trials):
                 log.warning("%d trials dropped: their audio was unusable", len(trials) - len(kept))
