@@ -33,6 +33,11 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
     bad.write_text("/root\nonly-one-field\n")
     assert main(["prepare", "fairseq", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert f"{bad}:2:" in capsys.readouterr().err
+    # an output path where a file stands: the system's error, said of the path (it was a NotADirectoryError traceback)
+    assert main(["synth", "--out", str(bad), "--hours", "0.01"]) == 2
+    assert capsys.readouterr().err == f"bestrq synth: error: {bad}: exists and is not a folder\n"
+    assert main(["synth", "--out", str(bad / "corpus"), "--hours", "0.01"]) == 2
+    assert capsys.readouterr().err == f"bestrq synth: error: {bad / 'corpus'}: {bad} is a file, not a folder\n"
 
 
 def test_console_script_help():

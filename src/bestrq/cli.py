@@ -115,6 +115,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _os_error(e: OSError) -> str:
+    """The system's error, said of the path it concerns."""
+    path = Path(e.filename)
+    if isinstance(e, FileExistsError) and not path.is_dir():
+        return f"{path}: exists and is not a folder"
+    if isinstance(e, NotADirectoryError):
+        blocking = next((p for p in [path, *path.parents] if p.is_file()), None)
+        return f"{path}: {blocking} is a file, not a folder" if blocking else f"{path}: {e.strerror}"
+    return f"{path}: {e.strerror}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -212,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:  # bad input or a path that cannot be used: no traceback
+        if isinstance(e, OSError) and e.errno is not None and e.filename is not None:  # from the system
+            e = _os_error(e)
         print(f"bestrq {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
