@@ -85,7 +85,9 @@ def test_mfu_is_read_against_the_peak_given_to_the_report():
              "peak_mib": 100.0, "gflop": 50.0, "flop_per_s": 50e9}]
     args = argparse.Namespace(precision="fp32", compile=False)
     text = benchmark.report(rows, "CPU", 100e9, args)
-    assert rows[0]["mfu"] == pytest.approx(0.5) and "| 50.0% |" in text
+    assert rows[0]["mfu"] == pytest.approx(0.5) and "| 60.0 | 100 | 50.0 | 50.0% |" in text
+    rows[0]["peak_mib"] = float("nan")  # --no-memory: not measured, shown as such rather than "nan"
+    assert "| 60.0 | – | 50.0 | 50.0% |" in benchmark.report(rows, "CPU", 100e9, args)
 
 
 def test_bucketed_batches_hold_the_same_kind_of_audio_with_less_padding(tmp_path):

@@ -495,8 +495,9 @@ def report(rows: list[dict], device_name: str, peak_flops: float, args: argparse
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         r["mfu"] = r["flop_per_s"] / peak_flops
+        memory = "–" if math.isnan(r["peak_mib"]) else f"{r['peak_mib']:.0f}"  # not measured (--no-memory)
         lines.append(f"| {r['size']} | {LABELS[r['model']]} | {r['params'] / 1e6:.1f}M | {r['step_s']:.3f} | "
-                     f"{r['audio_per_s']:.1f} | {r['peak_mib']:.0f} | {r['gflop']:.1f} | {100 * r['mfu']:.1f}% |")
+                     f"{r['audio_per_s']:.1f} | {memory} | {r['gflop']:.1f} | {100 * r['mfu']:.1f}% |")
     lines.append("")
     if args.compile:
         lines += [f"[{r['size']}] {LABELS[r['model']]}: {r['compiled_graphs']} graphs compiled during the timed "
@@ -545,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.sizes, args.models = list(dict.fromkeys(args.sizes)), list(dict.fromkeys(args.models))  # each once
     if args.rounds < 1 or args.warmup < 0:
         parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {args.rounds} and {args.warmup}")
     if args.batch_seconds and (len(args.batch_seconds) > len(args.sizes) or min(args.batch_seconds) <= 0):
