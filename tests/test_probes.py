@@ -159,6 +159,13 @@ def test_cached_and_uncached_states_give_the_same_probe_outputs(small_corpus, tm
     assert np.array_equal(np.asarray(again.states), np.asarray(states.states))
 
 
+def test_a_random_encoder_needs_a_config():
+    with pytest.raises(ValueError, match="random: needs a config to initialise, e.g. random:bestrq_tiny"):
+        load_encoder("random:")  # it built the default config's model (d 576, 12 layers) unasked
+    with pytest.raises(FileNotFoundError, match="no config 'nope'"):
+        load_encoder("random:nope")
+
+
 def test_task_labels_come_from_the_manifest(small_corpus):
     splits = {s: list(load_split(small_corpus, s)) for s in ("train", "dev", "test")}
     intent = task_data("intent", splits)

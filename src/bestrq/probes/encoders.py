@@ -97,6 +97,8 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -
         from ..objectives import build_model
 
         name = spec.split(":", 1)[1]
+        if not name:
+            raise ValueError("random: needs a config to initialise, e.g. random:bestrq_tiny")
         cfg = load_config(name)
         torch.manual_seed(seed)
         model = build_model(cfg)
