@@ -224,9 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (OSError, ValueError, ImportError) as e:  # bad input or a path that cannot be used: no traceback
-        if isinstance(e, OSError) and e.errno is not None and e.filename is not None:  # from the system
-            e = _os_error(e)
-        print(f"bestrq {args.command}: error: {e}", file=sys.stderr)
+        from_system = isinstance(e, OSError) and e.errno is not None and e.filename is not None
+        print(f"bestrq {args.command}: error: {_os_error(e) if from_system else e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         from .train.loop import TrainingDiverged
