@@ -2,7 +2,7 @@
 
 Every key of a YAML preset maps to a field below, and every field says what it does.
 Unknown keys are rejected with the valid ones listed; values are type-checked, and every number
-is checked against its field's range (``_f(..., ge=1)``) before the checks that combine fields. Only the
+is checked against its field's range (``setting(..., ge=1)``) before the checks that combine fields. Only the
 builder functions read these objects: modules take explicit arguments.
 """
 
@@ -32,14 +32,22 @@ class ConfigError(ValueError):
     pass
 
 
-def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-       lt: float | None = None, item: type | None = None) -> Any:
-    """A documented field; ``ge``/``gt``/``le``/``lt`` bound a number (or every item of a list of ``item``)."""
+def setting(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, item: type | None = None) -> Any:
+    """A documented dataclass field; ``ge``/``gt``/``le``/``lt`` bound a number (or every item of a list of
+    ``item``), and :func:`check_bounds` checks them."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
     metadata = {"help": help, "bounds": bounds, "item": item}
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+_f = setting  # the short name the declarations below use
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 _BOUND_TESTS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
@@ -54,11 +62,10 @@ def bounds_text(bounds: dict) -> str:
 def check_range(key: str, value: Any, bounds: dict, item: type | None = None) -> None:
     """ConfigError naming ``key`` unless ``value`` (a number, or a list of ``item``) is finite and in ``bounds``."""
     if item is not None:
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and (item is float or isinstance(v, int))
-                   for v in value):
+        if not all(_is_number(v) and (item is float or isinstance(v, int)) for v in value):
             raise ConfigError(f"{key}: expected a list of {item.__name__}s, got {value!r}")
         values = list(value)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif _is_number(value):
         values = [value]
     else:
         raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -70,12 +77,12 @@ def check_range(key: str, value: Any, bounds: dict, item: type | None = None) ->
 
 
 def check_bounds(section: Any, prefix: str = "") -> None:
-    """check_range on every numeric field of ``section`` and its subsections (the bounds of ``_f``)."""
+    """check_range on every bounded or numeric field of ``section`` and its subsections (see :func:`setting`)."""
     for f in dataclasses.fields(section):
         value, key = getattr(section, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
             check_bounds(value, f"{key}.")
-        elif f.metadata.get("item") is not None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        elif f.metadata.get("item") is not None or f.metadata.get("bounds") or _is_number(value):
             check_range(key, value, f.metadata.get("bounds", {}), f.metadata.get("item"))
 
 

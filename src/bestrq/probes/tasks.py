@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..config import check_range
+from ..config import check_bounds, setting
 from .cache import by_duration
 from .heads import CTCHead, PooledClassifier, SpeakerHead, WeightedLayerSum
 from .metrics import accuracy, ctc_greedy, equal_error_rate, error_rates, macro_f1
@@ -40,23 +40,20 @@ LSTM_RATE = 25.0  # BiLSTM steps per second at most: faster encoders' frames are
 
 @dataclass
 class ProbeConfig:
-    epochs: int = 20  # at most; early stopping usually ends sooner
-    patience: int = 4  # epochs without a better dev score before stopping
-    lr: float = 3e-3  # head and layer weights (AdamW)
-    encoder_lr: float = 5e-5  # only with unfreeze (ASR fine-tuning)
-    batch_seconds: float = 40.0  # audio per batch (smaller: more updates; CTC needs them)
+    epochs: int = setting(20, "at most; early stopping usually ends sooner", ge=1)
+    patience: int = setting(4, "epochs without a better dev score before stopping", ge=1)
+    lr: float = setting(3e-3, "head and layer weights (AdamW)", gt=0)
+    encoder_lr: float = setting(5e-5, "only with unfreeze (ASR fine-tuning)", gt=0)
+    batch_seconds: float = setting(40.0, "audio per batch (smaller: more updates; CTC needs them)", gt=0)
     seed: int = 0
-    asr_hidden: int = 256
-    asr_layers: int = 2
+    asr_hidden: int = setting(256, "BiLSTM width of the ASR head", ge=1)
+    asr_layers: int = setting(2, "BiLSTM layers of the ASR head", ge=1)
     intent_head: str = "mlp"  # mlp or lstm
-    max_minutes: float = 0.0  # per task; 0: no limit (the epoch under way is finished)
+    max_minutes: float = setting(0.0, "per task; 0: no limit (the epoch under way is finished)", ge=0)
     unfreeze: bool = False
 
     def __post_init__(self) -> None:
-        for name, bounds in (("epochs", {"ge": 1}), ("patience", {"ge": 1}), ("lr", {"gt": 0}),
-                             ("encoder_lr", {"gt": 0}), ("batch_seconds", {"gt": 0}), ("asr_hidden", {"ge": 1}),
-                             ("asr_layers", {"ge": 1}), ("max_minutes", {"ge": 0})):
-            check_range(name, getattr(self, name), bounds)
+        check_bounds(self)
         if self.intent_head not in ("mlp", "lstm"):
             raise ValueError(f"intent_head: must be mlp or lstm, not {self.intent_head!r}")
 
