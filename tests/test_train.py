@@ -183,10 +183,11 @@ def test_compile_on_a_torch_that_cannot_train_compiled_is_refused_before_any_ste
 def test_clips_too_short_for_one_encoder_frame_are_left_out_whatever_min_duration_says(corpus, tmp_path, caplog):
     from bestrq.data.manifest import load_split, save_split
 
-    train = list(load_split(corpus, "train"))[:4]
-    short = [c.truncate(duration=0.03).with_id(f"{c.id}-30ms") for c in list(load_split(corpus, "train"))[4:12]]
-    save_split(tmp_path / "mixed", "train", type(load_split(corpus, "train")).from_cuts(train + short))
-    save_split(tmp_path / "short", "train", type(load_split(corpus, "train")).from_cuts(short))
+    cuts = load_split(corpus, "train")
+    train = list(cuts)[:4]
+    short = [c.truncate(duration=0.03).with_id(f"{c.id}-30ms") for c in list(cuts)[4:12]]
+    save_split(tmp_path / "mixed", "train", type(cuts).from_cuts(train + short))
+    save_split(tmp_path / "short", "train", type(cuts).from_cuts(short))
     extra = ["data.min_duration=0", "data.valid_split=", "data.num_buckets=2", "data.max_batch_duration=6"]
     with caplog.at_level(logging.WARNING, logger="bestrq.train"):
         result = pretrain(small(tmp_path / "mixed", tmp_path / "run", "train.steps=4", *extra))
