@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -251,6 +252,40 @@ def test_cuts_too_short_for_one_frame_are_left_out_and_counted(small_corpus, tmp
     with caplog.at_level("WARNING", logger="bestrq.probes.run"):
         fbank = run_probes("fbank", ["emotion"], corpus, tmp_path / "fbank", cfg, progress=False)
     assert "too short" not in caplog.text and fbank["emotion"]["train_items"] == emotion_items + 3
+
+
+def test_trial_lists_that_cannot_give_an_eer_are_refused_before_any_work_or_skipped(small_corpus, tmp_path, caplog):
+    from bestrq.probes import run_probes
+
+    corpus, out, cfg = tmp_path / "corpus", tmp_path / "out", ProbeConfig(epochs=1)
+    shutil.copytree(small_corpus, corpus)
+    trials = [line.split() for line in (small_corpus / "sv_trials.txt").read_text().splitlines()]
+    target = next(t for t in trials if t[0] == "1")
+    other = next(t for t in trials if t[0] == "0" and set(t[1:]) - set(target[1:]))
+    (corpus / "sv_trials.txt").write_text("".join(" ".join(t) + "\n" for t in trials if t[0] == "1"))
+    with pytest.raises(ValueError, match=r"sv_trials.txt: all \d+ trials are target \(1\): the EER needs both kinds"):
+        run_probes("random:bestrq_tiny", ["speaker"], corpus, out, cfg, progress=False)
+    (corpus / "sv_trials.txt").write_text(" ".join(target) + "\n" + f"0 {target[1]} nope\n")
+    with pytest.raises(ValueError, match="sv_trials.txt: 1 trial utterances are not in the sv split, e.g. nope"):
+        run_probes("random:bestrq_tiny", ["speaker"], corpus, out, cfg, progress=False)
+    assert not out.exists()  # both refused before an encoder was loaded or anything written
+
+    (corpus / "sv_trials.txt").write_text("\n")
+    with caplog.at_level("WARNING", logger="bestrq.probes.run"):
+        result = run_probes("random:bestrq_tiny", ["speaker"], corpus, out, cfg, progress=False)
+    assert "sv_trials.txt holds no trials: speaker verification (EER) is skipped" in caplog.text
+    assert "eer" not in result["speaker"]["test"] and result["speaker"]["test"]["accuracy"] >= 0
+
+    # both kinds, but the non-target trial's own utterance is too short to encode: only targets are left
+    (corpus / "sv_trials.txt").write_text(" ".join(target) + "\n" + " ".join(other) + "\n")
+    short = (set(other[1:]) - set(target[1:])).pop()
+    sv = [c.truncate(duration=0.03, preserve_id=True) if c.id == short else c for c in load_split(corpus, "sv")]
+    save_split(corpus, "sv", CutSet.from_cuts(sv))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bestrq.probes.run"):
+        result = run_probes("random:bestrq_tiny", ["speaker"], corpus, out, cfg, progress=False)
+    assert "1 trials dropped" in caplog.text and "the usable trials are not of both kinds" in caplog.text
+    assert "eer" not in result["speaker"]["test"] and "trials" not in result["speaker"]
 
 
 def test_heads_train_on_a_batch_of_one():

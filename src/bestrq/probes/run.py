@@ -55,31 +55,40 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     missing = [s for s in ("train", "dev", "test") if s not in available]
     if missing:
         raise FileNotFoundError(f"{data_dir}: no {', '.join(missing)} split (found: {', '.join(available) or 'none'})")
+    trials_path = data_dir / "sv_trials.txt"
+    sv = list(load_split(data_dir, "sv")) if "speaker" in tasks and "sv" in available else []
+    trials = read_trials(trials_path) if sv and trials_path.is_file() else []
+    if "speaker" in tasks and not trials:
+        why = ("no sv split" if "sv" not in available else "the sv split is empty" if not sv
+               else "no sv_trials.txt" if not trials_path.is_file() else "sv_trials.txt holds no trials")
+        log.warning("%s: %s: speaker verification (EER) is skipped", data_dir, why)
+    if trials and len({t for t, _, _ in trials}) < 2:
+        kind = "target (1)" if trials[0][0] else "non-target (0)"
+        raise ValueError(f"{trials_path}: all {len(trials)} trials are {kind}: the EER needs both kinds")
+    lost = {i for _, a, b in trials for i in (a, b)} - {c.id for c in sv}
+    if lost:  # checked before any work
+        raise ValueError(f"{trials_path}: {len(lost)} trial utterances are not in the sv split, e.g. {min(lost)}")
+
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint, dev, seed=cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "encoder.json", {"name": encoder.name, "spec": encoder.spec, **encoder.info})
 
     splits = {s: _long_enough(encoder, list(load_split(data_dir, s)), s) for s in ("train", "dev", "test")}
-    trials_path = data_dir / "sv_trials.txt"
-    sv = list(load_split(data_dir, "sv")) if "speaker" in tasks and "sv" in available else []
-    trials = read_trials(trials_path) if sv and trials_path.is_file() else []
-    if "speaker" in tasks and not trials:
-        log.warning("%s: no sv split or sv_trials.txt: speaker verification (EER) is skipped", data_dir)
 
     states, get_sv, durations = {}, None, {}
     if not cfg.unfreeze:  # every split once, whole: all tasks read the same cache
         states = {name: extract(encoder, cuts, out_dir / "cache" / name, device=dev, dtype=cache_dtype,
                                 progress=progress) for name, cuts in splits.items()}
         if trials:
-            lost = {i for _, a, b in trials for i in (a, b)} - {c.id for c in sv}
-            if lost:
-                raise ValueError(f"{trials_path}: {len(lost)} trial utterances are not in the sv split, "
-                                 f"e.g. {min(lost)}")
             sv_states = extract(encoder, _long_enough(encoder, sv, "sv"), out_dir / "cache" / "sv", device=dev,
                                 dtype=cache_dtype, progress=progress)
             kept = [t for t in trials if t[1] in sv_states and t[2] in sv_states]
             if len(kept) < len(trials):
                 log.warning("%d trials dropped: their audio was unusable", len(trials) - len(kept))
+            if len({t for t, _, _ in kept}) < 2:
+                log.warning("%s: the usable trials are not of both kinds (target and non-target): "
+                            "speaker verification (EER) is skipped", trials_path)
+                kept = []
             trials, get_sv, durations = kept, sv_states.batch, {c.id: c.duration for c in sv}
 
     def get(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
