@@ -168,6 +168,14 @@ def test_a_random_encoder_needs_a_config():
         load_encoder("random:nope")
 
 
+def test_an_encoder_for_a_device_this_machine_lacks_is_refused_by_name():
+    with pytest.raises(ValueError, match="device: 'tpu' is not a device this runs on: cpu, cuda or cuda:N"):
+        load_encoder("fbank", "tpu")
+    if not torch.cuda.is_available():  # it failed in torch's .to("cuda"), after building the model
+        with pytest.raises(ValueError, match="device=cuda, but no CUDA device is available"):
+            load_encoder("random:bestrq_tiny", "cuda")
+
+
 def test_task_labels_come_from_the_manifest(small_corpus):
     splits = {s: list(load_split(small_corpus, s)) for s in ("train", "dev", "test")}
     intent = task_data("intent", splits)

@@ -23,6 +23,7 @@ from ..config import PretrainConfig, load_config
 from ..export.api import load_checkpoint
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask
 from ..models.conformer import EncoderOutput
+from ..train.distributed import require_device
 from ..train.loop import read_metrics
 
 
@@ -89,7 +90,7 @@ def _from_checkpoint(path: Path, device: torch.device) -> Encoder:
 
 def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -> Encoder:
     """What ``--checkpoint`` names (see the module docstring); clear errors for anything else."""
-    device = torch.device(device)
+    device = require_device(device, "device")
     if spec == "fbank":
         module = FbankEncoder(load_config("bestrq_tiny"))
         return Encoder("fbank", spec, module.to(device).eval(), {"objective": "none"})
