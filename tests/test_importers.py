@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,9 +95,11 @@ def test_folder_of_audio(tmp_path):
     write_audio(src / "a" / "long.flac", tone(200, 70.0))
     write_audio(src / "b" / "stereo.wav", tone(300, 2.0, rate=44100, channels=2), rate=44100)
     (src / "b" / "broken.flac").write_bytes(b"this is not audio")
+    write_audio(src / "b" / "empty.wav", np.zeros(0, np.float32))  # a valid header, no samples
     (src / "notes.txt").write_text("ignored")
     report = prepare("folder", src, tmp_path / "out", jobs=1, max_duration=30.0)
-    assert report.skipped and "broken.flac" in report.skipped[0][0]
+    reasons = {Path(path).name: why for path, why in report.skipped}
+    assert reasons["empty.wav"] == "empty audio (0 samples)" and "unreadable" in reasons["broken.flac"]
     assert list(report.splits) == ["train"]  # too few files to hold any out
     cuts = load_split(tmp_path / "out", "train")
     durations = sorted(round(c.duration, 3) for c in cuts)

@@ -23,7 +23,7 @@ Formats:
                classes (``exc`` counted as happy, as is customary), one session each for ``test``
                (``test_session``, 5) and ``dev`` (the one before it), the others ``train``
 
-Unreadable audio files are skipped with a warning naming each one, and counted.
+Unreadable and empty audio files are skipped with a warning naming each one, and counted.
 """
 
 from __future__ import annotations
@@ -64,14 +64,15 @@ def _cut(rec: Recording, sups: list[SupervisionSegment], start: float = 0.0,
 
 
 def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jobs: int) -> dict[str, Recording]:
-    """Recordings from (id, path) pairs, reading only headers; unreadable files skipped."""
+    """Recordings from (id, path) pairs, reading only headers; unreadable and empty files skipped."""
 
     def one(item):
         rec_id, path = item
         try:
-            return Recording.from_file(path, recording_id=rec_id)
+            rec = Recording.from_file(path, recording_id=rec_id)
         except Exception as e:  # any decoder failure: skip the file
             return (str(path), f"unreadable ({type(e).__name__}: {e})")
+        return rec if rec.num_samples > 0 else (str(path), "empty audio (0 samples)")
 
     out = {}
     with ThreadPoolExecutor(max(1, jobs)) as pool:
