@@ -41,6 +41,20 @@ def test_unknown_keys_are_rejected_with_the_valid_ones_listed():
         load_config("no_such_preset")
 
 
+def test_a_config_error_names_the_file_or_the_set_item_that_causes_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("encoder: 5\n")
+    with pytest.raises(ConfigError, match=r"^.*bad\.yaml: encoder: expected a mapping, got int$"):
+        load_config(str(bad), ["train.steps=3"])
+    # the preset is fine: the fault is the --set item's, not the file's (it blamed bestrq_tiny)
+    with pytest.raises(ConfigError, match=r"^--set train\.max_steps=1: unknown key train\.max_steps; "):
+        load_config("bestrq_tiny", ["optim.lr=1e-3", "train.max_steps=1", "train.steps=3"])
+    with pytest.raises(ConfigError, match=r"^--set encoder=5: encoder: expected a mapping, got int$"):
+        load_config("bestrq_tiny", ["train.steps=3", "encoder=5"])
+    with pytest.raises(ConfigError, match=r"^--set optim\.lr=fast: optim\.lr: expected float, got str 'fast'$"):
+        load_config(None, ["optim.lr=fast"])
+
+
 def _numeric_fields(section=None, prefix=""):
     """(key, field, default) of every int, float and number-list field of the pre-training config."""
     import dataclasses

@@ -293,7 +293,7 @@ def _type_ok(value: Any, tp: Any) -> Any:
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from nested dicts, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix[:-1] or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -364,6 +364,20 @@ def find_config(name: str) -> Path:
     raise FileNotFoundError(f"no config {name!r}: give a YAML path or one of {', '.join(presets) or '(none)'}")
 
 
+def _blame(cls: type, name: str | None, data: dict, overrides: list[str]) -> None:
+    """Raise the error of ``from_dict``, naming the file or the ``--set`` item that causes it."""
+    try:
+        from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{name or 'config'}: {e}") from None
+    for item in overrides:
+        data = _merge(data, parse_overrides([item]))
+        try:
+            from_dict(cls, data)
+        except ConfigError as e:
+            raise ConfigError(f"--set {item}: {e}") from None
+
+
 def load_config(name: str | None, overrides: list[str] = (), cls: type = PretrainConfig) -> Any:
     data: dict = {}
     if name:
@@ -374,8 +388,10 @@ def load_config(name: str | None, overrides: list[str] = (), cls: type = Pretrai
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    overrides = list(overrides)
     try:
-        cfg = from_dict(cls, _merge(data, parse_overrides(list(overrides))))
-    except ConfigError as e:
-        raise ConfigError(f"{name or 'config'}: {e}") from None
+        cfg = from_dict(cls, _merge(data, parse_overrides(overrides)))
+    except ConfigError:
+        _blame(cls, name, data, overrides)  # the file, or the first --set value that breaks it
+        raise
     return cfg.validate() if hasattr(cfg, "validate") else cfg
