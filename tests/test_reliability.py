@@ -308,7 +308,7 @@ class Payload:
 
 
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(corpus, tmp_path):
-    pretrain(small(corpus, tmp_path, "train.steps=1"))
+    pretrain(small(corpus, tmp_path, "train.steps=2", "train.checkpoint_every=1"))
     folder = checkpoint.latest(tmp_path)
     marker = tmp_path / "pwned"
     torch.save({"format": checkpoint.FORMAT, "step": 1, "optimizer": Payload(marker)}, folder / "state.pt")
@@ -324,7 +324,7 @@ def test_wrong_architecture_and_truncated_checkpoints_name_the_problem(corpus, t
 
     from bestrq.probes.encoders import load_encoder
 
-    pretrain(small(corpus, tmp_path, "train.steps=1"))
+    pretrain(small(corpus, tmp_path, "train.steps=2", "train.checkpoint_every=1"))
     folder = checkpoint.latest(tmp_path)
     weights = load_file(str(folder / "model.safetensors"))
     weights["encoder.extra.weight"] = weights.pop("heads.weight")
@@ -335,6 +335,13 @@ def test_wrong_architecture_and_truncated_checkpoints_name_the_problem(corpus, t
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(checkpoint.CheckpointError, match=r"model\.safetensors: corrupt"):
         load_encoder(str(folder))
+    # the run folder names the newest checkpoint that loads, rather than probing an older step unasked
+    with pytest.raises(checkpoint.CheckpointError, match=r"step-00000002/model\.safetensors: corrupt.*It is the run's "
+                                                         r"newest checkpoint; the newest that loads is .*step-00000001"):
+        load_encoder(str(tmp_path))
+    (folder.parent / "step-00000001" / "state.pt").write_bytes(b"junk")
+    with pytest.raises(checkpoint.CheckpointError, match="and no older one loads"):
+        load_encoder(str(tmp_path))
 
 
 YAML_TEXT = st.text(alphabet=st.sampled_from(list("abcdefgnoprstu_.:-=[]{}!&*|>'\"#%@ 0123456789\n\t")), max_size=80)

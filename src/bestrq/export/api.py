@@ -64,7 +64,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
         if folder is None:
             raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint")
-        ckpt = ckpt_io.load(folder)
+        try:
+            ckpt = ckpt_io.load(folder)
+        except ckpt_io.CheckpointError as e:
+            if folder == path:
+                raise
+            raise ckpt_io.CheckpointError(f"{e}. {_older_checkpoint(path, folder)}") from None
         config, step, weights = ckpt.config, ckpt.step, ckpt.weights
     try:
         cfg = from_dict(PretrainConfig, config).validate()
@@ -80,6 +85,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     info = {"objective": cfg.objective, "step": step, "checkpoint": str(folder),
             "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}"}  # a new run with the same steps differs
     return Loaded(model.to(device).eval().requires_grad_(False), cfg, step, folder, info)
+
+
+def _older_checkpoint(run: Path, damaged: Path) -> str:
+    """Where to turn when a run's newest checkpoint is damaged: never silently to an older step."""
+    for older in reversed(ckpt_io.list_checkpoints(run)):
+        if older != damaged:
+            try:
+                ckpt_io.load(older)
+            except ckpt_io.CheckpointError:
+                continue
+            return f"It is the run's newest checkpoint; the newest that loads is {older}: name it to use that one"
+    return "It is the run's newest checkpoint, and no older one loads"
 
 
 def _is_transformers_folder(path: Path) -> bool:
