@@ -143,6 +143,16 @@ def test_bad_calls_name_the_problem(run, tmp_path):
             bestrq.load(run[0], device="cuda")
     with pytest.raises(FileNotFoundError, match="no such run"):
         bestrq.load(tmp_path / "nothing")
+    # a folder or file of something else (a corpus, say): said so, rather than "missing model.safetensors"
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "summary.json").write_text("{}")
+    with pytest.raises(checkpoint.CheckpointError, match=r"corpus: not a bestrq run, checkpoint or export folder"):
+        bestrq.load(tmp_path / "corpus")
+    with pytest.raises(checkpoint.CheckpointError, match=r"summary\.json: a file; give a bestrq run, checkpoint"):
+        bestrq.load(tmp_path / "corpus" / "summary.json")
+    (tmp_path / "run" / "checkpoints" / "step-00000003").mkdir(parents=True)  # a checkpoint emptied on disk
+    with pytest.raises(checkpoint.CheckpointError, match=r"step-00000003: missing model\.safetensors"):
+        bestrq.load(tmp_path / "run" / "checkpoints" / "step-00000003")
     with pytest.raises(checkpoint.CheckpointError, match="without any complete checkpoint"):
         (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
         bestrq.load(tmp_path / "empty")

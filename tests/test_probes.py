@@ -350,3 +350,7 @@ def test_report_names_a_malformed_result_file_and_reads_past_bad_metric_lines(tm
     with pytest.raises(ValueError, match=r"encoder\.json: not an encoder record: Expecting value"):
         write_report([run], tmp_path / "report")
 
+    with pytest.raises(FileNotFoundError, match=r"nothing: no such folder \(give run or probe result folders\)"):
+        write_report([tmp_path / "nothing"], tmp_path / "report")  # it said "no probe results" there
+    with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl: not a folder"):
+        write_report([run / "metrics.jsonl"], tmp_path / "report")

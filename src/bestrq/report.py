@@ -35,6 +35,9 @@ class Model:
 def collect(paths: list[str | os.PathLike]) -> list[Model]:
     models = []
     for p in map(Path, paths):
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p}: {'not a folder' if p.exists() else 'no such folder'} "
+                                    "(give run or probe result folders)")
         folder = p if list(p.glob("probe_*.json")) else p / "probes"
         if not list(folder.glob("probe_*.json")):
             raise FileNotFoundError(f"{p}: no probe results (probe_*.json) here or in {p / 'probes'}")

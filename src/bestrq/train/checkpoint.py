@@ -46,6 +46,11 @@ class Checkpoint:
     config: dict[str, Any]
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether ``name`` is that of a checkpoint folder (``step-00000100``)."""
+    return _NAME.match(name) is not None
+
+
 def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / "checkpoints"
 
