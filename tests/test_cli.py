@@ -98,3 +98,16 @@ def test_pretrain_config_errors_name_the_key_and_the_valid_ones(tmp_path, capsys
     assert main(["pretrain", "--config", "bestrq_tiny", "--set", f"data.corpus={tmp_path / 'none'}",
                  "--out", str(tmp_path / "run")]) == 2
     assert "none" in capsys.readouterr().err
+
+
+def test_every_option_of_every_verb_says_what_it_does():
+    import argparse
+
+    from bestrq.cli import build_parser
+
+    verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = [f"{verb} {action.option_strings[0] if action.option_strings else action.dest}"
+              for verb, parser in verbs.items() for action in parser._actions
+              if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert set(verbs) >= {"synth", "prepare", "pretrain", "probe", "report", "export", "bench"}
+    assert not silent, f"options without help: {silent}"

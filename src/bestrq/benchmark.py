@@ -527,10 +527,12 @@ def report(rows: list[dict], device_name: str, peak_flops: float, args: argparse
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bestrq bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "paper"], choices=list(SIZES))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "paper"], choices=list(SIZES),
+                        help="encoder sizes, matched across models: tiny (4 x 144) and the paper's (12 x 576)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="which to time (default all; a peer that is not installed is skipped, said so)")
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     parser.add_argument("--batch-seconds", type=float, nargs="+", default=None,
                         help="seconds of audio per batch, per size (default: 60 and 20 on CPU; 300 and 120 on CUDA)")
     parser.add_argument("--batching", default="random", choices=["random", "bucketed"],
@@ -538,8 +540,10 @@ def main(argv: list[str] | None = None) -> int:
                              "bucketed: clips sorted by length, as a duration-bucketing sampler (little padding)")
     parser.add_argument("--corpus", type=Path, default=Path("data/demo"),
                         help="manifest folder whose train split gives the audio (default data/demo)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default cuda where there is one)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: autocast, for GPUs (a CPU without fast bf16 matmuls runs it far slower)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every encoder")
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="CPU: skip the per-model memory processes")

@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="downstream probes (ASR, speaker, emotion, intent) on a frozen encoder")
     p.add_argument("--checkpoint", required=True,
                    help="a run folder or checkpoint folder of ours, 'fbank' (features alone) or 'random:CONFIG'")
-    p.add_argument("--task", default="all", choices=["asr", "speaker", "emotion", "intent", "all"])
+    p.add_argument("--task", default="all", choices=["asr", "speaker", "emotion", "intent", "all"],
+                   help="the downstream task to probe (default all four)")
     p.add_argument("--data", required=True, help="manifest folder with train, dev, test (and sv) splits")
     p.add_argument("--out", default=None,
                    help="results folder (default: RUN/probes, or runs/probes/NAME for fbank and random)")
@@ -187,10 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-lr", type=float, default=5e-5, help="encoder learning rate with --unfreeze")
     p.add_argument("--batch-seconds", type=float, default=40.0, help="audio per batch (default 40 s)")
     p.add_argument("--asr-hidden", type=int, default=256, help="BiLSTM width of the ASR head")
-    p.add_argument("--intent-head", default="mlp", choices=["mlp", "lstm"])
+    p.add_argument("--intent-head", default="mlp", choices=["mlp", "lstm"],
+                   help="intent head: an MLP on mean+std pooled states (mlp), or a BiLSTM before the pooling (lstm)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="time limit per task (0: none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the probes (and of a random: encoder)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_probe)
 
