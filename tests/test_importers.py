@@ -211,3 +211,35 @@ def test_iemocap_layout_four_classes_and_session_splits(dev, tmp_path):
     prepare("iemocap", root, tmp_path / "fold1", jobs=1, test_session=1)
     assert {c.id[:5] for c in load_split(tmp_path / "fold1", "test")} == {"Ses01"}
     assert {c.id[:5] for c in load_split(tmp_path / "fold1", "dev")} == {"Ses05"}
+
+
+def test_malformed_table_rows_and_splits_without_audio_are_named(tmp_path, caplog):
+    write_audio(tmp_path / "a.wav", tone(220, 2.0))
+    table = tmp_path / "sb" / "test.csv"
+    table.parent.mkdir()
+    for rows, problem in [("u1,$data_root/a.wav,extra", ":2: 3 fields, the header has 2"),  # both taken silently
+                          ("u1,$data_root/a.wav\nu2", ":3: 1 field, the header has 2")]:
+        table.write_text(f"ID,wav\n{rows}\n")
+        with pytest.raises(ManifestError, match=f"test.csv{problem}$"):
+            prepare("speechbrain", table, tmp_path / "out", jobs=1, data_root=str(tmp_path))
+    table.write_text("ID,wav,start,stop\nu1,$data_root/a.wav,16000,48000\n")  # a 2 s file: past its end
+    with pytest.raises(ManifestError, match=r"test.csv:2: segment 16000-48000 \(samples\) is not inside .*a\.wav "
+                                            r"\(32000 samples\)"):
+        prepare("speechbrain", table, tmp_path / "out", jobs=1, data_root=str(tmp_path))
+    table.write_text("ID,wav,start,stop\nu1,$data_root/a.wav,16000,16000\n")  # an empty segment
+    with pytest.raises(ManifestError, match="test.csv:2: segment 16000-16000"):
+        prepare("speechbrain", table, tmp_path / "out", jobs=1, data_root=str(tmp_path))
+    assert not (tmp_path / "out").exists()
+
+    # a split whose audio is all unusable is left out, said so; no usable audio at all is an error
+    table.write_text("ID,wav\nu1,$data_root/a.wav\n")
+    (table.parent / "dev.csv").write_text("ID,wav\nu2,$data_root/gone.wav\n")
+    with caplog.at_level("WARNING", logger="bestrq.data"):
+        report = prepare("speechbrain", table.parent, tmp_path / "out", jobs=1, data_root=str(tmp_path))
+    assert report.splits == {"test": 1} and "dev: no usable cuts" in caplog.text
+    assert not (tmp_path / "out" / "cuts_dev.jsonl.gz").exists()  # it was written, empty
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "broken.wav").write_bytes(b"not audio")
+    with pytest.raises(ManifestError, match=r"b: no usable audio: all 1 files are unreadable or empty"):
+        prepare("folder", tmp_path / "b", tmp_path / "out2", jobs=1)
+    assert not (tmp_path / "out2").exists()

@@ -218,6 +218,11 @@ def from_speechbrain(src: Path, report: ImportReport, jobs: int = 4, data_root: 
         paths = {}  # resolved audio path -> recording id
         row_paths = []
         for lineno, row in rows:
+            extra = row.get(None) or []  # csv gives extra fields the key None and missing ones the value None
+            missing = sum(v is None for k, v in row.items() if k is not None)
+            if extra or missing:
+                n = len(header) + len(extra) - missing
+                raise ManifestError(f"{table}:{lineno}: {n} field{'s' * (n != 1)}, the header has {len(header)}")
             if not row.get("ID") or not row.get(wav_col):
                 raise ManifestError(f"{table}:{lineno}: empty 'ID' or {wav_col!r}")
             path = row[wav_col].replace("$data_root", root).replace("{data_root}", root)
@@ -236,6 +241,9 @@ def from_speechbrain(src: Path, report: ImportReport, jobs: int = 4, data_root: 
                     duration = int(float(row["stop"])) / rec.sampling_rate - start
                 except ValueError:
                     raise ManifestError(f"{table}:{lineno}: 'start'/'stop' must be sample numbers") from None
+                if not 0 <= start < start + duration <= rec.duration + 1 / rec.sampling_rate:
+                    raise ManifestError(f"{table}:{lineno}: segment {row['start']}-{row['stop']} (samples) is not "
+                                        f"inside {path} ({rec.num_samples} samples)")
             custom = {k: v for k, v in (("emotion", row.get("emo") or row.get("emotion")),
                                         ("intent", _sb_intent(row))) if v}
             text = next((row[c] for c in _SB_TEXT if row.get(c)), None)
@@ -372,9 +380,15 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
         raise ValueError(f"jobs must be >= 1, got {options['jobs']}")
     report = ImportReport()
     for split, cuts in IMPORTERS[fmt](src, report, **options).items():
+        if not len(cuts):
+            log.warning("%s: no usable cuts (it lists none, or all are unreadable or empty): the split is not written",
+                        split)
+            continue
         save_split(out, split, cuts)
         report.splits[split] = len(cuts)
         report.hours[split] = round(sum(c.duration for c in cuts) / 3600, 4)
+    if not report.splits:
+        raise ManifestError(f"{src}: no usable audio: all {len(report.skipped)} files are unreadable or empty")
     for name, text in report.files.items():
         with atomic_path(Path(out) / name) as tmp:
             tmp.write_text(text)
