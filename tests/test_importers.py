@@ -148,6 +148,24 @@ def test_lhotse_recipe_output(dev, tmp_path):
     assert [(c.id, sup(c).text, sup(c).custom) for c in got] == [(c.id, sup(c).text, sup(c).custom) for c in dev]
 
 
+def test_lhotse_manifests_that_are_broken_swapped_or_unmatched_are_named(dev, tmp_path, caplog):
+    recordings, supervisions, _ = dev.decompose()
+    src = tmp_path / "src"
+    src.mkdir()
+    recordings.subset(first=3).to_file(src / "recordings_dev.jsonl.gz")
+    supervisions.to_file(src / "supervisions_dev.jsonl.gz")
+    with caplog.at_level("WARNING", logger="bestrq.data"):  # all but three of them were dropped silently
+        prepare("lhotse", src, tmp_path / "out")
+    assert f"supervisions of {len(dev) - 3} recordings not in recordings_dev.jsonl.gz are left out" in caplog.text
+    assert [sup(c).text for c in load_split(tmp_path / "out", "dev")] == [sup(c).text for c in dev.subset(first=3)]
+    recordings.to_file(src / "supervisions_dev.jsonl.gz")  # the two swapped
+    with pytest.raises(ManifestError, match="supervisions_dev.jsonl.gz: expected a lhotse SupervisionSet, got a Rec"):
+        prepare("lhotse", src, tmp_path / "out2")
+    (src / "recordings_dev.jsonl.gz").write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(ManifestError, match="recordings_dev.jsonl.gz: not a lhotse manifest"):  # no file named
+        prepare("lhotse", src, tmp_path / "out2")
+
+
 def _wav(cut, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, load_mono(cut), 16000)
