@@ -178,6 +178,27 @@ def test_a_kill_while_old_checkpoints_are_deleted_leaves_no_half_checkpoint(tmp_
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002"]
 
 
+def test_a_full_disk_during_a_save_leaves_no_partial_files_and_the_run_resumes(corpus, tmp_path, monkeypatch):
+    import errno
+
+    real_torch_save = checkpoint.torch.save
+
+    def disk_full(obj, path, *args, **kwargs):  # the weights were written; the training state does not fit
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    pretrain(small(corpus, tmp_path, "train.steps=1"))
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match=r"No space left on device: not saved; the newest checkpoint, step-00000001, "
+                                      r"is intact\. Run the same command to resume") as failed:
+        pretrain(small(corpus, tmp_path, "train.steps=2"))
+    assert failed.value.filename == str(tmp_path / "checkpoints" / "step-00000002")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]  # no .tmp left
+    monkeypatch.setattr(checkpoint.torch, "save", real_torch_save)
+    assert pretrain(small(corpus, tmp_path, "train.steps=2")).step == 2
+    assert_all_checkpoints_whole(tmp_path)
+
+
 def test_a_damaged_newest_checkpoint_is_passed_over_on_resume(corpus, tmp_path):
     pretrain(small(corpus, tmp_path, "train.steps=2", "train.checkpoint_every=1"))
     newest = checkpoint.latest(tmp_path) / "model.safetensors"

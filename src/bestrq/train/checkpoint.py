@@ -71,15 +71,22 @@ def save(out_dir: str | os.PathLike, step: int, weights: dict[str, torch.Tensor]
     final = folder / f"step-{step:08d}"
     tmp = folder / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"),
-              metadata={"format": FORMAT, "step": str(step)})
-    torch.save({"format": FORMAT, "step": step, **state}, tmp / "state.pt")
-    (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "step": step, "config": config}, indent=2))
-    for f in tmp.iterdir():  # data on disk before the rename makes it visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": FORMAT, "step": str(step)})
+        torch.save({"format": FORMAT, "step": step, **state}, tmp / "state.pt")
+        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "step": step, "config": config}, indent=2))
+        for f in tmp.iterdir():  # data on disk before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except OSError as e:  # a full disk, say: the half-written files go, the earlier checkpoints stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        before = list_checkpoints(out_dir)
+        kept = f"the newest checkpoint, {before[-1].name}, is intact" if before else "there is no earlier checkpoint"
+        raise OSError(e.errno, f"{e.strerror or e}: not saved; {kept}. Run the same command to resume once the "
+                               "cause is fixed", str(final)) from e
     if final.exists():  # the same step saved again (a resumed run): replace it; recover() undoes a cut
         old = folder / f".old-{final.name}-{os.getpid()}"
         final.rename(old)
