@@ -53,16 +53,23 @@ def test_fairseq_round_trip(dev, tmp_path):
     assert [audio_source(c) for c in got] == [audio_source(c) for c in dev]
 
 
-def test_fairseq_letters_and_bad_lines(dev, tmp_path):
+def test_fairseq_letters_and_bad_lines(dev, tmp_path, caplog):
     tsv = write_fairseq(dev, tmp_path / "fs" / "train.tsv")
     wrd = tsv.with_suffix(".wrd")
     ltr = [" ".join("|".join(line.upper().split())) + " |" for line in wrd.read_text().splitlines()]
     tsv.with_suffix(".ltr").write_text("\n".join(ltr) + "\n")
     wrd.unlink()
-    prepare("fairseq", tsv, tmp_path / "out", jobs=1)
+    lines = tsv.read_text().splitlines()
+    path, n = lines[1].split("\t")
+    lines[1] = f"{path}\t{int(n) // 2}"  # a stale length; and blank lines at the end, which were an error
+    tsv.write_text("\n".join(lines) + "\n\n\n")
+    with caplog.at_level("WARNING", logger="bestrq.data"):
+        prepare("fairseq", tsv, tmp_path / "out", jobs=1)
+    assert f"1 files are not the length the table gives (the files' own lengths are used), e.g. {path}: " \
+           f"{int(n) // 2} in the table, {n} in the file" in caplog.text
     assert [sup(c).text for c in load_split(tmp_path / "out", "train")] == [sup(c).text.upper() for c in dev]
-    tsv.write_text(tsv.read_text() + "no-tab-here\n")
-    with pytest.raises(ManifestError, match=rf"{tsv}:{len(dev) + 2}: expected"):
+    tsv.write_text("\n".join(lines) + "\nno-tab-here\n")
+    with pytest.raises(ManifestError, match=rf"{tsv}:{len(dev) + 2}: expected .*, got 'no-tab-here'"):
         prepare("fairseq", tsv, tmp_path / "out2", jobs=1)
 
 

@@ -159,6 +159,8 @@ def from_fairseq(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[st
     out = {}
     for tsv in _table_files(src, ".tsv"):
         lines = tsv.read_text(encoding="utf-8").splitlines()
+        while lines and not lines[-1].strip():  # blank lines at the end (an editor's)
+            lines.pop()
         if not lines:
             raise ManifestError(f"{tsv}:1: empty file (expected the audio root folder)")
         root = Path(lines[0].strip())
@@ -170,14 +172,19 @@ def from_fairseq(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[st
             entries.append((fields[0], int(fields[1])))
         labels = _fairseq_labels(tsv, len(entries))
         recs = _read_recordings(((str(Path(rel).with_suffix("")), root / rel) for rel, _ in entries), report, jobs)
-        cuts = []
-        for i, (rel, _n) in enumerate(entries):
+        cuts, differ = [], []
+        for i, (rel, n) in enumerate(entries):
             rec = recs.get(str(Path(rel).with_suffix("")))
             if rec is None:
                 continue
+            if rec.num_samples != n:
+                differ.append(f"{rel}: {n} in the table, {rec.num_samples} in the file")
             sups = [] if labels is None else [SupervisionSegment(
                 id=rec.id, recording_id=rec.id, start=0.0, duration=rec.duration, text=labels[i])]
             cuts.append(_cut(rec, sups))
+        if differ:  # a stale table, or another root: the audio's own length is what is used
+            log.warning("%s: %d files are not the length the table gives (the files' own lengths are used), e.g. %s",
+                        tsv, len(differ), differ[0])
         out[tsv.stem] = CutSet.from_cuts(cuts)
     return out
 
