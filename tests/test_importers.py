@@ -178,7 +178,7 @@ def _wav(cut, path) -> None:
     sf.write(path, load_mono(cut), 16000)
 
 
-def test_voxceleb1_layout_trials_and_unseen_verification_speakers(dev, tmp_path):
+def test_voxceleb1_layout_trials_and_unseen_verification_speakers(dev, tmp_path, caplog):
     """``vox1_{dev,test}_wav/wav/{id}/{video}/{n}.wav``, ``iden_split.txt``, ``veri_test2.txt``."""
     root = tmp_path / "VoxCeleb1"
     names = []
@@ -188,11 +188,15 @@ def test_voxceleb1_layout_trials_and_unseen_verification_speakers(dev, tmp_path)
         name = f"{speaker}/vid{i % 2}/{i:05d}.wav"
         _wav(cut, root / archive / "wav" / name)
         names.append(name)
-    (root / "iden_split.txt").write_text("".join(f"{1 + i % 3} {n}\n" for i, n in enumerate(names)))
+    absent = "id10003/vidz/00001.wav"  # listed, but its archive is not here: counted in a warning
+    (root / "iden_split.txt").write_text("".join(f"{1 + i % 3} {n}\n" for i, n in enumerate([*names, absent])))
     test_files = [n for n in names if n >= "id10270"]
     trials = [f"{int(a[:7] == b[:7])} {a} {b}\n" for a in test_files for b in test_files if a < b]
     (root / "veri_test2.txt").write_text("".join(trials))
-    report = prepare("voxceleb1", root, tmp_path / "out", jobs=1)
+    with caplog.at_level("WARNING", logger="bestrq.data"):
+        report = prepare("voxceleb1", root, tmp_path / "out", jobs=1)
+    assert f"iden_split.txt: 1 of its {len(names) + 1} files are not under {root} (left out), e.g. " \
+           "id10003-vidz-00001" in caplog.text
     assert set(report.splits) == {"train", "dev", "test", "sv"}
     sv = load_split(tmp_path / "out", "sv")
     assert {sup(c).speaker for c in sv} == {"id10270", "id10271"}  # verification speakers are never trained on

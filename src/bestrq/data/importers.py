@@ -326,6 +326,9 @@ def from_voxceleb1(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[
         for i in files:
             h = int(hashlib.sha1(i.encode()).hexdigest(), 16) % 20
             split_of[i] = "dev" if h == 0 else "test" if h == 1 else "train"
+    if iden is not None and (absent := sorted(set(split_of) - files.keys())):
+        log.warning("%s: %d of its %d files are not under %s (left out), e.g. %s", iden, len(absent), len(split_of),
+                    src, absent[0])
     wanted = {i: p for i, p in files.items() if i in sv_ids or (i.split("-")[0] not in sv_speakers and i in split_of)}
     recs = _read_recordings(wanted.items(), report, jobs)
     out: dict[str, list[MonoCut]] = {}
