@@ -329,7 +329,7 @@ class Payload:
 
 
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(corpus, tmp_path):
-    pretrain(small(corpus, tmp_path, "train.steps=2", "train.checkpoint_every=1"))
+    pretrain(small(corpus, tmp_path, "train.steps=1"))
     folder = checkpoint.latest(tmp_path)
     marker = tmp_path / "pwned"
     torch.save({"format": checkpoint.FORMAT, "step": 1, "optimizer": Payload(marker)}, folder / "state.pt")
