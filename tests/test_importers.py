@@ -240,6 +240,11 @@ def test_iemocap_layout_four_classes_and_session_splits(dev, tmp_path):
     prepare("iemocap", root, tmp_path / "fold1", jobs=1, test_session=1)
     assert {c.id[:5] for c in load_split(tmp_path / "fold1", "test")} == {"Ses01"}
     assert {c.id[:5] for c in load_split(tmp_path / "fold1", "dev")} == {"Ses05"}
+    table = next(root.glob("Session1/dialog/EmoEvaluation/*.txt"))
+    with open(table, "a") as f:  # int() of its session number failed, with no file named
+        f.write("[1.0 - 2.0]\tSesX1F_impro01_F009\tneu\t[2.5000, 2.5000, 2.5000]\n")
+    with pytest.raises(ManifestError, match=r"Ses01F_impro01\.txt: 'SesX1F_impro01_F009' is not an IEMOCAP utterance"):
+        prepare("iemocap", root, tmp_path / "bad", jobs=1)
 
 
 def test_malformed_table_rows_and_splits_without_audio_are_named(tmp_path, caplog):

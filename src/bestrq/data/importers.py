@@ -353,6 +353,8 @@ def from_iemocap(src: Path, report: ImportReport, jobs: int = 4, test_session: i
     labels, texts, other = {}, {}, 0
     for table in sorted(src.glob("Session*/dialog/EmoEvaluation/*.txt")):
         for m in re.finditer(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\w+)\t", table.read_text(errors="replace"), re.MULTILINE):
+            if not re.fullmatch(r"Ses0[1-5][FM]_\S+_[FM]\S*", m.group(1)):
+                raise ManifestError(f"{table}: {m.group(1)!r} is not an IEMOCAP utterance name (Ses01F_impro01_M003)")
             if m.group(2) in IEMOCAP_EMOTIONS:
                 labels[m.group(1)] = IEMOCAP_EMOTIONS[m.group(2)]
             else:
