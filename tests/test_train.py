@@ -95,7 +95,8 @@ def test_a_number_out_of_its_range_is_refused_with_its_key_and_range():
         ("optim.lr=-1e-3", r"optim\.lr: must be > 0, got -0\.001"),
         ("encoder.dropout=1.5", r"encoder\.dropout: must be >= 0 and < 1, got 1\.5"),
         ("optim.betas=[0.9, 1]", r"optim\.betas: every item must be >= 0 and < 1, got \[0\.9, 1\.0\]"),
-        ("wav2vec2.temperature=[hot, 0.5, 0.9]", r"config: wav2vec2\.temperature: expected float, got str 'hot'"),
+        ("wav2vec2.temperature=[hot, 0.5, 0.9]",
+         r"--set wav2vec2\.temperature=\[hot, 0\.5, 0\.9\]: wav2vec2\.temperature: expected float, got str 'hot'"),
         ("encoder.num_heads=0", r"encoder\.num_heads: must be >= 1, got 0"),  # before d_model % num_heads
         # every clip cropped to max_duration would be too short: the loader skipped them all
         ("data.max_duration=0.1", r"data\.min_duration: 0\.5 s is above data\.max_duration \(0\.1 s\): every clip"),
