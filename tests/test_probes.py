@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lhotse import CutSet
+from lhotse.utils import fastcopy
 
 from bestrq.cli import main
 from bestrq.data.manifest import load_split, save_split
@@ -294,6 +295,27 @@ def test_trial_lists_that_cannot_give_an_eer_are_refused_before_any_work_or_skip
         result = run_probes("random:bestrq_tiny", ["speaker"], corpus, out, cfg, progress=False)
     assert "1 trials dropped" in caplog.text and "the usable trials are not of both kinds" in caplog.text
     assert "eer" not in result["speaker"]["test"] and "trials" not in result["speaker"]
+
+
+def test_a_task_without_labels_is_refused_before_any_work_or_left_out_by_task_all(small_corpus, tmp_path, caplog):
+    from bestrq.probes import run_probes
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    for split in ("train", "dev", "test"):  # a corpus without emotion labels (LibriSpeech, say)
+        cuts = [c.map_supervisions(lambda s: fastcopy(s, custom={k: v for k, v in s.custom.items() if k != "emotion"}))
+                for c in load_split(small_corpus, split)]
+        save_split(corpus, split, CutSet.from_cuts(cuts))
+    with pytest.raises(ValueError, match=r"emotion: no utterance of the train split has its label "
+                                         r"\(custom\[\"emotion\"\]\)"):  # it failed after probing intent
+        run_probes("fbank", ["intent", "emotion"], corpus, out, ProbeConfig(epochs=1), progress=False)
+    assert not out.exists()
+    with caplog.at_level("WARNING", logger="bestrq.probes.run"):
+        result = run_probes("fbank", ["intent", "emotion"], corpus, out, ProbeConfig(epochs=1), progress=False,
+                            skip_unlabelled=True)
+    assert set(result) == {"intent"} and "emotion: no utterance of the train split" in caplog.text
+    assert "the task is skipped" in caplog.text and not (out / "probe_emotion.json").exists()
+    with pytest.raises(ValueError, match="no task has the labels it needs"):
+        run_probes("fbank", ["emotion"], corpus, out, ProbeConfig(epochs=1), progress=False, skip_unlabelled=True)
 
 
 def test_heads_train_on_a_batch_of_one():

@@ -81,7 +81,8 @@ def _probe(args: argparse.Namespace) -> int:
                       batch_seconds=args.batch_seconds, seed=args.seed, intent_head=args.intent_head,
                       max_minutes=args.max_minutes, unfreeze=args.unfreeze, asr_hidden=args.asr_hidden)
     out = Path(args.out) if args.out else _probe_out(args.checkpoint)
-    results = run_probes(args.checkpoint, tasks, args.data, out, cfg, device=args.device, progress=not args.quiet)
+    results = run_probes(args.checkpoint, tasks, args.data, out, cfg, device=args.device, progress=not args.quiet,
+                         skip_unlabelled=args.task == "all")
     print(format_probe_results(results))
     print(f"results in {out.resolve()}")
     return 0
@@ -177,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="a run folder or checkpoint folder of ours, 'fbank' (features alone) or 'random:CONFIG'")
     p.add_argument("--task", default="all", choices=["asr", "speaker", "emotion", "intent", "all"],
-                   help="the downstream task to probe (default all four)")
+                   help="the downstream task to probe (default all four; all leaves out, with a warning, a task whose "
+                        "labels the corpus lacks)")
     p.add_argument("--data", required=True, help="manifest folder with train, dev, test (and sv) splits")
     p.add_argument("--out", default=None,
                    help="results folder (default: RUN/probes, or runs/probes/NAME for fbank and random)")

@@ -41,8 +41,12 @@ def _long_enough(encoder: Encoder, cuts: list, split: str) -> list:
 
 def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                cfg: ProbeConfig | None = None, device: str = "cpu", progress: bool = True,
-               cache_dtype: str = "float16") -> dict[str, dict]:
-    """Probe one encoder (what ``--checkpoint`` names, or a loaded one) on ``tasks``; returns and writes the results."""
+               cache_dtype: str = "float16", skip_unlabelled: bool = False) -> dict[str, dict]:
+    """Probe one encoder (what ``--checkpoint`` names, or a loaded one) on ``tasks``; returns and writes the results.
+
+    Every task's labels are checked before any work: a task the corpus cannot probe is an error,
+    or, with ``skip_unlabelled`` (``--task all``), left out with a warning.
+    """
     cfg = cfg or ProbeConfig()
     dev = require_device(device, "device")
     for task in tasks:
@@ -55,6 +59,17 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     missing = [s for s in ("train", "dev", "test") if s not in available]
     if missing:
         raise FileNotFoundError(f"{data_dir}: no {', '.join(missing)} split (found: {', '.join(available) or 'none'})")
+    raw = {s: list(load_split(data_dir, s)) for s in ("train", "dev", "test")}
+    for task in list(tasks):
+        try:
+            task_data(task, raw)
+        except ValueError as e:
+            if not skip_unlabelled:
+                raise ValueError(f"{data_dir}: {e}") from None
+            log.warning("%s: %s: the task is skipped", data_dir, e)
+            tasks = [t for t in tasks if t != task]
+    if not tasks:
+        raise ValueError(f"{data_dir}: no task has the labels it needs in train, dev and test")
     trials_path = data_dir / "sv_trials.txt"
     sv = list(load_split(data_dir, "sv")) if "speaker" in tasks and "sv" in available else []
     trials = read_trials(trials_path) if sv and trials_path.is_file() else []
@@ -73,7 +88,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "encoder.json", {"name": encoder.name, "spec": encoder.spec, **encoder.info})
 
-    splits = {s: _long_enough(encoder, list(load_split(data_dir, s)), s) for s in ("train", "dev", "test")}
+    splits = {s: _long_enough(encoder, cuts, s) for s, cuts in raw.items()}
 
     states, get_sv, durations = {}, None, {}
     if not cfg.unfreeze:  # every split once, whole: all tasks read the same cache

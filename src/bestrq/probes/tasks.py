@@ -74,6 +74,10 @@ class TaskData:
     trials: list[tuple[int, str, str]] = field(default_factory=list)  # speaker verification
 
 
+LABEL_FIELDS = {"asr": "the supervision's text", "speaker": "the supervision's speaker",
+                "emotion": 'custom["emotion"]', "intent": 'custom["intent"]'}
+
+
 def _label(cut, task: str) -> str | None:
     sup = cut.supervisions[0] if cut.supervisions else None
     if sup is None:
@@ -90,7 +94,7 @@ def task_data(task: str, splits: dict[str, list], trials: list[tuple[int, str, s
     labelled = {name: [(c, lab) for c in cuts if (lab := _label(c, task)) is not None]
                 for name, cuts in splits.items()}
     if not labelled["train"]:
-        raise ValueError(f"{task}: no training utterance carries a {task} label")
+        raise ValueError(f"{task}: no utterance of the train split has its label ({LABEL_FIELDS[task]})")
     if task == "asr":
         classes = sorted({ch for _, text in labelled["train"] for ch in text})
         keep = set(classes)
@@ -107,7 +111,8 @@ def task_data(task: str, splits: dict[str, list], trials: list[tuple[int, str, s
              for name, pairs in labelled.items()}
     for name in ("dev", "test"):
         if not items[name]:
-            raise ValueError(f"{task}: the {name} split has no usable {task} label")
+            raise ValueError(f"{task}: no utterance of the {name} split has a label ({LABEL_FIELDS[task]}) "
+                             "that the train split has too")
     return TaskData(items["train"], items["dev"], items["test"], classes, list(trials or []))
 
 
