@@ -195,6 +195,19 @@ def test_compile_on_a_torch_that_cannot_train_compiled_is_refused_before_any_ste
     assert not (tmp_path / "run").exists()
 
 
+def test_a_missing_corpus_or_split_is_named_with_the_way_out_before_any_work(corpus, tmp_path):
+    from bestrq.data.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match=r"^data\.corpus=.*nope: no such folder \(make one with `bestrq synth`"):
+        pretrain(small(tmp_path / "nope", tmp_path / "run"))
+    with pytest.raises(ManifestError, match=r"^data\.valid_split=held: .* has no held split \(it has: dev, sv, test, "
+                                            r"train\); name another, or data\.valid_split='' to train without"):
+        pretrain(small(corpus, tmp_path / "run", "data.valid_split=held"))
+    with pytest.raises(ManifestError, match=r"^data\.train_split=train\+tran: .* has no tran split"):
+        pretrain(small(corpus, tmp_path / "run", "data.train_split=train+tran"))
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
 def test_clips_too_short_for_one_encoder_frame_are_left_out_whatever_min_duration_says(corpus, tmp_path, caplog):
     from bestrq.data.manifest import load_split, save_split
 

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, PretrainConfig, to_dict
 from ..data.loader import AudioDataset, AudioLoader
-from ..data.manifest import atomic_path, load_split
+from ..data.manifest import ManifestError, atomic_path, list_splits, load_split
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 from ..objectives import build_model, min_samples
 from . import checkpoint, distributed
@@ -248,6 +248,21 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
         distributed.teardown()
 
 
+def _check_splits(cfg: PretrainConfig) -> None:
+    """The corpus and its splits exist, before any work; the error says how to put it right."""
+    corpus = Path(cfg.data.corpus)
+    if not corpus.is_dir():
+        raise ManifestError(f"data.corpus={cfg.data.corpus}: no such folder (make one with `bestrq synth` or "
+                            "`bestrq prepare`)")
+    have = list_splits(corpus)
+    for key, split in (("data.train_split", cfg.data.train_split), ("data.valid_split", cfg.data.valid_split)):
+        absent = [s for s in split.split("+") if s not in have] if split else []
+        if absent:
+            raise ManifestError(
+                f"{key}={split}: {corpus} has no {absent[0]} split (it has: {', '.join(have) or 'none'})"
+                + ("; name another, or data.valid_split='' to train without validation" if "valid" in key else ""))
+
+
 def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals) -> RunResult:
     t, device = cfg.train, ctx.device
     if t.compile and not dynamic_compile_works():
@@ -257,6 +272,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
             f"length); use torch >= {DYNAMIC_COMPILE_TORCH}, or train.compile=false")
     if t.threads:
         torch.set_num_threads(t.threads)
+    _check_splits(cfg)
     out_dir = Path(t.out_dir)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = build_model(cfg).to(device)
