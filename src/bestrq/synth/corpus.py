@@ -19,6 +19,7 @@ speakers never seen in the other splits, with ``sv_trials.txt`` (VoxCeleb's form
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -38,6 +39,8 @@ from ..data.audio import SAMPLE_RATE
 from ..data.manifest import atomic_path, save_split
 from .text import INTENTS, SentenceGenerator, make_command
 from .voices import EMOTIONS, Rendering, Speaker, make_speakers, plan_rendering, render
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test", "sv")
 HELDOUT_FRACTION = 0.1  # of the seen speakers' utterances, each for dev and for test
@@ -255,6 +258,11 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None
     summary = summarize(taken, trials, elapsed=elapsed, jobs=jobs, settings=settings)
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
+    empty = [split for split, cuts in by_split.items() if not cuts] + ["sv_trials.txt"] * (not trials)
+    if empty:  # pre-training needs train and dev, the probes all of them
+        names = ", ".join(empty[:-1]) + " and " * (len(empty) > 1) + empty[-1]
+        log.warning("%s: %s %s empty: %g h is too little to fill every split (0.2 h or more does)", out, names,
+                    "is" if len(empty) == 1 else "are", cfg.hours)
     return summary
 
 
