@@ -244,3 +244,11 @@ def test_a_plain_transformers_folder_and_a_damaged_checkpoint_are_told_apart(tra
     (damaged / "state.pt").unlink()
     with pytest.raises(checkpoint.CheckpointError, match="missing state.pt"):
         bestrq.load(damaged)
+    # an export folder missing one of its two weight files: the file is named
+    for missing, problem in [("model.safetensors", "an export folder without its model.safetensors"),
+                             ("bestrq.safetensors", "an export folder without its bestrq.safetensors")]:
+        partial = tmp_path / f"no-{missing}"
+        shutil.copytree(exported, partial)
+        (partial / missing).unlink()  # "a transformers model folder without bestrq_config.json" / missing heads
+        with pytest.raises(checkpoint.CheckpointError, match=problem):
+            bestrq.load(partial)

@@ -47,7 +47,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """A run folder (its newest complete checkpoint), a checkpoint folder or a folder that
     ``bestrq export --to hf`` wrote -> the model, in eval mode, frozen."""
     from ..objectives import build_model
-    from .hf import WEIGHTS, is_export, read_export
+    from .hf import BESTRQ_CONFIG, WEIGHTS, is_export, read_export
 
     device = require_device(str(device), "device")
     path = Path(path)
@@ -57,6 +57,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         folder = path
         config, step, weights = read_export(path)
     else:
+        if (path / BESTRQ_CONFIG).is_file():
+            raise ckpt_io.CheckpointError(f"{path}: an export folder without its {WEIGHTS} (the encoder's weights)")
         if _is_transformers_folder(path):
             raise ckpt_io.CheckpointError(
                 f"{path}: a transformers model folder without {path.name}/bestrq_config.json; bestrq loads "

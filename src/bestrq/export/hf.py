@@ -203,13 +203,14 @@ def read_export(folder: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tens
         raise CheckpointError(f"{folder / BESTRQ_CONFIG}: unreadable ({e})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{folder / BESTRQ_CONFIG}: not a mapping of config sections")
+    if not (folder / EXTRAS).is_file():
+        raise CheckpointError(f"{folder}: an export folder without its {EXTRAS} (the feature normaliser, "
+                              "quantizer and heads that `bestrq export` writes beside the encoder)")
     try:
         state = {"encoder." + k: v for k, v in from_hf_names(load_file(str(folder / WEIGHTS))).items()}
-        step = 0
-        if (folder / EXTRAS).is_file():
-            state.update(load_file(str(folder / EXTRAS)))
-            with safe_open(str(folder / EXTRAS), "pt") as f:
-                step = int((f.metadata() or {}).get("step", 0))
+        state.update(load_file(str(folder / EXTRAS)))
+        with safe_open(str(folder / EXTRAS), "pt") as f:
+            step = int((f.metadata() or {}).get("step", 0))
     except (OSError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"{folder}: unreadable weights ({e})") from None
     return config, step, state
