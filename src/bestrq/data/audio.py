@@ -7,6 +7,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
+import soundfile as sf
 from scipy.signal import firwin, resample_poly
 
 SAMPLE_RATE = 16_000
@@ -46,6 +47,22 @@ def audio_source(cut) -> str:
     return str(rec.sources[0].source)
 
 
+def _why_unreadable(rec, path: str) -> str | None:
+    """A plainer reason than the decoder's when the file is there but not the length its manifest gives."""
+    if len(rec.sources) != 1 or rec.sources[0].type != "file":
+        return None
+    try:
+        frames = sf.info(path).frames
+    except Exception:  # noqa: BLE001 - unreadable by soundfile too: the decoder's own message says more
+        return None
+    if frames == rec.num_samples:
+        return None
+    if frames == 0:
+        return "empty audio (0 samples)"
+    return (f"not the length its manifest gives ({frames} samples, the manifest {rec.num_samples}): "
+            "the file changed after the manifest was made")
+
+
 def load_mono(cut, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.ndarray:
     """The cut's audio as a (S,) float32 array at ``sample_rate``: every channel of the
     recording is averaged (down-mix) and other rates are resampled.
@@ -58,7 +75,7 @@ def load_mono(cut, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.n
     try:
         audio = rec.load_audio(offset=cut.start, duration=cut.duration)  # (C, S), all channels
     except Exception as e:  # any decoder failure means the same thing here: unusable audio
-        raise BadAudio(path, f"unreadable ({type(e).__name__}: {e})") from e
+        raise BadAudio(path, _why_unreadable(rec, path) or f"unreadable ({type(e).__name__}: {e})") from e
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 2:
         audio = audio.mean(axis=0)
