@@ -199,6 +199,19 @@ def test_a_full_disk_during_a_save_leaves_no_partial_files_and_the_run_resumes(c
     assert_all_checkpoints_whole(tmp_path)
 
 
+def test_a_second_process_on_a_live_run_folder_is_refused_and_touches_nothing(corpus, tmp_path):
+    writing = tmp_path / "checkpoints" / ".tmp-step-00000004-999"  # the live run's checkpoint, half written
+    writing.mkdir(parents=True)
+    with loop._run_lock(tmp_path):  # held by the live run (the same command started twice, say)
+        with pytest.raises(OSError, match=r"in use by bestrq pretrain \(pid \d+ on .+\): wait for it to end, or "
+                                          r"pick another train\.out_dir") as refused:
+            pretrain(small(corpus, tmp_path, "train.steps=1"))
+        assert refused.value.filename == str(tmp_path)
+        assert writing.is_dir() and not checkpoint.list_checkpoints(tmp_path)  # recover() would have removed it
+    assert pretrain(small(corpus, tmp_path, "train.steps=1")).step == 1  # the lock ends with its holder
+    assert not writing.exists()  # now a leftover, cleared
+
+
 def test_a_damaged_newest_checkpoint_is_passed_over_on_resume(corpus, tmp_path):
     pretrain(small(corpus, tmp_path, "train.steps=2", "train.checkpoint_every=1"))
     newest = checkpoint.latest(tmp_path) / "model.safetensors"

@@ -25,11 +25,13 @@ Faults a long run survives:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 import typing
@@ -242,10 +244,39 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     """Train (or resume training of) the model ``cfg`` describes; returns the final metrics."""
     ctx = distributed.setup(cfg.train.device, timeout_minutes=cfg.train.dist_timeout_minutes)
     try:
-        with _StopSignals() as signals:
-            return _pretrain(cfg, ctx, signals)
+        with _StopSignals() as signals, contextlib.ExitStack() as held:
+            return _pretrain(cfg, ctx, signals, held)
     finally:
         distributed.teardown()
+
+
+@contextlib.contextmanager
+def _run_lock(out_dir: Path) -> typing.Iterator[None]:
+    """One training process per run folder: a second one (the same command in another shell)
+    would interleave its checkpoints and metrics with the first's. The lock is the kernel's
+    (flock), so a process that dies holds nothing; where the file system has no locks, none."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            raise OSError(errno.EBUSY, f"in use by {owner}: wait for it to end, or pick another train.out_dir",
+                          str(out_dir)) from None
+        except OSError:  # no locks on this file system
+            yield
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"bestrq pretrain (pid {os.getpid()} on {socket.gethostname()})\n")
+        fh.flush()
+        yield
 
 
 def _check_splits(cfg: PretrainConfig) -> None:
@@ -263,7 +294,8 @@ def _check_splits(cfg: PretrainConfig) -> None:
                 + ("; name another, or data.valid_split='' to train without validation" if "valid" in key else ""))
 
 
-def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals) -> RunResult:
+def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals,
+              held: contextlib.ExitStack) -> RunResult:
     t, device = cfg.train, ctx.device
     if t.compile and not dynamic_compile_works():
         raise ConfigError(
@@ -303,6 +335,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
 
     step, bad_steps, skipped = 0, 0, {}
     if ctx.is_main:
+        held.enter_context(_run_lock(out_dir))  # before recover(), which would clear a live run's writes
         checkpoint.recover(out_dir)  # a write cut short by a kill: restore or remove its leftovers
     distributed.barrier()
     resume_from, ckpt = checkpoint.latest_loadable(out_dir)
