@@ -53,6 +53,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run, checkpoint or export folder")
+    if path.is_file():
+        raise ckpt_io.CheckpointError(f"{path}: a file; give a bestrq run, checkpoint or export folder")
     if is_export(path):
         folder = path
         config, step, weights = read_export(path)
@@ -64,8 +66,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                 f"{path}: a transformers model folder without {path.name}/bestrq_config.json; bestrq loads "
                 "its own checkpoints and the folders `bestrq export --to hf` writes")
         folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
-        if path.is_file():
-            raise ckpt_io.CheckpointError(f"{path}: a file; give a bestrq run, checkpoint or export folder")
         if folder == path and not ckpt_io.is_checkpoint_name(path.name) and not any(
                 (path / name).exists() for name in ("model.safetensors", "state.pt", "config.json")):
             raise ckpt_io.CheckpointError(f"{path}: not a bestrq run, checkpoint or export folder (it holds no "
