@@ -162,6 +162,23 @@ def test_cached_and_uncached_states_give_the_same_probe_outputs(small_corpus, tm
     assert np.array_equal(np.asarray(again.states), np.asarray(states.states))
 
 
+def test_the_cache_size_is_known_before_extraction_and_a_disk_too_small_refused(small_corpus, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from bestrq.probes import cache
+
+    encoder = load_encoder("random:bestrq_tiny", seed=0)
+    needs, check = [], cache._check_space
+    monkeypatch.setattr(cache, "_check_space", lambda folder, need: (needs.append(need), check(folder, need)))
+    extract(encoder, list(load_split(small_corpus, "dev")), tmp_path / "dev", progress=False)
+    assert needs == [(tmp_path / "dev" / "states.bin").stat().st_size]  # the estimate is what gets written
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: SimpleNamespace(free=10_000))
+    with pytest.raises(OSError, match=r"the hidden-state cache of these test cuts needs about [\d.]+ GB and [\d.]+ GB "
+                                      r"are free there: free some, or give --out a larger disk"):
+        extract(encoder, list(load_split(small_corpus, "test")), tmp_path / "test", progress=False)
+    assert not list((tmp_path / "test").iterdir())  # refused after one batch, nothing left behind
+
+
 def test_a_random_encoder_needs_a_config():
     with pytest.raises(ValueError, match="random: needs a config to initialise, e.g. random:bestrq_tiny"):
         load_encoder("random:")  # it built the default config's model (d 576, 12 layers) unasked

@@ -10,9 +10,12 @@ reused: it is extracted again. Bad audio is skipped and counted, never fatal.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from ..data.manifest import atomic_path
 from .encoders import Encoder
 
 CACHE_FORMAT = "bestrq-hidden-states/1"
+log = logging.getLogger(__name__)
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -115,6 +119,17 @@ def open_cache(folder: str | os.PathLike) -> HiddenStates:
     return HiddenStates(folder, list(ranges), ranges, states, index.get("skipped", []))
 
 
+def _check_space(folder: Path, need: int) -> None:
+    """Refuse, before it fills the disk, a cache larger than the free space beside it."""
+    free = shutil.disk_usage(folder).free
+    if need > 0.98 * free:
+        raise OSError(errno.ENOSPC, f"the hidden-state cache of these {folder.name} cuts needs about "
+                                    f"{need / 1e9:.1f} GB and {free / 1e9:.1f} GB are free there: free some, or give "
+                                    "--out a larger disk", str(folder))
+    if need > 1e9:
+        log.info("%s: the hidden-state cache takes about %.1f GB", folder, need / 1e9)
+
+
 def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.device | str = "cpu",
             batch_seconds: float = 60.0, dtype: str = "float16", progress: bool = True) -> HiddenStates:
     """The hidden states of ``cuts`` under ``folder``: reused when the same encoder made them of the same cuts."""
@@ -133,6 +148,8 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
     skipped: list[dict] = []
     offset, shape = 0, None
     dataset = AudioDataset(sample_rate=encoder.sample_rate, min_duration=0.0)  # no crop, any length
+    samples = torch.tensor([round(c.duration * encoder.sample_rate) for c in cuts], dtype=torch.int64)
+    frames = int(encoder.output_lengths(samples).clamp(min=0).sum()) if len(samples) else 0
     with atomic_path(folder / "states.bin") as tmp, open(tmp, "wb") as fh:
         for cuts_batch in tqdm(batches, desc=f"extract {folder.name}", unit="batch", disable=not progress):
             batch = dataset[cuts_batch]  # bad audio is skipped and counted: one bad file costs only itself
@@ -142,6 +159,8 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
             out = encoder.encode(batch.waveforms.to(device), batch.lengths.to(device))
             hidden = torch.stack([h.float() for h in out.hidden_states], dim=2)  # (B, T, L, D)
             hidden = hidden.cpu().numpy().astype(DTYPES[dtype])
+            if shape is None:  # the first batch gives the size of a frame: will the whole cache fit?
+                _check_space(folder, frames * hidden[0, 0].nbytes)
             shape = hidden.shape[2:]
             for cut_id, h, n in zip(batch.cut_ids, hidden, out.lengths.tolist()):
                 fh.write(np.ascontiguousarray(h[:n]).tobytes())
