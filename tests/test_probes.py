@@ -212,6 +212,9 @@ def test_probe_and_report_from_the_command_line(small_corpus, tmp_path, capsys):
     assert "asr: test wer" in text and "speaker: test accuracy" in text and "eer" in text
     result = json.loads((out / "probe_speaker.json").read_text())
     assert 0 <= result["test"]["eer"] <= 1 and result["trials"] == 12
+    speakers = task_data("speaker", {s: list(load_split(small_corpus, s)) for s in ("train", "dev", "test")})
+    assert result["data"]["folder"] == str(small_corpus.resolve())
+    assert result["data"]["test_items"] == len(speakers.test) and len(result["data"]["test_ids"]) == 16
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| fbank | none |" in report
@@ -393,3 +396,20 @@ def test_report_names_a_malformed_result_file_and_reads_past_bad_metric_lines(tm
         write_report([tmp_path / "nothing"], tmp_path / "report")  # it said "no probe results" there
     with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl: not a folder"):
         write_report([run / "metrics.jsonl"], tmp_path / "report")
+
+
+def test_report_says_which_tasks_were_tested_on_different_test_sets(tmp_path, caplog):
+    from bestrq.report import write_report
+
+    good = {"test": {"accuracy": 0.5}, "curve": [{"epoch": 1, "dev_accuracy": 0.4}], "layer_weights": [1.0]}
+    for name, ids, items in [("a", "x1", 10), ("b", "x1", 10), ("c", "y2", 9)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "encoder.json").write_text(json.dumps({"name": name, "objective": "bestrq"}))
+        (tmp_path / name / "probe_emotion.json").write_text(json.dumps(
+            {**good, "data": {"folder": f"/data/{name}", "test_items": items, "test_ids": ids}}))
+    with caplog.at_level("WARNING", logger="bestrq.report"):
+        text = write_report([tmp_path / m for m in "abc"], tmp_path / "report").read_text()
+    line = ("emotion: the models were tested on different test sets (a, b: 10 items of /data/a; c: 9 items of "
+            "/data/c); its scores do not compare")
+    assert f"> **Not comparable.** {line}" in text and line in caplog.text
+    assert "Not comparable" not in write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "report").read_text()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from .probes.tasks import MAIN_METRIC, TASKS
 from .train.loop import read_metrics
 
+log = logging.getLogger(__name__)
 COLUMNS = [("asr", "wer", "ASR WER %", True), ("asr", "cer", "ASR CER %", True),
            ("speaker", "accuracy", "Speaker ID acc %", False), ("speaker", "eer", "SV EER %", True),
            ("emotion", "accuracy", "Emotion acc %", False), ("emotion", "macro_f1", "Emotion F1 %", False),
@@ -197,6 +199,23 @@ def _plots(models: list[Model], out: Path) -> list[str]:
     return written
 
 
+def incomparable(models: list[Model]) -> list[str]:
+    """One line per task whose models were tested on different test sets (other data, or other
+    utterances left out), from the ``data`` each probe result records (older results have none)."""
+    lines = []
+    for task in TASKS:
+        groups: dict[str, list[tuple[str, dict]]] = {}
+        for m in models:
+            data = m.results.get(task, {}).get("data")
+            if isinstance(data, dict) and data.get("test_ids"):
+                groups.setdefault(str(data["test_ids"]), []).append((m.name, data))
+        if len(groups) > 1:
+            sets = "; ".join(f"{', '.join(name for name, _ in group)}: {group[0][1].get('test_items')} items of "
+                             f"{group[0][1].get('folder')}" for group in groups.values())
+            lines.append(f"{task}: the models were tested on different test sets ({sets}); its scores do not compare")
+    return lines
+
+
 def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
     models = collect(paths)
     out = Path(out)
@@ -205,6 +224,9 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path
     text = ["# Downstream probes on frozen encoders", "",
             "Test-set scores; each probe keeps its best dev epoch. Bold: the best of each column (none where every model ties).", "",
             table(models), ""]
+    for line in incomparable(models):
+        log.warning("%s", line)
+        text += [f"> **Not comparable.** {line}", ""]
     text += [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(text) + "\n")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -131,6 +132,10 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
                                     progress=progress, frame_rate=rate)
             result["frame_rate"] = rate
         result["encoder"] = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
+        # which test set: the report compares only models tested on the same one
+        test_ids = "\n".join(sorted(it.cut_id for it in data.test)).encode()
+        result["data"] = {"folder": str(data_dir.resolve()), "test_items": len(data.test),
+                          "test_ids": hashlib.sha1(test_ids).hexdigest()[:16]}
         _write_json(out_dir / f"probe_{task}.json", result)
         results[task] = result
     return results
