@@ -402,14 +402,17 @@ def test_report_says_which_tasks_were_tested_on_different_test_sets(tmp_path, ca
     from bestrq.report import write_report
 
     good = {"test": {"accuracy": 0.5}, "curve": [{"epoch": 1, "dev_accuracy": 0.4}], "layer_weights": [1.0]}
-    for name, ids, items in [("a", "x1", 10), ("b", "x1", 10), ("c", "y2", 9)]:
+    for name, ids, items, score in [("a", "x1", 10, 0.5), ("b", "x1", 10, 0.6), ("c", "y2", 9, 0.7)]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "encoder.json").write_text(json.dumps({"name": name, "objective": "bestrq"}))
         (tmp_path / name / "probe_emotion.json").write_text(json.dumps(
-            {**good, "data": {"folder": f"/data/{name}", "test_items": items, "test_ids": ids}}))
+            {**good, "test": {"accuracy": score}, "data": {"folder": f"/data/{name}", "test_items": items,
+                                                            "test_ids": ids}}))
     with caplog.at_level("WARNING", logger="bestrq.report"):
         text = write_report([tmp_path / m for m in "abc"], tmp_path / "report").read_text()
     line = ("emotion: the models were tested on different test sets (a, b: 10 items of /data/a; c: 9 items of "
             "/data/c); its scores do not compare")
     assert f"> **Not comparable.** {line}" in text and line in caplog.text
-    assert "Not comparable" not in write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "report").read_text()
+    assert "**70.0**" not in text and "| 70.0 |" in text  # no best where the sets differ
+    text = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "report").read_text()
+    assert "Not comparable" not in text and "**60.0**" in text

@@ -103,14 +103,16 @@ def table(models: list[Model]) -> str:
     """Models x tasks in markdown; the best of each column in bold.
 
     A column whose scored models all tie (every WER 100% after a short probe, say) has no best,
-    and nothing in it is bold; a missing or NaN score is never bold.
+    and nothing in it is bold; a missing or NaN score is never bold, nor is any score of a task
+    whose models were tested on different test sets.
     """
     header = ["model", "objective", "pre-training", "audio seen"] + [c[2] for c in COLUMNS]
     values = [[m.results.get(t, {}).get("test", {}).get(k) for t, k, _, _ in COLUMNS] for m in models]
+    apart = incomparable(models)
     best = []
-    for j, (_, _, _, lower) in enumerate(COLUMNS):
+    for j, (task, _, _, lower) in enumerate(COLUMNS):
         col = [v[j] for v in values if _scored(v[j])]
-        best.append((min(col) if lower else max(col)) if len(set(col)) > 1 else None)
+        best.append((min(col) if lower else max(col)) if len(set(col)) > 1 and task not in apart else None)
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * 4 + "---:|" * len(COLUMNS)]
     for m, vals in zip(models, values):
         audio = m.encoder.get("pretrain_audio_hours")
@@ -199,10 +201,10 @@ def _plots(models: list[Model], out: Path) -> list[str]:
     return written
 
 
-def incomparable(models: list[Model]) -> list[str]:
-    """One line per task whose models were tested on different test sets (other data, or other
-    utterances left out), from the ``data`` each probe result records (older results have none)."""
-    lines = []
+def incomparable(models: list[Model]) -> dict[str, str]:
+    """Task -> why, for each task whose models were tested on different test sets (other data, or
+    other utterances left out), from the ``data`` each probe result records (older ones have none)."""
+    lines = {}
     for task in TASKS:
         groups: dict[str, list[tuple[str, dict]]] = {}
         for m in models:
@@ -212,7 +214,7 @@ def incomparable(models: list[Model]) -> list[str]:
         if len(groups) > 1:
             sets = "; ".join(f"{', '.join(name for name, _ in group)}: {group[0][1].get('test_items')} items of "
                              f"{group[0][1].get('folder')}" for group in groups.values())
-            lines.append(f"{task}: the models were tested on different test sets ({sets}); its scores do not compare")
+            lines[task] = f"{task}: the models were tested on different test sets ({sets}); its scores do not compare"
     return lines
 
 
@@ -224,7 +226,7 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path
     text = ["# Downstream probes on frozen encoders", "",
             "Test-set scores; each probe keeps its best dev epoch. Bold: the best of each column (none where every model ties).", "",
             table(models), ""]
-    for line in incomparable(models):
+    for line in incomparable(models).values():
         log.warning("%s", line)
         text += [f"> **Not comparable.** {line}", ""]
     text += [f"![{p}]({p})" for p in plots]
