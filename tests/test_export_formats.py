@@ -119,6 +119,24 @@ def test_the_export_loads_back_bit_for_bit_with_its_quantizer_and_heads(trained,
     assert load_config(str(exported / "bestrq_config.json")) == original.config  # usable as --config
 
 
+def test_a_probed_export_is_named_after_itself_and_timed_by_the_run_it_came_from(trained, exported, tmp_path):
+    from bestrq.cli import _probe_out
+    from bestrq.probes.encoders import load_encoder
+    from bestrq.report import collect
+    from bestrq.train.loop import read_metrics
+
+    run, export = load_encoder(str(trained)), load_encoder(str(exported))
+    assert export.name == "bestrq-tiny (step 30)"  # it took the name of the folder two levels up
+    assert export.info["exported_from"] == str(checkpoint.latest(trained).resolve())
+    assert export.info["pretrain_seconds"] == run.info["pretrain_seconds"] > 0
+    assert _probe_out(str(exported)) == Path("runs/probes/bestrq-tiny")  # not inside the transformers folder
+    (tmp_path / "encoder.json").write_text(json.dumps({"name": export.name, **export.info}))
+    (tmp_path / "probe_emotion.json").write_text(json.dumps(
+        {"test": {"accuracy": 0.5}, "curve": [{"epoch": 1, "dev_accuracy": 0.4}], "layer_weights": [1.0]}))
+    (model,) = collect([tmp_path])
+    assert model.pretraining and model.pretraining == read_metrics(trained / "metrics.jsonl")  # was none
+
+
 def test_continued_pretraining_starts_from_the_export(corpus, trained, exported, tmp_path):
     cfg = tiny(corpus, tmp_path / "cont", "train.steps=2", f"train.init_from={exported}", "encoder.dropout=0.1")
     torch.manual_seed(0)

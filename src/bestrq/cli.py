@@ -64,10 +64,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _probe_out(checkpoint: str) -> Path:
-    """Default probe folder: inside the run for our checkpoints, under runs/probes for the baselines."""
+    """Default probe folder: inside the run for our checkpoints, under runs/probes for exports and baselines."""
     path = Path(checkpoint)
     if checkpoint == "fbank" or checkpoint.startswith("random:"):
         return Path("runs/probes") / checkpoint.replace(":", "-").replace("/", "_")
+    if (path / "bestrq_config.json").is_file():  # an export: kept as transformers loads it, no cache inside
+        return Path("runs/probes") / path.resolve().name
     run = path.parent.parent if path.parent.name == "checkpoints" else path
     return run / "probes"
 
@@ -182,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels the corpus lacks)")
     p.add_argument("--data", required=True, help="manifest folder with train, dev, test (and sv) splits")
     p.add_argument("--out", default=None,
-                   help="results folder (default: RUN/probes, or runs/probes/NAME for fbank and random)")
+                   help="results folder (default: RUN/probes, or runs/probes/NAME for exports, fbank and random)")
     p.add_argument("--epochs", type=int, default=20, help="at most this many epochs per task (default 20)")
     p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better dev score")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the head and layer weights")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .probes.tasks import MAIN_METRIC, TASKS
+from .train.checkpoint import run_of
 from .train.loop import read_metrics
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
             f = folder / f"probe_{task}.json"
             if f.is_file():
                 results[task] = _check_result(f, task, _read_json(f, "a probe result"))
-        checkpoint = encoder.get("checkpoint")
-        run = Path(checkpoint).parent.parent if isinstance(checkpoint, str) and checkpoint else None
+        checkpoint, source = encoder.get("checkpoint"), encoder.get("exported_from")
+        run = next((run_of(f) for f in (checkpoint, source) if isinstance(f, str) and run_of(f)), None)
         pretraining = read_metrics(run / "metrics.jsonl") if run else []
         models.append(Model(encoder.get("name", p.name), folder, encoder, results, pretraining))
     return models

@@ -55,9 +55,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise FileNotFoundError(f"{path}: no such run, checkpoint or export folder")
     if path.is_file():
         raise ckpt_io.CheckpointError(f"{path}: a file; give a bestrq run, checkpoint or export folder")
+    source = None  # for an export: the checkpoint it was made from
     if is_export(path):
         folder = path
-        config, step, weights = read_export(path)
+        config, step, weights, source = read_export(path)
     else:
         if (path / BESTRQ_CONFIG).is_file():
             raise ckpt_io.CheckpointError(f"{path}: an export folder without its {WEIGHTS} (the encoder's weights)")
@@ -92,6 +93,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     stat = (folder / WEIGHTS).stat()
     info = {"objective": cfg.objective, "step": step, "checkpoint": str(folder),
             "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}"}  # a new run with the same steps differs
+    if source:
+        info["exported_from"] = source
     return Loaded(model.to(device).eval().requires_grad_(False), cfg, step, folder, info)
 
 

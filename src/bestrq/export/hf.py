@@ -153,7 +153,7 @@ def export_hf(loaded, out: str | os.PathLike, overwrite: bool = False) -> Path:
         sampling_rate=module.sample_rate, stride=cfg.features.stack).save_pretrained(tmp)
     save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
     save_file(extras, str(tmp / EXTRAS), metadata={"format": "pt", "step": str(loaded.step),
-                                                    "source": str(loaded.folder)})
+                                                    "source": str(loaded.folder.resolve())})
     (tmp / "README.md").write_text(_model_card(cfg, loaded))
     (tmp / BESTRQ_CONFIG).write_text(json.dumps(to_dict(cfg), indent=2))
     if out.exists():
@@ -195,8 +195,9 @@ def is_export(folder: Path) -> bool:
     return (folder / BESTRQ_CONFIG).is_file() and (folder / WEIGHTS).is_file()
 
 
-def read_export(folder: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor]]:
-    """An exported folder -> (our config as a dict, its step, our full state dict)."""
+def read_export(folder: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor], str | None]:
+    """An exported folder -> (our config as a dict, its step, our full state dict, the checkpoint
+    folder it was exported from, as recorded then)."""
     try:
         config = json.loads((folder / BESTRQ_CONFIG).read_text())
     except (OSError, ValueError) as e:
@@ -210,7 +211,8 @@ def read_export(folder: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tens
         state = {"encoder." + k: v for k, v in from_hf_names(load_file(str(folder / WEIGHTS))).items()}
         state.update(load_file(str(folder / EXTRAS)))
         with safe_open(str(folder / EXTRAS), "pt") as f:
-            step = int((f.metadata() or {}).get("step", 0))
+            meta = f.metadata() or {}
+        step = int(meta.get("step", 0))
     except (OSError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"{folder}: unreadable weights ({e})") from None
-    return config, step, state
+    return config, step, state, meta.get("source")

@@ -23,6 +23,7 @@ from ..config import PretrainConfig, load_config
 from ..export.api import load_checkpoint
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask
 from ..models.conformer import EncoderOutput
+from ..train.checkpoint import run_of
 from ..train.distributed import require_device
 from ..train.loop import read_metrics
 
@@ -83,9 +84,10 @@ def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:
 
 def _from_checkpoint(path: Path, device: torch.device) -> Encoder:
     loaded = load_checkpoint(path, device)
-    run_dir = loaded.folder.parent.parent
-    info = {**loaded.info, **_pretraining_record(run_dir, loaded.step)}
-    return Encoder(f"{run_dir.name} (step {loaded.step})", str(path), loaded.module, info)
+    run_dir = run_of(loaded.folder)  # None for an export: named after its folder, timed by its run if still there
+    source_run = run_dir or run_of(loaded.info.get("exported_from"))
+    info = {**loaded.info, **(_pretraining_record(source_run, loaded.step) if source_run else {})}
+    return Encoder(f"{(run_dir or loaded.folder).name} (step {loaded.step})", str(path), loaded.module, info)
 
 
 def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -> Encoder:

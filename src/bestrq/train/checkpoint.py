@@ -51,6 +51,14 @@ def is_checkpoint_name(name: str) -> bool:
     return _NAME.match(name) is not None
 
 
+def run_of(folder: str | os.PathLike | None) -> Path | None:
+    """The run folder a checkpoint folder (``RUN/checkpoints/step-N``) belongs to; None for any other."""
+    if not folder:
+        return None
+    folder = Path(folder)
+    return folder.parent.parent if folder.parent.name == "checkpoints" and is_checkpoint_name(folder.name) else None
+
+
 def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / "checkpoints"
 
