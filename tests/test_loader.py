@@ -45,6 +45,20 @@ def test_batches_hold_their_duration_and_bucket(train):
     assert spread < np.ptp(list(durations.values())) / 2  # bucketing groups similar lengths
 
 
+def test_clips_cropped_to_max_duration_count_as_what_they_hold_in_the_batch_budget(train):
+    # clips of 4-6 s cropped to 2 s: a 20 s budget holds ten of them, not the three or four their
+    # whole lengths would fit (batches a third full, the step's audio far below max_batch_duration)
+    long = train.filter(lambda c: c.duration > 4.0)
+    loader = AudioLoader(long, AudioDataset(max_duration=2.0), max_batch_duration=20.0, num_buckets=2)
+    batches = list(itertools.islice(iter(loader), 6))
+    assert all(b.lengths.sum() <= 20 * 16000 and (b.lengths == 32000).all() for b in batches)
+    assert np.mean([len(b) for b in batches]) >= 9
+    whole = {c.id: c for c in long}  # the dataset still crops the whole clip, at a random offset, not at 0
+    at_start = [np.allclose(b.waveforms[i, :200].numpy(), load_mono(whole[cut_id])[:200], atol=1e-4)
+                for b in batches[:2] for i, cut_id in enumerate(b.cut_ids)]
+    assert not all(at_start)
+
+
 def test_rank_shards_are_disjoint(train):
     seen = []
     for rank in (0, 1):

@@ -117,6 +117,13 @@ class AudioLoader:
         self.drop_last = drop_last
         self.epoch = 0
         self.position = 0
+        # the sampler packs batches by the audio they will hold: a clip longer than the dataset's
+        # max_duration counts as max_duration, to which it is cropped, not as its whole length
+        cap = dataset.max_duration
+        long = cap is not None and any(c.duration > cap for c in cuts)
+        self._whole = {c.id: c for c in cuts} if long else None
+        self._sampled = CutSet.from_cuts(c.truncate(duration=cap, preserve_id=True) if c.duration > cap else c
+                                         for c in cuts) if long else cuts
 
     def _sampler(self, epoch: int) -> DynamicBucketingSampler | DynamicCutSampler:
         common = {"max_duration": self.max_batch_duration, "shuffle": self.shuffle, "drop_last": self.drop_last,
@@ -124,9 +131,9 @@ class AudioLoader:
         with warnings.catch_warnings():  # our manifests are small and read eagerly, on purpose
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
             if len(self.cuts) < self.num_buckets:  # too few cuts to bucket
-                sampler = DynamicCutSampler(self.cuts, **common)
+                sampler = DynamicCutSampler(self._sampled, **common)
             else:
-                sampler = DynamicBucketingSampler(self.cuts, num_buckets=self.num_buckets, **common)
+                sampler = DynamicBucketingSampler(self._sampled, num_buckets=self.num_buckets, **common)
         sampler.set_epoch(epoch)
         return sampler
 
@@ -140,8 +147,8 @@ class AudioLoader:
             for _ in range(skip):  # fast-forward: metadata only, no audio is read
                 if next(it, None) is None:
                     return
-            while (batch := next(it, None)) is not None:
-                yield batch
+            while (batch := next(it, None)) is not None:  # the whole clips, for the dataset's random crop
+                yield batch if self._whole is None else CutSet.from_cuts(self._whole[c.id] for c in batch)
 
         return batches(self._sampler(self.epoch), self.position)
 
