@@ -224,14 +224,26 @@ def test_probe_and_report_from_the_command_line(small_corpus, tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
 
 
-def test_unfrozen_asr_trains_the_encoder_too(small_corpus, tmp_path):
+def test_unfrozen_asr_trains_the_encoder_too(small_corpus, tmp_path, caplog):
     from bestrq.probes import run_probes
 
+    # one training clip whose file is damaged: skipped and counted (it stopped the fine-tuning with a traceback)
+    corpus = tmp_path / "corpus"
+    shutil.copytree(small_corpus, corpus)
+    (tmp_path / "damaged.flac").write_bytes(b"not audio")
+    train = list(load_split(corpus, "train"))
+    source = fastcopy(train[0].recording.sources[0], source=str(tmp_path / "damaged.flac"))
+    train[0] = fastcopy(train[0], recording=fastcopy(train[0].recording, sources=[source]))
+    save_split(corpus, "train", CutSet.from_cuts(train))
     encoder = load_encoder("random:bestrq_tiny", seed=0)
     before = {k: v.clone() for k, v in encoder.module.encoder.state_dict().items()}
     cfg = ProbeConfig(epochs=1, asr_hidden=16, unfreeze=True, encoder_lr=1e-3)
-    result = run_probes(encoder, ["asr"], small_corpus, tmp_path, cfg, progress=False)["asr"]
+    with caplog.at_level("WARNING", logger="bestrq.probes.run"):
+        result = run_probes(encoder, ["asr"], corpus, tmp_path / "out", cfg, progress=False)["asr"]
     assert result["unfreeze"] and 0 <= result["test"]["cer"]
+    assert "damaged.flac" in caplog.text and "asr/train: 1 items skipped (bad audio)" in caplog.text
+    assert result["train_items"] == len(task_data("asr", {s: list(load_split(small_corpus, s))
+                                                          for s in ("train", "dev", "test")}).train) - 1
     after = encoder.module.encoder.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="ASR only"):

@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from ..data.audio import BadAudio, load_mono
 from ..data.manifest import atomic_path, list_splits, load_split
 from ..train.distributed import require_device
 from .cache import encode_cuts, extract
@@ -147,6 +149,19 @@ def _finetune(encoder: Encoder, data, cfg: ProbeConfig, device: torch.device, pr
     module = encoder.module
     module.requires_grad_(True)
     by_id = {c.id: c for cuts in splits.values() for c in cuts}
+    for name in ("train", "dev", "test"):  # no cache to leave bad audio out: read it all once, first
+        items, kept = getattr(data, name), []
+        for it in tqdm(getattr(data, name), desc=f"check audio {name}", unit="clip", disable=not progress):
+            try:
+                load_mono(by_id[it.cut_id], module.sample_rate)
+                kept.append(it)
+            except BadAudio as e:
+                log.warning("skipping %s (cut %s): %s", e.path, it.cut_id, e.reason)
+        if len(kept) < len(items):
+            log.warning("asr/%s: %d items skipped (bad audio)", name, len(items) - len(kept))
+        if not kept:
+            raise ValueError(f"asr: no usable audio in the {name} split")
+        setattr(data, name, kept)
 
     def get(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(module.training):
