@@ -151,6 +151,26 @@ def test_resume_continues_exactly(corpus, tmp_path):
     assert steps == sorted(steps) and steps[-1] == 6
 
 
+def test_a_resume_on_a_changed_training_split_starts_the_next_epoch_and_says_so(corpus, tmp_path, caplog):
+    from lhotse import CutSet
+
+    from bestrq.data.manifest import load_split, save_split
+
+    grown = tmp_path / "grown"  # the same corpus with some training audio added since
+    train = list(load_split(corpus, "train"))
+    save_split(grown, "train", CutSet.from_cuts(train[: len(train) // 2]))
+    save_split(grown, "dev", load_split(corpus, "dev"))
+    pretrain(small(grown, tmp_path / "run", "train.steps=2"))
+    position = checkpoint.load(checkpoint.latest(tmp_path / "run")).state["loader"][0]
+    assert position["epoch"] == 0 and position["position"] == 2
+    save_split(grown, "train", CutSet.from_cuts(train))
+    with caplog.at_level(logging.WARNING, logger="bestrq.train"):
+        assert pretrain(small(grown, tmp_path / "run", "train.steps=3")).step == 3
+    assert "read another train split (its cuts changed since): the model and optimizer continue exactly; " \
+           "the data starts epoch 1" in caplog.text  # it went on at position 2 of a different epoch, silently
+    assert checkpoint.load(checkpoint.latest(tmp_path / "run")).state["loader"][0]["epoch"] == 1
+
+
 W2V_SMALL = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64",
              "encoder.pos_conv_groups=4", "encoder.pos_conv_kernel=16", "wav2vec2.conv_channels=[32,32,32,32,32,32,32]",
              "wav2vec2.num_entries=8", "wav2vec2.codevector_dim=16", "wav2vec2.final_dim=12",

@@ -10,6 +10,7 @@ the number of prefetching workers.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import warnings
@@ -117,6 +118,9 @@ class AudioLoader:
         self.drop_last = drop_last
         self.epoch = 0
         self.position = 0
+        # which cuts: a position means nothing in another split (a resumed run whose corpus changed)
+        listing = "\n".join(f"{c.id} {c.duration}" for c in cuts).encode()
+        self.fingerprint = hashlib.sha1(listing).hexdigest()[:16]
         # the sampler packs batches by the audio they will hold: a clip longer than the dataset's
         # max_duration counts as max_duration, to which it is cropped, not as its whole length
         cap = dataset.max_duration
@@ -188,7 +192,7 @@ class AudioLoader:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "world_size": self.world_size, "rank": self.rank}
+                "world_size": self.world_size, "rank": self.rank, "cuts": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "world_size"):

@@ -347,21 +347,25 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
                                              f"{missing[:3]}, unexpected {unexpected[:3]})")
         optimizer.load_state_dict(ckpt.state["optimizer"])
         saved_world = len(ckpt.state["loader"])
-        if saved_world == ctx.world_size:  # the data position and every random state: exactly as if never stopped
+        same_cuts = all(s.get("cuts", loader.fingerprint) == loader.fingerprint for s in ckpt.state["loader"])
+        if saved_world == ctx.world_size and same_cuts:  # data position, random states: as if never stopped
             loader.load_state_dict(ckpt.state["loader"][ctx.rank])
             torch.set_rng_state(ckpt.state["rng"][ctx.rank]["torch"])
             if device.type == "cuda" and ckpt.state["rng"][ctx.rank].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt.state["rng"][ctx.rank]["cuda"])
         else:
-            # another number of processes (a pre-empted job back on fewer or more GPUs): the model and
-            # optimizer continue exactly; the data cannot be resharded mid-epoch, so the next epoch starts
+            # another number of processes (a pre-empted job back on fewer or more GPUs), or a training
+            # split that changed: the model and optimizer continue exactly; a position in the old
+            # epoch means nothing in the new one, so the next epoch starts
             epoch = max(int(s["epoch"]) for s in ckpt.state["loader"]) + 1
             loader.load_state_dict({**loader.state_dict(), "epoch": epoch, "position": 0})
             torch.manual_seed(t.seed * 1_000_003 + ckpt.step * 1009 + ctx.rank)
             if ctx.is_main:
-                log.warning("%s was written by %d process(es), this run has %d: the model and optimizer "
-                            "continue exactly; the data starts epoch %d, sharded anew, and random states are "
-                            "re-seeded", resume_from, saved_world, ctx.world_size, epoch)
+                why = (f"was written by {saved_world} process(es), this run has {ctx.world_size}"
+                       if saved_world != ctx.world_size else
+                       f"read another {cfg.data.train_split} split (its cuts changed since)")
+                log.warning("%s %s: the model and optimizer continue exactly; the data starts epoch %d, "
+                            "sharded anew, and random states are re-seeded", resume_from, why, epoch)
         step = ckpt.step
         bad_steps = int(ckpt.state.get("bad_steps", 0))
         skipped = {k: dict(v) for k, v in ckpt.state.get("skipped_audio", {}).items()}
