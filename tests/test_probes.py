@@ -428,3 +428,25 @@ def test_report_says_which_tasks_were_tested_on_different_test_sets(tmp_path, ca
     assert "**70.0**" not in text and "| 70.0 |" in text  # no best where the sets differ
     text = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "report").read_text()
     assert "Not comparable" not in text and "**60.0**" in text
+
+
+def test_results_of_another_encoder_in_a_probe_folder_are_flagged(small_corpus, tmp_path, caplog):
+    from bestrq.probes import run_probes
+    from bestrq.report import write_report
+
+    out, cfg = tmp_path / "probes", ProbeConfig(epochs=1)
+    run_probes("fbank", ["emotion"], small_corpus, out, cfg, progress=False)
+    with caplog.at_level("WARNING"):  # a later probe into the same folder, of another encoder, for another task
+        run_probes("random:bestrq_tiny", ["intent"], small_corpus, out, cfg, progress=False)
+    assert "probe_emotion.json is of another encoder (fbank), not random init (bestrq_tiny)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the report showed fbank's emotion scores as the random encoder's
+        text = write_report([out], tmp_path / "report").read_text()
+    line = ("random init (bestrq_tiny): its emotion result was made with another encoder (fbank), so its emotion "
+            "scores are not this model's")
+    assert f"> **Mixed encoders.** {line}" in text and line in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the same encoder again, for the other task: nothing to flag
+        run_probes("random:bestrq_tiny", ["emotion"], small_corpus, out, cfg, progress=False)
+        text = write_report([out], tmp_path / "report").read_text()
+    assert "another encoder" not in caplog.text and "Mixed" not in text

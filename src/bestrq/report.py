@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .probes.encoders import same_encoder
 from .probes.tasks import MAIN_METRIC, TASKS
 from .train.checkpoint import run_of
 from .train.loop import read_metrics
@@ -219,6 +220,19 @@ def incomparable(models: list[Model]) -> dict[str, str]:
     return lines
 
 
+def mixed(models: list[Model]) -> list[str]:
+    """One line per probe result made with another encoder than its folder's ``encoder.json``
+    (a folder probed again, at a later checkpoint, for some tasks only)."""
+    lines = []
+    for m in models:
+        for task, result in m.results.items():
+            other = result.get("encoder")
+            if m.encoder and isinstance(other, dict) and other and not same_encoder(other, m.encoder):
+                lines.append(f"{m.name}: its {task} result was made with another encoder ({other.get('name')}), "
+                             f"so its {task} scores are not this model's")
+    return lines
+
+
 def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path:
     models = collect(paths)
     out = Path(out)
@@ -230,6 +244,9 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> Path
     for line in incomparable(models).values():
         log.warning("%s", line)
         text += [f"> **Not comparable.** {line}", ""]
+    for line in mixed(models):
+        log.warning("%s", line)
+        text += [f"> **Mixed encoders.** {line}", ""]
     text += [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(text) + "\n")

@@ -71,6 +71,14 @@ class Encoder:
         return self.module.output_lengths(lengths)
 
 
+def same_encoder(a: dict, b: dict) -> bool:
+    """Whether two encoder records (``encoder.json``, a probe result's ``encoder``) are of one model:
+    the same weights file, or for ``fbank`` and ``random:`` the same name, spec and seed."""
+    if a.get("weights_id") or b.get("weights_id"):
+        return a.get("weights_id") == b.get("weights_id")
+    return all(a.get(k) == b.get(k) for k in ("name", "spec", "seed"))
+
+
 def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:
     """Wall time and audio seen up to ``step``, from the run's metrics.jsonl (absent: empty)."""
     path = run_dir / "metrics.jsonl"

@@ -20,7 +20,7 @@ from ..data.audio import BadAudio, load_mono
 from ..data.manifest import atomic_path, list_splits, load_split
 from ..train.distributed import require_device
 from .cache import encode_cuts, extract
-from .encoders import Encoder, load_encoder
+from .encoders import Encoder, load_encoder, same_encoder
 from .tasks import TASKS, ProbeConfig, read_trials, task_data, train_probe
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 def _write_json(path: Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
+
+
+def _encoder_of(path: Path) -> dict | None:
+    """The encoder record of a probe result file, if it has one."""
+    try:
+        encoder = json.loads(path.read_text()).get("encoder")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return encoder if isinstance(encoder, dict) else None
 
 
 def _long_enough(encoder: Encoder, cuts: list, split: str) -> list:
@@ -89,7 +98,13 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
 
     encoder = checkpoint if isinstance(checkpoint, Encoder) else load_encoder(checkpoint, dev, seed=cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "encoder.json", {"name": encoder.name, "spec": encoder.spec, **encoder.info})
+    record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
+    for path in sorted(out_dir.glob("probe_*.json")):  # results this run does not replace: of this encoder?
+        other = _encoder_of(path)
+        if path.stem.removeprefix("probe_") not in tasks and other is not None and not same_encoder(other, record):
+            log.warning("%s is of another encoder (%s), not %s: the report flags it; give --out another folder "
+                        "to keep each encoder's results apart", path, other.get("name"), encoder.name)
+    _write_json(out_dir / "encoder.json", record)
 
     splits = {s: _long_enough(encoder, cuts, s) for s, cuts in raw.items()}
 
