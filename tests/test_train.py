@@ -171,6 +171,20 @@ def test_a_resume_on_a_changed_training_split_starts_the_next_epoch_and_says_so(
     assert checkpoint.load(checkpoint.latest(tmp_path / "run")).state["loader"][0]["epoch"] == 1
 
 
+def test_a_resumed_run_counts_its_training_time_from_before(corpus, tmp_path):
+    from bestrq.train.loop import read_metrics
+
+    pretrain(small(corpus, tmp_path, "train.steps=2", "train.log_every=1"))
+    before = checkpoint.load(checkpoint.latest(tmp_path)).state["train_seconds"]
+    assert before > 0
+    pretrain(small(corpus, tmp_path, "train.steps=4", "train.log_every=1"))
+    elapsed = [r["elapsed"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    # it started again at 0: the report took the longest stretch for the run's time, and max_minutes
+    # gave every resume a whole new budget
+    assert len(elapsed) == 4 and elapsed == sorted(elapsed) and elapsed[2] > before
+    assert checkpoint.load(checkpoint.latest(tmp_path)).state["train_seconds"] > elapsed[-1]
+
+
 W2V_SMALL = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64",
              "encoder.pos_conv_groups=4", "encoder.pos_conv_kernel=16", "wav2vec2.conv_channels=[32,32,32,32,32,32,32]",
              "wav2vec2.num_entries=8", "wav2vec2.codevector_dim=16", "wav2vec2.final_dim=12",

@@ -192,7 +192,8 @@ class OptimConfig:
 class TrainConfig:
     out_dir: str = _f("runs/bestrq", "run folder: checkpoints, metrics.jsonl, TensorBoard events")
     steps: int = _f(100000, "optimizer steps to train for", ge=1)
-    max_minutes: float = _f(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)", ge=0)
+    max_minutes: float = _f(0.0, "stop (with a checkpoint) after this many minutes of training, a resumed "
+                                  "run's time before included (0: no limit)", ge=0)
     seed: int = _f(0, "seed of initialisation, data order, masks and dropout")
     init_from: str = _f("", "start from this run, checkpoint or exported folder's weights, quantizer and heads "
                             "(fresh optimizer and schedule); its model settings must match. A run that "

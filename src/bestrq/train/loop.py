@@ -333,7 +333,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
     loader = make_loader(cfg.data.train_split, train=True)
     valid_loader = make_loader(cfg.data.valid_split, train=False) if cfg.data.valid_split else None
 
-    step, bad_steps, skipped = 0, 0, {}
+    step, bad_steps, skipped, trained_before = 0, 0, {}, 0.0
     if ctx.is_main:
         held.enter_context(_run_lock(out_dir))  # before recover(), which would clear a live run's writes
         checkpoint.recover(out_dir)  # a write cut short by a kill: restore or remove its leftovers
@@ -368,6 +368,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
                             "sharded anew, and random states are re-seeded", resume_from, why, epoch)
         step = ckpt.step
         bad_steps = int(ckpt.state.get("bad_steps", 0))
+        trained_before = float(ckpt.state.get("train_seconds", 0.0))  # max_minutes and `elapsed` go on from it
         skipped = {k: dict(v) for k, v in ckpt.state.get("skipped_audio", {}).items()}
         if ctx.is_main:
             log.warning("resuming from %s (step %d)", resume_from, step)
@@ -419,7 +420,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
             checkpoint.save(out_dir, step, model.state_dict(), {
                 "optimizer": optimizer.state_dict(),
                 "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered],
-                "bad_steps": bad_steps, "skipped_audio": merged,
+                "bad_steps": bad_steps, "skipped_audio": merged, "train_seconds": time.monotonic() - started,
             }, to_dict(cfg), keep=t.keep_checkpoints)
             if merged:
                 with atomic_path(out_dir / "skipped_audio.json") as tmp:
@@ -431,8 +432,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
     train_metrics: dict[str, float] = {}
     valid_metrics: dict[str, float] = {}
     batches = _usable(iter(loader), skipped)
-    started = time.monotonic()
-    window_start, window_audio = started, 0.0
+    window_start, window_audio = time.monotonic(), 0.0
+    started = window_start - trained_before  # the run's training time, across resumes
     bar = tqdm(total=t.steps, initial=step, disable=not (ctx.is_main and t.progress), unit="step",
                dynamic_ncols=True)
     model.train()
