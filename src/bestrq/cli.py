@@ -70,8 +70,9 @@ def _probe_out(checkpoint: str) -> Path:
         return Path("runs/probes") / checkpoint.replace(":", "-").replace("/", "_")
     if (path / "bestrq_config.json").is_file():  # an export: kept as transformers loads it, no cache inside
         return Path("runs/probes") / path.resolve().name
-    run = path.parent.parent if path.parent.name == "checkpoints" else path
-    return run / "probes"
+    from .train.checkpoint import run_of
+
+    return (run_of(path) or path) / "probes"
 
 
 def _probe(args: argparse.Namespace) -> int:

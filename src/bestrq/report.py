@@ -52,7 +52,7 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
             if f.is_file():
                 results[task] = _check_result(f, task, _read_json(f, "a probe result"))
         checkpoint, source = encoder.get("checkpoint"), encoder.get("exported_from")
-        run = next((run_of(f) for f in (checkpoint, source) if isinstance(f, str) and run_of(f)), None)
+        run = next(filter(None, (run_of(f) for f in (checkpoint, source) if isinstance(f, str))), None)
         pretraining = read_metrics(run / "metrics.jsonl") if run else []
         models.append(Model(encoder.get("name", p.name), folder, encoder, results, pretraining))
     return models

@@ -78,7 +78,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         except ckpt_io.CheckpointError as e:
             if folder == path:
                 raise
-            raise ckpt_io.CheckpointError(f"{e}. {_older_checkpoint(path, folder)}") from None
+            raise ckpt_io.CheckpointError(f"{e}. {_older_checkpoint(path)}") from None
         config, step, weights = ckpt.config, ckpt.step, ckpt.weights
     try:
         cfg = from_dict(PretrainConfig, config).validate()
@@ -98,16 +98,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return Loaded(model.to(device).eval().requires_grad_(False), cfg, step, folder, info)
 
 
-def _older_checkpoint(run: Path, damaged: Path) -> str:
+def _older_checkpoint(run: Path) -> str:
     """Where to turn when a run's newest checkpoint is damaged: never silently to an older step."""
-    for older in reversed(ckpt_io.list_checkpoints(run)):
-        if older != damaged:
-            try:
-                ckpt_io.load(older)
-            except ckpt_io.CheckpointError:
-                continue
-            return f"It is the run's newest checkpoint; the newest that loads is {older}: name it to use that one"
-    return "It is the run's newest checkpoint, and no older one loads"
+    try:
+        older, _ = ckpt_io.latest_loadable(run, warn=False)
+    except ckpt_io.CheckpointError:  # none loads
+        older = None
+    if older is None:
+        return "It is the run's newest checkpoint, and no older one loads"
+    return f"It is the run's newest checkpoint; the newest that loads is {older}: name it to use that one"
 
 
 def _is_transformers_folder(path: Path) -> bool:

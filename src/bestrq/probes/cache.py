@@ -119,6 +119,12 @@ def open_cache(folder: str | os.PathLike) -> HiddenStates:
     return HiddenStates(folder, list(ranges), ranges, states, index.get("skipped", []))
 
 
+def output_frames(encoder: Encoder, cuts: list) -> torch.Tensor:
+    """The encoder's output frames for each cut, from the manifest's durations (0: too short for one)."""
+    samples = torch.tensor([round(c.duration * encoder.sample_rate) for c in cuts], dtype=torch.int64)
+    return encoder.output_lengths(samples) if cuts else samples
+
+
 def _check_space(folder: Path, need: int) -> None:
     """Refuse, before it fills the disk, a cache larger than the free space beside it."""
     free = shutil.disk_usage(folder).free
@@ -148,8 +154,7 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
     skipped: list[dict] = []
     offset, shape = 0, None
     dataset = AudioDataset(sample_rate=encoder.sample_rate, min_duration=0.0)  # no crop, any length
-    samples = torch.tensor([round(c.duration * encoder.sample_rate) for c in cuts], dtype=torch.int64)
-    frames = int(encoder.output_lengths(samples).clamp(min=0).sum()) if len(samples) else 0
+    frames = int(output_frames(encoder, cuts).clamp(min=0).sum())
     with atomic_path(folder / "states.bin") as tmp, open(tmp, "wb") as fh:
         for cuts_batch in tqdm(batches, desc=f"extract {folder.name}", unit="batch", disable=not progress):
             batch = dataset[cuts_batch]  # bad audio is skipped and counted: one bad file costs only itself

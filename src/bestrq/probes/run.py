@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.audio import BadAudio, load_mono
 from ..data.manifest import atomic_path, list_splits, load_split
 from ..train.distributed import require_device
-from .cache import encode_cuts, extract
+from .cache import encode_cuts, extract, output_frames
 from .encoders import Encoder, load_encoder, same_encoder
 from .tasks import TASKS, ProbeConfig, read_trials, task_data, train_probe
 
@@ -42,8 +42,7 @@ def _encoder_of(path: Path) -> dict | None:
 
 def _long_enough(encoder: Encoder, cuts: list, split: str) -> list:
     """The cuts that give the encoder at least one frame; the others are left out, with a warning."""
-    samples = torch.tensor([round(c.duration * encoder.sample_rate) for c in cuts], dtype=torch.int64)
-    frames = encoder.output_lengths(samples).tolist() if cuts else []
+    frames = output_frames(encoder, cuts).tolist()
     short = [c for c, n in zip(cuts, frames) if n < 1]
     if short:
         log.warning("%s: %d cuts too short for one frame of the encoder are left out, e.g. %s (%.0f ms)",
@@ -148,7 +147,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
                                     get_sv=get_sv if task == "speaker" else None, sv_durations=durations,
                                     progress=progress, frame_rate=rate)
             result["frame_rate"] = rate
-        result["encoder"] = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
+        result["encoder"] = dict(record)
         # which test set: the report compares only models tested on the same one
         test_ids = "\n".join(sorted(it.cut_id for it in data.test)).encode()
         result["data"] = {"folder": str(data_dir.resolve()), "test_items": len(data.test),
@@ -166,7 +165,7 @@ def _finetune(encoder: Encoder, data, cfg: ProbeConfig, device: torch.device, pr
     by_id = {c.id: c for cuts in splits.values() for c in cuts}
     for name in ("train", "dev", "test"):  # no cache to leave bad audio out: read it all once, first
         items, kept = getattr(data, name), []
-        for it in tqdm(getattr(data, name), desc=f"check audio {name}", unit="clip", disable=not progress):
+        for it in tqdm(items, desc=f"check audio {name}", unit="clip", disable=not progress):
             try:
                 load_mono(by_id[it.cut_id], module.sample_rate)
                 kept.append(it)

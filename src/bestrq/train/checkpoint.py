@@ -172,15 +172,17 @@ def recover(out_dir: str | os.PathLike) -> list[str]:
     return done
 
 
-def latest_loadable(out_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
+def latest_loadable(out_dir: str | os.PathLike, map_location: str | torch.device = "cpu", warn: bool = True
                     ) -> tuple[Path | None, Checkpoint | None]:
-    """The newest checkpoint that loads; broken newer ones (damaged after the write) are reported and passed over."""
+    """The newest checkpoint that loads; broken newer ones (damaged after the write) are passed over,
+    each with a warning unless ``warn`` is false."""
     errors = []
     for path in reversed(list_checkpoints(out_dir)):
         try:
             return path, load(path, map_location)
         except CheckpointError as e:
-            log.warning("passing over a damaged checkpoint: %s", e)
+            if warn:
+                log.warning("passing over a damaged checkpoint: %s", e)
             errors.append(str(e))
     if errors:
         raise CheckpointError(f"{checkpoint_dir(out_dir)}: no checkpoint loads ({'; '.join(errors)})")
