@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tone, write_audio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_train import SMALL, small
 
@@ -381,10 +381,12 @@ def test_wrong_architecture_and_truncated_checkpoints_name_the_problem(corpus, t
 YAML_TEXT = st.text(alphabet=st.sampled_from(list("abcdefgnoprstu_.:-=[]{}!&*|>'\"#%@ 0123456789\n\t")), max_size=80)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(YAML_TEXT, st.sampled_from([
     "!!python/object/apply:os.system ['touch pwned']", "encoder: !!python/name:os.system", "&a [*a]",
     "encoder: {d_model: [1, 2]}", "train: 3", "optim: {lr: .nan}", "objective: null", "- a\n- b"])))
+@example(text="0: 1\nnope: {}")  # unknown keys of two types: not sortable together
+@example(text="encoder: {0: 1, nope: 8}")
 def test_config_files_parse_safely_or_fail_with_a_config_error(tmp_path, text):
     path = tmp_path / "fuzz.yaml"
     path.write_text(text)
@@ -395,10 +397,10 @@ def test_config_files_parse_safely_or_fail_with_a_config_error(tmp_path, text):
     assert not (Path.cwd() / "pwned").exists()
 
 
-@settings(max_examples=150, deadline=None)
 @given(overrides=st.lists(st.tuples(st.sampled_from(["encoder.d_model", "optim.lr", "train.steps", "masking.prob",
                                                      "data.corpus", "quantizer", "nope.x", "", "a.b.c"]),
                                     YAML_TEXT), max_size=3))
+@example(overrides=[("quantizer", "0:\n_:"), ("quantizer", "0:")])  # found by CI: an int key and a str key
 def test_config_overrides_parse_safely_or_fail_with_a_config_error(overrides):
     try:
         load_config(None, [f"{k}={v}" for k, v in overrides])
@@ -415,7 +417,7 @@ JSON_LINE = st.one_of(
                     max_size=7).map(json.dumps))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(JSON_LINE, min_size=1, max_size=4))
 def test_manifests_parse_safely_or_fail_naming_the_file(tmp_path, lines):
     path = tmp_path / "fuzz_cuts.jsonl"

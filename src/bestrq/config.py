@@ -297,7 +297,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix[:-1] or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted((k for k in data if k not in fields), key=str)  # YAML keys may be numbers
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]!s}; valid keys{' of ' + prefix[:-1] if prefix else ''}"
                           f": {', '.join(fields)}")
