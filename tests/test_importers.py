@@ -206,6 +206,14 @@ def test_voxceleb1_layout_trials_and_unseen_verification_speakers(dev, tmp_path,
     assert len(written) == len(trials) and {w.split()[0] for w in written} == {"0", "1"}
     ids = {c.id for c in sv}
     assert all(a in ids and b in ids for _, a, b in (w.split() for w in written))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bestrq.data"):
+        prepare("voxceleb1", root, tmp_path / "out", jobs=1)  # the same import again: nothing is left over
+        assert "earlier import" not in caplog.text
+        write_audio(tmp_path / "other" / "a.wav", tone(200, 2.0))
+        prepare("folder", tmp_path / "other", tmp_path / "out", jobs=1)  # into the same folder: train only
+    assert f"{tmp_path / 'out'}: still holds split dev, split sv, split test, sv_trials.txt from an earlier import, " \
+           f"not from {tmp_path / 'other'}: delete them" in caplog.text  # a probe would test on them
     (root / "veri_test2.txt").write_text("1 only-two-fields\n")
     with pytest.raises(ManifestError, match="veri_test2.txt:1"):
         prepare("voxceleb1", root, tmp_path / "bad", jobs=1)

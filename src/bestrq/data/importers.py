@@ -42,7 +42,7 @@ from pathlib import Path
 from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
 
 from .audio import audio_source
-from .manifest import ManifestError, atomic_path, save_split
+from .manifest import ManifestError, atomic_path, list_splits, save_split
 
 log = logging.getLogger("bestrq.data")
 
@@ -396,6 +396,9 @@ IMPORTERS: dict[str, Callable[..., dict[str, CutSet]]] = {
 }
 
 
+EXTRA_FILES = ("sv_trials.txt",)  # files beside the manifests that an importer may write
+
+
 def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options) -> ImportReport:
     """Import ``src`` in format ``fmt`` and write one manifest per split into ``out``."""
     if fmt not in IMPORTERS:
@@ -406,6 +409,8 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
     if options.get("jobs", 1) < 1:
         raise ValueError(f"jobs must be >= 1, got {options['jobs']}")
     report = ImportReport()
+    out = Path(out)
+    earlier = list_splits(out) if out.is_dir() else []  # from an earlier import into the same folder
     for split, cuts in IMPORTERS[fmt](src, report, **options).items():
         if not len(cuts):
             log.warning("%s: no usable cuts (it lists none, or all are unreadable or empty): the split is not written",
@@ -417,8 +422,13 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
     if not report.splits:
         raise ManifestError(f"{src}: no usable audio: all {len(report.skipped)} files are unreadable or empty")
     for name, text in report.files.items():
-        with atomic_path(Path(out) / name) as tmp:
+        with atomic_path(out / name) as tmp:
             tmp.write_text(text)
+    left = [f"split {split}" for split in earlier if split not in report.splits]
+    left += [name for name in EXTRA_FILES if (out / name).is_file() and name not in report.files]
+    if left:  # probes and pre-training would take them as part of this corpus
+        log.warning("%s: still holds %s from an earlier import, not from %s: delete %s, or prepare into an empty "
+                    "folder", out, ", ".join(left), src, "it" if len(left) == 1 else "them")
     return report
 
 
