@@ -166,6 +166,10 @@ def test_continuing_into_a_different_model_names_the_settings(corpus, exported, 
                        match=r"quantizer\.codebook_size: 8192 there, 1024 here; encoder\.num_layers: 4 there, 2 here.*"
                              r"--config .*bestrq_config\.json"):
         _init_from(build_model(cfg), cfg, str(exported))
+    with pytest.raises(FileNotFoundError, match=f"^train.init_from: {tmp_path / 'nothing'}: no such run"):
+        _init_from(build_model(cfg), cfg, str(tmp_path / "nothing"))
+    with pytest.raises(checkpoint.CheckpointError, match=f"^train.init_from: {corpus}: not a bestrq run"):
+        _init_from(build_model(cfg), cfg, str(corpus))  # a corpus folder, given by mistake
 
 
 @pytest.mark.parametrize("option, blocker", [

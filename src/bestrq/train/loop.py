@@ -227,7 +227,10 @@ def _init_from(model: torch.nn.Module, cfg: PretrainConfig, source: str):
     from ..export.api import load_checkpoint
     from ..export.hf import BESTRQ_CONFIG
 
-    loaded = load_checkpoint(source)
+    try:
+        loaded = load_checkpoint(source)
+    except (checkpoint.CheckpointError, FileNotFoundError, NotADirectoryError) as e:
+        raise type(e)(f"train.init_from: {e}") from None  # the setting that named it: a --set, a YAML key or --init-from
     sections = tuple(s for s in MODEL_SECTIONS if s != "wav2vec2" or cfg.objective == "wav2vec2")
     differ = _model_differences(to_dict(loaded.config), cfg, sections, _INIT_FREE)
     if differ:
