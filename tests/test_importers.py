@@ -282,6 +282,38 @@ def test_malformed_table_rows_and_splits_without_audio_are_named(tmp_path, caplo
     assert not (tmp_path / "out" / "cuts_dev.jsonl.gz").exists()  # it was written, empty
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "broken.wav").write_bytes(b"not audio")
-    with pytest.raises(ManifestError, match=r"b: no usable audio: all 1 files are unreadable or empty"):
+    with pytest.raises(ManifestError, match=r"b: no usable audio: all 1 files are missing, unreadable or empty$"):
         prepare("folder", tmp_path / "b", tmp_path / "out2", jobs=1)
     assert not (tmp_path / "out2").exists()
+
+
+def test_tables_whose_audio_is_missing_or_whose_text_is_not_utf8_are_named(tmp_path, caplog):
+    write_audio(tmp_path / "a.wav", tone(200, 2.0))
+    table = tmp_path / "csv" / "train.csv"
+    table.parent.mkdir()
+    # paths relative to another folder: every file missing, said plainly, with the option that fixes it
+    table.write_text("ID,wav\n" + "".join(f"u{i},audio/{i}.wav\n" for i in range(25)))
+    with caplog.at_level("WARNING", logger="bestrq.data"), \
+            pytest.raises(ManifestError, match=r"train.csv: no usable audio: all 25 files are missing, unreadable or "
+                                               r"empty: none of the files it lists exist, e.g. audio/0.wav\. .*--data-root"):
+        prepare("speechbrain", table, tmp_path / "out", jobs=1)
+    assert caplog.text.count("skipping audio/") == 10  # the first ten named, then one line for all
+    assert "skipped 25 files: no such file: 25 (e.g. audio/0.wav)" in caplog.text
+    assert "AudioLoadingError" not in caplog.text  # not lhotse's decoder report for a file that is not there
+    fairseq = tmp_path / "fs" / "train.tsv"
+    fairseq.parent.mkdir()
+    fairseq.write_text(f"{tmp_path}/elsewhere\na.wav\t32000\n")
+    with pytest.raises(ManifestError, match="none of the files it lists exist.*the table's first line"):
+        prepare("fairseq", fairseq, tmp_path / "out", jobs=1)
+    fairseq.write_text(f"{tmp_path}\n\t32000\n")  # no path
+    with pytest.raises(ManifestError, match=r"train.tsv:2: expected 'relative/path<TAB>num_samples'"):
+        prepare("fairseq", fairseq, tmp_path / "out", jobs=1)
+    # a table saved in another encoding: the file and line named, not a UnicodeDecodeError
+    table.write_bytes("ID,wav,wrd\nu1,$data_root/a.wav,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match=r"train.csv:2: not UTF-8 text \(byte 0xe9\)"):
+        prepare("speechbrain", table, tmp_path / "out", jobs=1, data_root=str(tmp_path))
+    fairseq.write_bytes(f"{tmp_path}\na.wav\t32000\n".encode())
+    fairseq.with_suffix(".wrd").write_bytes("caf\xe9\n".encode("cp1252"))
+    with pytest.raises(ManifestError, match=r"train.wrd:1: not UTF-8 text"):
+        prepare("fairseq", fairseq, tmp_path / "out", jobs=1)
+    assert not (tmp_path / "out").exists()

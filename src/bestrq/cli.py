@@ -33,7 +33,7 @@ def _prepare(args: argparse.Namespace) -> int:
     for split, n in report.splits.items():
         print(f"{split}: {n} cuts, {report.hours[split]:.3f} h")
     if report.skipped:
-        print(f"skipped {len(report.skipped)} unreadable or empty files (listed in the warnings above)")
+        print(f"skipped {len(report.skipped)} missing, unreadable or empty files (see the warnings above)")
     print(f"manifests in {Path(args.out).resolve()}")
     return 0
 

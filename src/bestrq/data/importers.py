@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import io
 import logging
 import os
 import re
@@ -63,11 +64,28 @@ def _cut(rec: Recording, sups: list[SupervisionSegment], start: float = 0.0,
                    channel=rec.channel_ids[0], recording=rec, supervisions=sups)
 
 
+def _read_text(path: Path) -> str:
+    """A table's text; a file that is not UTF-8 is a ManifestError naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ManifestError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}): save the table as UTF-8"
+                            ) from None
+
+
+MISSING = "no such file"
+SKIP_WARNINGS = 10  # skipped files named one by one; the rest are counted
+
+
 def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jobs: int) -> dict[str, Recording]:
-    """Recordings from (id, path) pairs, reading only headers; unreadable and empty files skipped."""
+    """Recordings from (id, path) pairs, reading only headers; missing, unreadable and empty files skipped."""
 
     def one(item):
         rec_id, path = item
+        if not Path(path).is_file():
+            return (str(path), MISSING if not Path(path).exists() else "not a file")
         try:
             rec = Recording.from_file(path, recording_id=rec_id)
         except Exception as e:  # any decoder failure: skip the file
@@ -80,9 +98,18 @@ def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jo
             if isinstance(result, Recording):
                 out[result.id] = result
             else:
-                log.warning("skipping %s: %s", *result)
+                if len(report.skipped) < SKIP_WARNINGS:
+                    log.warning("skipping %s: %s", *result)
                 report.skipped.append(result)
     return out
+
+
+def _skipped_summary(skipped: list[tuple[str, str]]) -> str:
+    """``12 files: no such file: 10 (e.g. a.wav); unreadable: 2 (e.g. b.wav)``."""
+    kinds: dict[str, list[str]] = {}
+    for path, why in skipped:
+        kinds.setdefault(why.split(" (")[0], []).append(path)
+    return "; ".join(f"{kind}: {len(paths)} (e.g. {paths[0]})" for kind, paths in sorted(kinds.items()))
 
 
 def from_librispeech(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[str, CutSet]:
@@ -135,10 +162,10 @@ def from_folder(src: Path, report: ImportReport, jobs: int = 4, max_duration: fl
 def _fairseq_labels(tsv: Path, n: int) -> list[str] | None:
     wrd, ltr = tsv.with_suffix(".wrd"), tsv.with_suffix(".ltr")
     if wrd.exists():
-        lines = wrd.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(wrd).splitlines()
     elif ltr.exists():  # "H E L L O | W O R L D |"
         lines = [" ".join("".join(line.split()).split("|")).strip()
-                 for line in ltr.read_text(encoding="utf-8").splitlines()]
+                 for line in _read_text(ltr).splitlines()]
     else:
         return None
     if len(lines) != n:
@@ -158,7 +185,7 @@ def _table_files(src: Path, suffix: str) -> list[Path]:
 def from_fairseq(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[str, CutSet]:
     out = {}
     for tsv in _table_files(src, ".tsv"):
-        lines = tsv.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(tsv).splitlines()
         while lines and not lines[-1].strip():  # blank lines at the end (an editor's)
             lines.pop()
         if not lines:
@@ -167,7 +194,7 @@ def from_fairseq(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[st
         entries = []
         for lineno, line in enumerate(lines[1:], start=2):
             fields = line.split("\t")
-            if len(fields) != 2 or not fields[1].strip().isdigit():
+            if len(fields) != 2 or not fields[0].strip() or not fields[1].strip().isdigit():
                 raise ManifestError(f"{tsv}:{lineno}: expected 'relative/path<TAB>num_samples', got {line!r}")
             entries.append((fields[0], int(fields[1])))
         labels = _fairseq_labels(tsv, len(entries))
@@ -215,13 +242,15 @@ def from_speechbrain(src: Path, report: ImportReport, jobs: int = 4, data_root: 
     out = {}
     for table in _table_files(src, ".csv"):
         root = data_root or str(table.parent)
-        with open(table, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            wav_col = next((c for c in _SB_WAV if c in header), None)
-            if "ID" not in header or wav_col is None:
-                raise ManifestError(f"{table}:1: needs an 'ID' column and one of {_SB_WAV}; has {header}")
+        reader = csv.DictReader(io.StringIO(_read_text(table), newline=""))
+        header = reader.fieldnames or []
+        wav_col = next((c for c in _SB_WAV if c in header), None)
+        if "ID" not in header or wav_col is None:
+            raise ManifestError(f"{table}:1: needs an 'ID' column and one of {_SB_WAV}; has {header}")
+        try:
             rows = list(enumerate(reader, start=2))
+        except csv.Error as e:
+            raise ManifestError(f"{table}:{reader.line_num}: not a CSV table ({e})") from None
         paths = {}  # resolved audio path -> recording id
         row_paths = []
         for lineno, row in rows:
@@ -303,7 +332,7 @@ def from_voxceleb1(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[
     if trial_file is None:
         raise ManifestError(f"{src}: no trial list (veri_test2.txt or veri_test.txt) for speaker verification")
     trials = []
-    for lineno, line in enumerate(trial_file.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_text(trial_file).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -316,7 +345,7 @@ def from_voxceleb1(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[
     iden = next(iter(sorted(src.rglob("iden_split.txt"))), None)
     if iden is not None:
         names = {"1": "train", "2": "dev", "3": "test"}
-        for lineno, line in enumerate(iden.read_text().splitlines(), 1):
+        for lineno, line in enumerate(_read_text(iden).splitlines(), 1):
             fields = line.split()
             if fields and (len(fields) != 2 or fields[0] not in names):
                 raise ManifestError(f"{iden}:{lineno}: expected '1|2|3 id/video/n.wav'")
@@ -396,6 +425,8 @@ IMPORTERS: dict[str, Callable[..., dict[str, CutSet]]] = {
 }
 
 
+_ROOT_HINT = {"speechbrain": "--data-root replaces $data_root in the table",
+              "fairseq": "the table's first line is the folder its paths are relative to"}
 EXTRA_FILES = ("sv_trials.txt",)  # files beside the manifests that an importer may write
 
 
@@ -419,8 +450,15 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
         save_split(out, split, cuts)
         report.splits[split] = len(cuts)
         report.hours[split] = round(sum(c.duration for c in cuts) / 3600, 4)
+    if report.skipped:
+        log.warning("skipped %d files: %s", len(report.skipped), _skipped_summary(report.skipped))
     if not report.splits:
-        raise ManifestError(f"{src}: no usable audio: all {len(report.skipped)} files are unreadable or empty")
+        hint = ""
+        if report.skipped and all(why == MISSING for _, why in report.skipped):
+            hint = (": none of the files it lists exist, e.g. " + report.skipped[0][0] + ". Are its paths relative "
+                    "to another folder? (" + _ROOT_HINT.get(fmt, "check the paths") + ")")
+        raise ManifestError(f"{src}: no usable audio: all {len(report.skipped)} files are missing, unreadable or "
+                            f"empty{hint}")
     for name, text in report.files.items():
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
