@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from test_train import SMALL, small
 
 from bestrq.config import ConfigError, load_config
+from bestrq.data.importers import prepare
 from bestrq.data.manifest import ManifestError, load_cuts, load_split, save_split
 from bestrq.train import checkpoint, loop
 from bestrq.train.loop import TrainingDiverged, pretrain
@@ -426,6 +427,31 @@ def test_manifests_parse_safely_or_fail_naming_the_file(tmp_path, lines):
         load_cuts(path)
     except ManifestError as e:
         assert str(e).startswith(str(path))
+
+
+TABLE_TEXT = st.lists(st.sampled_from([*"abAB,\t\n\"'{}[]:0123456789-.$/_ ", "a.wav", "$data_root/", "ID", "wav", "start",
+                                        "stop", "wrd", "semantics", "spk_id", "emo", "nan", "inf", "1e309"]),
+                      max_size=40).map("".join)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fmt=st.sampled_from(["speechbrain", "fairseq"]), text=TABLE_TEXT, header=st.booleans(), tail=st.binary(max_size=3))
+@example(fmt="speechbrain", text="u1,a.wav\n", header=True, tail=b"\xe9")  # not UTF-8
+@example(fmt="fairseq", text="\t0\n", header=True, tail=b"")  # a row with no path
+def test_import_tables_parse_safely_or_fail_naming_the_file(tmp_path, fmt, text, header, tail):
+    """SpeechBrain CSV and fairseq TSV tables: imported, or a ManifestError that names the table."""
+    if not (tmp_path / "a.wav").exists():
+        write_audio(tmp_path / "a.wav", tone(200, 1.0))
+    table = tmp_path / "tables" / ("train.csv" if fmt == "speechbrain" else "train.tsv")
+    table.parent.mkdir(exist_ok=True)
+    if header:  # else the fuzzed text is the whole table
+        text = ("ID,wav,start,stop,wrd,semantics\n" if fmt == "speechbrain" else f"{tmp_path}\n") + text
+    table.write_bytes(text.encode() + tail)
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    try:
+        prepare(fmt, table, tmp_path / "out", jobs=1, **({"data_root": str(tmp_path)} if fmt == "speechbrain" else {}))
+    except ManifestError as e:
+        assert str(table.parent) in str(e)
 
 
 @pytest.mark.slow
