@@ -309,6 +309,9 @@ def test_trial_lists_that_cannot_give_an_eer_are_refused_before_any_work_or_skip
     (corpus / "sv_trials.txt").write_text(" ".join(target) + "\n" + f"0 {target[1]} nope\n")
     with pytest.raises(ValueError, match="sv_trials.txt: 1 trial utterances are not in the sv split, e.g. nope"):
         run_probes("random:bestrq_tiny", ["speaker"], corpus, out, cfg, progress=False)
+    (corpus / "sv_trials.txt").write_bytes(f"{' '.join(target)}\n0 {target[1]} caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="sv_trials.txt: 1 trial utterances are not in the sv split, e.g. caf\ufffd"):
+        run_probes("random:bestrq_tiny", ["speaker"], corpus, out, cfg, progress=False)  # not UTF-8: not a crash
     assert not out.exists()  # both refused before an encoder was loaded or anything written
 
     (corpus / "sv_trials.txt").write_text("\n")

@@ -275,7 +275,7 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
 def read_trials(path: str | Path) -> list[tuple[int, str, str]]:
     """VoxCeleb's trial list: ``1|0 enrol_id test_id`` per line; a bad line names the file and line."""
     out = []
-    with open(path) as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:  # ids that are not UTF-8 then match no cut: named
         for n, line in enumerate(fh, 1):
             parts = line.split()
             if not parts:
