@@ -388,9 +388,10 @@ YAML_TEXT = st.text(alphabet=st.sampled_from(list("abcdefgnoprstu_.:-=[]{}!&*|>'
     "encoder: {d_model: [1, 2]}", "train: 3", "optim: {lr: .nan}", "objective: null", "- a\n- b"])))
 @example(text="0: 1\nnope: {}")  # unknown keys of two types: not sortable together
 @example(text="encoder: {0: 1, nope: 8}")
+@example(text="encoder: {kind: caf\xe9}")  # written as Latin-1 below: not UTF-8
 def test_config_files_parse_safely_or_fail_with_a_config_error(tmp_path, text):
     path = tmp_path / "fuzz.yaml"
-    path.write_text(text)
+    path.write_bytes(text.encode("latin-1" if "\xe9" in text else "utf-8"))
     try:
         load_config(str(path))
     except ConfigError as e:
