@@ -105,7 +105,8 @@ def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jo
 
 
 def _skipped_summary(skipped: list[tuple[str, str]]) -> str:
-    """``12 files: no such file: 10 (e.g. a.wav); unreadable: 2 (e.g. b.wav)``."""
+    """One count per kind of problem, with an example:
+    ``no such file: 10 (e.g. a.wav); unreadable: 2 (e.g. b.wav)``."""
     kinds: dict[str, list[str]] = {}
     for path, why in skipped:
         kinds.setdefault(why.split(" (")[0], []).append(path)
