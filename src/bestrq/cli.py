@@ -68,9 +68,11 @@ def _probe_out(checkpoint: str) -> Path:
     path = Path(checkpoint)
     if checkpoint == "fbank" or checkpoint.startswith("random:"):
         return Path("runs/probes") / checkpoint.replace(":", "-").replace("/", "_")
-    if (path / "bestrq_config.json").is_file():  # an export: kept as transformers loads it, no cache inside
-        return Path("runs/probes") / path.resolve().name
+    from .export.hf import BESTRQ_CONFIG
     from .train.checkpoint import run_of
+
+    if (path / BESTRQ_CONFIG).is_file():  # an export: kept as transformers loads it, no cache inside
+        return Path("runs/probes") / path.resolve().name
 
     return (run_of(path) or path) / "probes"
 

@@ -3,6 +3,7 @@ clear reason why not. Bad audio raises :class:`BadAudio`, which callers skip and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fractions import Fraction
 from functools import lru_cache
 
@@ -45,6 +46,15 @@ def audio_source(cut) -> str:
     if rec is None or not rec.sources:
         return f"<cut {cut.id} without a recording>"
     return str(rec.sources[0].source)
+
+
+def by_kind(skipped: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(path, reason) pairs of skipped audio -> the paths of each kind of problem, in order of kind.
+    A kind is the reason without its detail in brackets: ``unreadable (LibsndfileError: ...)`` is ``unreadable``."""
+    kinds: dict[str, list[str]] = {}
+    for path, reason in skipped:
+        kinds.setdefault(reason.split(" (")[0], []).append(path)
+    return dict(sorted(kinds.items()))
 
 
 def _why_unreadable(rec, path: str) -> str | None:

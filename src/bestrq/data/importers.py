@@ -23,7 +23,7 @@ Formats:
                classes (``exc`` counted as happy, as is customary), one session each for ``test``
                (``test_session``, 5) and ``dev`` (the one before it), the others ``train``
 
-Unreadable and empty audio files are skipped with a warning naming each one, and counted.
+Missing, unreadable and empty audio files are skipped and counted; a warning names the first ten.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 
 from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
 
-from .audio import audio_source
+from .audio import audio_source, by_kind
 from .manifest import ManifestError, atomic_path, list_splits, save_split
 
 log = logging.getLogger("bestrq.data")
@@ -102,15 +102,6 @@ def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jo
                     log.warning("skipping %s: %s", *result)
                 report.skipped.append(result)
     return out
-
-
-def _skipped_summary(skipped: list[tuple[str, str]]) -> str:
-    """One count per kind of problem, with an example:
-    ``no such file: 10 (e.g. a.wav); unreadable: 2 (e.g. b.wav)``."""
-    kinds: dict[str, list[str]] = {}
-    for path, why in skipped:
-        kinds.setdefault(why.split(" (")[0], []).append(path)
-    return "; ".join(f"{kind}: {len(paths)} (e.g. {paths[0]})" for kind, paths in sorted(kinds.items()))
 
 
 def from_librispeech(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[str, CutSet]:
@@ -445,14 +436,16 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
     earlier = list_splits(out) if out.is_dir() else []  # from an earlier import into the same folder
     for split, cuts in IMPORTERS[fmt](src, report, **options).items():
         if not len(cuts):
-            log.warning("%s: no usable cuts (it lists none, or all are unreadable or empty): the split is not written",
-                        split)
+            log.warning("%s: no usable cuts (it lists none, or all are missing, unreadable or empty): the split is "
+                        "not written", split)
             continue
         save_split(out, split, cuts)
         report.splits[split] = len(cuts)
         report.hours[split] = round(sum(c.duration for c in cuts) / 3600, 4)
     if report.skipped:
-        log.warning("skipped %d files: %s", len(report.skipped), _skipped_summary(report.skipped))
+        kinds = by_kind(report.skipped)  # "no such file: 10 (e.g. a.wav); unreadable: 2 (e.g. b.wav)"
+        log.warning("skipped %d files: %s", len(report.skipped),
+                    "; ".join(f"{kind}: {len(paths)} (e.g. {paths[0]})" for kind, paths in kinds.items()))
     if not report.splits:
         hint = ""
         if report.skipped and all(why == MISSING for _, why in report.skipped):

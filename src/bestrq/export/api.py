@@ -68,7 +68,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                 "its own checkpoints and the folders `bestrq export --to hf` writes")
         folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
         if folder == path and not ckpt_io.is_checkpoint_name(path.name) and not any(
-                (path / name).exists() for name in ("model.safetensors", "state.pt", "config.json")):
+                (path / name).exists() for name in ckpt_io.FILES):
             raise ckpt_io.CheckpointError(f"{path}: not a bestrq run, checkpoint or export folder (it holds no "
                                           "checkpoints/ folder, model.safetensors or bestrq_config.json)")
         if folder is None:

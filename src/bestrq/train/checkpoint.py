@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 FORMAT = "bestrq-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8,})$")
+FILES = ("model.safetensors", "state.pt", "config.json")  # what a complete checkpoint folder holds
 _OLD = re.compile(r"^\.old-(step-\d{8,})-\d+$")
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint folder")
-    for name in ("model.safetensors", "state.pt", "config.json"):
+    for name in FILES:
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: missing {name}: not a complete bestrq checkpoint")
     try:

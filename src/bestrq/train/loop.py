@@ -44,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import ConfigError, PretrainConfig, to_dict
+from ..data.audio import by_kind
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import ManifestError, atomic_path, list_splits, load_split
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
@@ -110,10 +111,8 @@ def _usable(batches, skipped: dict[str, dict]):
 
 def skipped_summary(skipped: dict[str, dict]) -> str:
     """One line per kind of problem: how many files, and an example."""
-    kinds: dict[str, list[str]] = {}
-    for entry in skipped.values():
-        kinds.setdefault(entry["reason"].split(" (")[0], []).append(entry["path"])
-    return "\n".join(f"  {kind}: {len(paths)} file(s), e.g. {paths[0]}" for kind, paths in sorted(kinds.items()))
+    kinds = by_kind((entry["path"], entry["reason"]) for entry in skipped.values())
+    return "\n".join(f"  {kind}: {len(paths)} file(s), e.g. {paths[0]}" for kind, paths in kinds.items())
 
 
 class Meter:
