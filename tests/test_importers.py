@@ -103,10 +103,16 @@ def test_folder_of_audio(tmp_path):
     write_audio(src / "b" / "stereo.wav", tone(300, 2.0, rate=44100, channels=2), rate=44100)
     (src / "b" / "broken.flac").write_bytes(b"this is not audio")
     write_audio(src / "b" / "empty.wav", np.zeros(0, np.float32))  # a valid header, no samples
+    write_audio(src / "b" / "damaged.wav", tone(300, 1.0), rate=1)  # 1 Hz: 16000 s, 534 windows
+    cut_short = write_audio(src / "b" / "cut_short.flac", tone(300, 60.0))
+    cut_short.write_bytes(cut_short.read_bytes()[:5000])  # its header still says 60 s
     (src / "notes.txt").write_text("ignored")
     report = prepare("folder", src, tmp_path / "out", jobs=1, max_duration=30.0)
     reasons = {Path(path).name: why for path, why in report.skipped}
     assert reasons["empty.wav"] == "empty audio (0 samples)" and "unreadable" in reasons["broken.flac"]
+    assert reasons["damaged.wav"] == "sample rate outside 4000-768000 Hz (1 Hz: a damaged header?)"
+    assert reasons["cut_short.flac"] == ("truncated or damaged (its header gives 960000 samples; the last cannot "
+                                         "be read)")
     assert list(report.splits) == ["train"]  # too few files to hold any out
     cuts = load_split(tmp_path / "out", "train")
     durations = sorted(round(c.duration, 3) for c in cuts)
@@ -282,7 +288,8 @@ def test_malformed_table_rows_and_splits_without_audio_are_named(tmp_path, caplo
     assert not (tmp_path / "out" / "cuts_dev.jsonl.gz").exists()  # it was written, empty
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "broken.wav").write_bytes(b"not audio")
-    with pytest.raises(ManifestError, match=r"b: no usable audio: all 1 files are missing, unreadable or empty$"):
+    with pytest.raises(ManifestError, match=r"b: no usable audio: all 1 files are missing, unreadable, empty, "
+                                            r"truncated or of an implausible sample rate$"):
         prepare("folder", tmp_path / "b", tmp_path / "out2", jobs=1)
     assert not (tmp_path / "out2").exists()
 
@@ -294,8 +301,8 @@ def test_tables_whose_audio_is_missing_or_whose_text_is_not_utf8_are_named(tmp_p
     # paths relative to another folder: every file missing, said plainly, with the option that fixes it
     table.write_text("ID,wav\n" + "".join(f"u{i},audio/{i}.wav\n" for i in range(25)))
     with caplog.at_level("WARNING", logger="bestrq.data"), \
-            pytest.raises(ManifestError, match=r"train.csv: no usable audio: all 25 files are missing, unreadable or "
-                                               r"empty: none of the files it lists exist, e.g. audio/0.wav\. .*--data-root"):
+            pytest.raises(ManifestError, match=r"train.csv: no usable audio: none of the 25 files it lists exist, e.g. "
+                                               r"audio/0.wav\. .*--data-root"):
         prepare("speechbrain", table, tmp_path / "out", jobs=1)
     assert caplog.text.count("skipping audio/") == 10  # the first ten named, then one line for all
     assert "skipped 25 files: no such file: 25 (e.g. audio/0.wav)" in caplog.text
@@ -303,7 +310,7 @@ def test_tables_whose_audio_is_missing_or_whose_text_is_not_utf8_are_named(tmp_p
     fairseq = tmp_path / "fs" / "train.tsv"
     fairseq.parent.mkdir()
     fairseq.write_text(f"{tmp_path}/elsewhere\na.wav\t32000\n")
-    with pytest.raises(ManifestError, match="none of the files it lists exist.*the table's first line"):
+    with pytest.raises(ManifestError, match="none of the 1 files it lists exist.*the table's first line"):
         prepare("fairseq", fairseq, tmp_path / "out", jobs=1)
     fairseq.write_text(f"{tmp_path}\n\t32000\n")  # no path
     with pytest.raises(ManifestError, match=r"train.tsv:2: expected 'relative/path<TAB>num_samples'"):

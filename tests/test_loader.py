@@ -154,14 +154,20 @@ def test_bad_audio_is_skipped_counted_and_named(train, tmp_path, caplog):
         rec = Recording(id=name, sources=[type(template.sources[0])(type="file", channels=[0], source=str(path))],
                         sampling_rate=16000, num_samples=max(frames, 1), duration=max(frames, 1) / 16000)
         bad.append(MonoCut(id=name, start=0.0, duration=rec.duration, channel=0, recording=rec))
+    for name, rate in (("slow", 1), ("fast", 2_000_000_000)):  # damaged headers; 2 GHz crashed the resampler
+        bad_files[name] = write_audio(tmp_path / f"{name}.wav", tone(300, 0.5), rate=rate)
+        rec = Recording.from_file(bad_files[name], recording_id=name)
+        bad.append(MonoCut(id=name, start=0.0, duration=rec.duration, channel=0, recording=rec))
     with caplog.at_level(logging.WARNING, logger="bestrq.data"):
         batch = AudioDataset(min_duration=0.1)[CutSet.from_cuts(good + bad)]
     assert batch.cut_ids == [c.id for c in good]
     reasons = {s.cut_id: s.reason for s in batch.skipped}
     assert set(reasons) == set(bad_files)
-    assert "unreadable" in reasons["garbage"] and "unreadable" in reasons["missing"]
+    assert "unreadable" in reasons["garbage"] and reasons["missing"] == "no such file"
     assert "non-finite" in reasons["nan"] and "too short" in reasons["short"]
     assert reasons["empty"] == "empty audio (0 samples)"
+    assert reasons["slow"] == "sample rate outside 4000-768000 Hz (1 Hz: a damaged header?)"
+    assert reasons["fast"] == "sample rate outside 4000-768000 Hz (2000000000 Hz: a damaged header?)"
     assert reasons["changed"] == ("not the length its manifest gives (8000 samples, the manifest 32000): the file "
                                   "changed after the manifest was made")  # it was lhotse's long "please report"
     for name, path in bad_files.items():
@@ -178,7 +184,7 @@ def test_an_epoch_with_no_usable_audio_stops_the_loader_instead_of_looping(train
     loader = _loader(CutSet.from_cuts(missing), max_batch_duration=4.0)
     with caplog.at_level(logging.WARNING, logger="bestrq.data"), \
             pytest.raises(ValueError, match=r"no usable audio in a whole epoch of 8 cuts on rank 0: every clip was "
-                                            r"skipped, e\.g\. .*gone\d\.flac: unreadable"):
+                                            r"skipped, e\.g\. .*gone\d\.flac: no such file"):
         for _ in itertools.islice(iter(loader), 100):
             pass
     assert loader.epoch == 0 and loader.position == 4  # it stopped at the end of the first epoch

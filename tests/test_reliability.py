@@ -7,6 +7,7 @@ with a clear message and a loadable last checkpoint; no checkpoint is ever lost 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -293,7 +294,7 @@ def bad_corpus(corpus: Path, out: Path) -> tuple[Path, dict[str, str]]:
     cuts = CutSet.from_cuts(good + [r.to_cut() for r in recordings]).shuffle(random.Random(0))
     save_split(out, "train", cuts)
     expected = {"8k": "used", "stereo": "used", "clipped": "used", "short": "left out",
-                "nan": "non-finite samples", "corrupt": "unreadable", "empty": "unreadable", "missing": "unreadable"}
+                "nan": "non-finite samples", "corrupt": "unreadable", "empty": "unreadable", "missing": "no such file"}
     return out, expected
 
 
@@ -311,7 +312,8 @@ def test_pretraining_survives_a_corpus_with_bad_files_and_lists_them(corpus, tmp
         assert entry["reason"].startswith(expected[cut_id]), entry
         assert entry["path"].endswith(f"{cut_id}.wav")
     assert "left out 1 of 48 cuts shorter than" in caplog.text  # the 20 ms clip, up front
-    assert "4 audio files were skipped" in caplog.text and "unreadable: 3 file(s)" in caplog.text
+    assert "4 audio files were skipped" in caplog.text and "unreadable: 2 file(s)" in caplog.text
+    assert "no such file: 1 file(s)" in caplog.text
     listed = json.loads((out / "skipped_audio.json").read_text())
     assert listed.keys() == result.skipped_audio.keys()
     # the list survives a resume: it lives in the checkpoint
@@ -454,6 +456,50 @@ def test_import_tables_parse_safely_or_fail_naming_the_file(tmp_path, fmt, text,
     except ManifestError as e:
         assert str(table.parent) in str(e)
 
+
+
+@functools.cache
+def _audio_bytes(fmt: str) -> bytes:
+    """A short valid file of each kind soundfile writes, for the fuzz test below to damage."""
+    import io
+
+    import soundfile as sf
+    kind, subtype, rate, channels = {"wav": ("WAV", "PCM_16", 16000, 1), "float": ("WAV", "FLOAT", 44100, 2),
+                                     "flac": ("FLAC", "PCM_24", 8000, 1), "ogg": ("OGG", "VORBIS", 22050, 1)}[fmt]
+    buf = io.BytesIO()
+    sf.write(buf, tone(300, 0.3, rate=rate, channels=channels), rate, format=kind, subtype=subtype)
+    return buf.getvalue()
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fmt=st.sampled_from(["wav", "float", "flac", "ogg"]), cut=st.none() | st.integers(0, 6000),
+       edits=st.lists(st.tuples(st.integers(0, 80), st.binary(min_size=1, max_size=4)), max_size=3),
+       window=st.sampled_from([30.0, 0.05, 0.0]))
+@example(fmt="wav", cut=None, edits=[(24, b"\x01\x00\x00\x00")], window=0.05)  # 1 Hz: an assertion in lhotse
+@example(fmt="wav", cut=None, edits=[(24, b"\x00\x94\x35\x77")], window=30.0)  # 2 GHz: a ValueError in training
+@example(fmt="flac", cut=None, edits=[(22, b"J")], window=30.0)  # a FLAC header claiming 43 h: 5173 windows
+def test_damaged_audio_files_are_used_or_skipped_with_a_reason(tmp_path, fmt, cut, edits, window):
+    """A folder import of a truncated file or one with bytes of its header overwritten, then the training
+    loader's read of every cut it wrote: clean audio, or BadAudio naming the file; nothing else."""
+    from bestrq.data.audio import BadAudio, load_mono
+
+    data = bytearray(_audio_bytes(fmt)[:cut])
+    for at, new in edits:
+        data[at:at + len(new)] = new
+    src = tmp_path / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    write_audio(src / "good.wav", tone(200, 0.5))
+    (src / f"damaged.{'wav' if fmt == 'float' else fmt}").write_bytes(bytes(data))
+    report = prepare("folder", src, tmp_path / "out", jobs=1, max_duration=window, dev_fraction=0.0)
+    assert all(path.startswith(str(src)) and why for path, why in report.skipped)
+    for c in load_split(tmp_path / "out", "train"):
+        try:
+            audio = load_mono(c, min_samples=400)
+        except BadAudio as e:
+            assert e.path.startswith(str(src)) and e.reason
+            continue
+        assert audio.dtype == np.float32 and audio.ndim == 1 and np.isfinite(audio).all()
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["raise", "kill"])

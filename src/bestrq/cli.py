@@ -19,7 +19,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .data.importers import prepare
+    from .data.importers import UNUSABLE, prepare
 
     options = {"jobs": args.jobs}
     if args.format == "folder":
@@ -33,7 +33,7 @@ def _prepare(args: argparse.Namespace) -> int:
     for split, n in report.splits.items():
         print(f"{split}: {n} cuts, {report.hours[split]:.3f} h")
     if report.skipped:
-        print(f"skipped {len(report.skipped)} missing, unreadable or empty files (see the warnings above)")
+        print(f"skipped {len(report.skipped)} files that are {UNUSABLE} (see the warnings above)")
     print(f"manifests in {Path(args.out).resolve()}")
     return 0
 

@@ -6,12 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fractions import Fraction
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import firwin, resample_poly
 
 SAMPLE_RATE = 16_000
+# the sample rates taken as audio: below, no speech band fits; above, no recorder writes them.
+# A rate outside is most often a damaged header (a 1 Hz header makes a 1-second file last hours)
+MIN_RATE, MAX_RATE = 4_000, 768_000
+MISSING = "no such file"
 
 
 class BadAudio(Exception):
@@ -57,10 +62,38 @@ def by_kind(skipped: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return dict(sorted(kinds.items()))
 
 
+def rate_problem(rate: float) -> str | None:
+    """Why a file of this sample rate is not used, or None if it is."""
+    if MIN_RATE <= rate <= MAX_RATE:
+        return None
+    return f"sample rate outside {MIN_RATE}-{MAX_RATE} Hz ({rate:.10g} Hz: a damaged header?)"
+
+
+def length_problem(path: str) -> str | None:
+    """Why a file whose header gives more samples than it holds is not used (a damaged or cut-short FLAC
+    claims hours it does not have), or None: its last sample must be readable, one seek away. A file
+    soundfile does not open is not checked here."""
+    try:
+        f = sf.SoundFile(path)
+    except Exception:  # noqa: BLE001 - another decoder's format, or unreadable: said elsewhere
+        return None
+    with f:
+        try:
+            f.seek(f.frames - 1)
+            last = len(f.read(1))
+        except Exception:  # noqa: BLE001 - any failure to reach the last sample means the same thing
+            last = 0
+        if last == 1:
+            return None
+        return f"truncated or damaged (its header gives {f.frames} samples; the last cannot be read)"
+
+
 def _why_unreadable(rec, path: str) -> str | None:
-    """A plainer reason than the decoder's when the file is there but not the length its manifest gives."""
+    """A plainer reason than the decoder's when the file is not there, or not the length its manifest gives."""
     if len(rec.sources) != 1 or rec.sources[0].type != "file":
         return None
+    if not Path(path).exists():  # not the decoder's long report for a file that is not there
+        return MISSING
     try:
         frames = sf.info(path).frames
     except Exception:  # noqa: BLE001 - unreadable by soundfile too: the decoder's own message says more
@@ -77,11 +110,13 @@ def load_mono(cut, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.n
     """The cut's audio as a (S,) float32 array at ``sample_rate``: every channel of the
     recording is averaged (down-mix) and other rates are resampled.
 
-    Raises BadAudio for unreadable files, empty audio, non-finite samples and clips
-    shorter than ``min_samples`` after resampling.
+    Raises BadAudio for unreadable files, sample rates outside MIN_RATE..MAX_RATE, empty audio,
+    non-finite samples and clips shorter than ``min_samples`` after resampling.
     """
     path = audio_source(cut)
     rec = cut.recording
+    if why := rate_problem(rec.sampling_rate):
+        raise BadAudio(path, why)
     try:
         audio = rec.load_audio(offset=cut.start, duration=cut.duration)  # (C, S), all channels
     except Exception as e:  # any decoder failure means the same thing here: unusable audio

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
 
-from .audio import audio_source, by_kind
+from .audio import MISSING, audio_source, by_kind, length_problem, rate_problem
 from .manifest import ManifestError, atomic_path, list_splits, save_split
 
 log = logging.getLogger("bestrq.data")
@@ -75,12 +75,13 @@ def _read_text(path: Path) -> str:
                             ) from None
 
 
-MISSING = "no such file"
+UNUSABLE = "missing, unreadable, empty, truncated or of an implausible sample rate"  # the files skipped
 SKIP_WARNINGS = 10  # skipped files named one by one; the rest are counted
 
 
 def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jobs: int) -> dict[str, Recording]:
-    """Recordings from (id, path) pairs, reading only headers; missing, unreadable and empty files skipped."""
+    """Recordings from (id, path) pairs, reading only headers (and each file's last sample); the files that
+    are missing, unreadable, empty, truncated or of a sample rate outside MIN_RATE..MAX_RATE are skipped."""
 
     def one(item):
         rec_id, path = item
@@ -90,7 +91,10 @@ def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jo
             rec = Recording.from_file(path, recording_id=rec_id)
         except Exception as e:  # any decoder failure: skip the file
             return (str(path), f"unreadable ({type(e).__name__}: {e})")
-        return rec if rec.num_samples > 0 else (str(path), "empty audio (0 samples)")
+        if rec.num_samples == 0:
+            return (str(path), "empty audio (0 samples)")
+        why = rate_problem(rec.sampling_rate) or length_problem(str(path))
+        return (str(path), why) if why else rec
 
     out = {}
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -436,7 +440,7 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
     earlier = list_splits(out) if out.is_dir() else []  # from an earlier import into the same folder
     for split, cuts in IMPORTERS[fmt](src, report, **options).items():
         if not len(cuts):
-            log.warning("%s: no usable cuts (it lists none, or all are missing, unreadable or empty): the split is "
+            log.warning("%s: no usable cuts (it lists none, or all are " + UNUSABLE + "): the split is "
                         "not written", split)
             continue
         save_split(out, split, cuts)
@@ -447,12 +451,12 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
         log.warning("skipped %d files: %s", len(report.skipped),
                     "; ".join(f"{kind}: {len(paths)} (e.g. {paths[0]})" for kind, paths in kinds.items()))
     if not report.splits:
-        hint = ""
+        n = len(report.skipped)
         if report.skipped and all(why == MISSING for _, why in report.skipped):
-            hint = (": none of the files it lists exist, e.g. " + report.skipped[0][0] + ". Are its paths relative "
-                    "to another folder? (" + _ROOT_HINT.get(fmt, "check the paths") + ")")
-        raise ManifestError(f"{src}: no usable audio: all {len(report.skipped)} files are missing, unreadable or "
-                            f"empty{hint}")
+            raise ManifestError(f"{src}: no usable audio: none of the {n} files it lists exist, e.g. "
+                                f"{report.skipped[0][0]}. Are its paths relative to another folder? "
+                                f"({_ROOT_HINT.get(fmt, 'check the paths')})")
+        raise ManifestError(f"{src}: no usable audio: all {n} files are {UNUSABLE}")
     for name, text in report.files.items():
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
