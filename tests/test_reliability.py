@@ -381,6 +381,56 @@ def test_wrong_architecture_and_truncated_checkpoints_name_the_problem(corpus, t
         load_encoder(str(tmp_path))
 
 
+
+def test_checkpoint_files_that_read_but_hold_the_wrong_things_name_the_file(corpus, tmp_path):
+    """Damage that leaves each file well-formed: a state without its step, settings that are not a mapping,
+    a tensor of another shape, a training state of another layout. bestrq.load and a resume both name the file
+    (they raised KeyError, RuntimeError or TypeError, naming nothing)."""
+    from safetensors.torch import load_file, save_file
+
+    import bestrq
+
+    cfg = small(corpus, tmp_path, "train.steps=1", "data.valid_split=")
+    pretrain(cfg)
+    folder = checkpoint.latest(tmp_path)
+    saved = {name: (folder / name).read_bytes() for name in checkpoint.FILES}
+
+    def damaged(name, change):
+        for n, data in saved.items():
+            (folder / n).write_bytes(data)
+        if name == "state.pt":
+            state = torch.load(folder / name, weights_only=True)
+            change(state)
+            torch.save(state, folder / name)
+        elif name == "config.json":
+            meta = json.loads(saved[name])
+            change(meta)
+            (folder / name).write_text(json.dumps(meta))
+        else:
+            weights = load_file(str(folder / name))
+            change(weights)
+            save_file(weights, str(folder / name), metadata={"format": checkpoint.FORMAT})
+
+    cases = [("state.pt", lambda s: s.pop("step"), r"state\.pt: damaged: its step is None"),
+             ("state.pt", lambda s: s.update(step="1"), r"state\.pt: damaged: its step is '1'"),
+             ("config.json", lambda m: m.update(config=[1]), r"config\.json: damaged: its 'config' is list"),
+             ("model.safetensors", lambda w: w.update({"heads.weight": w["heads.weight"][:, :3].contiguous()}),
+              r"step-00000001: its weights do not fit .*size mismatch for heads\.weight")]
+    for name, change, message in cases:
+        damaged(name, change)
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            bestrq.load(folder)
+        with pytest.raises(checkpoint.CheckpointError, match=message):
+            pretrain(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=2)))
+    # a state that loads and has its step, but not the optimizer's, loader's or random states' layout
+    for change in (lambda s: s.update(loader=[]), lambda s: s["optimizer"].update(state={0: 1}),
+                   lambda s: s.update(rng=[{"torch": torch.zeros(3)}])):
+        damaged("state.pt", change)
+        bestrq.load(folder)  # the model alone is fine
+        with pytest.raises(checkpoint.CheckpointError, match=r"step-00000001/state\.pt: damaged or not this run's "
+                                                             r"training state \(.*\); move .* aside"):
+            pretrain(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=2)))
+
 YAML_TEXT = st.text(alphabet=st.sampled_from(list("abcdefgnoprstu_.:-=[]{}!&*|>'\"#%@ 0123456789\n\t")), max_size=80)
 
 

@@ -85,11 +85,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except ConfigError as e:
         raise ckpt_io.CheckpointError(f"{folder}: not a usable model config: {e}") from None
     model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ckpt_io.CheckpointError(
-            f"{folder}: its weights do not fit a {cfg.objective} model of its own config "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    ckpt_io.fit_weights(model, weights, folder, f"a {cfg.objective} model of its own config")
     stat = (folder / WEIGHTS).stat()
     info = {"objective": cfg.objective, "step": step, "checkpoint": str(folder),
             "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}"}  # a new run with the same steps differs

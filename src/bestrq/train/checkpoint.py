@@ -137,7 +137,26 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
         raise CheckpointError(f"{path / 'state.pt'}: corrupt or not a bestrq training state: {e}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path / 'state.pt'}: not a {FORMAT} file")
-    return Checkpoint(path, int(state["step"]), weights, state, meta.get("config", {}))
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path / 'state.pt'}: damaged: its step is {step!r}, not a count of steps")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path / 'config.json'}: damaged: its 'config' is "
+                              f"{type(meta.get('config')).__name__}, not the run's settings")
+    return Checkpoint(path, step, weights, state, meta["config"])
+
+
+def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str | os.PathLike, what: str) -> None:
+    """Load ``weights`` into ``model``; a CheckpointError naming ``where`` if they do not fit it (names missing
+    or unexpected, or a tensor of another shape: a damaged or swapped file)."""
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # torch lists every tensor of another shape; the first says enough
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise CheckpointError(f"{where}: its weights do not fit {what} ({detail})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: its weights do not fit {what} (missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})")
 
 
 def _fsync_dir(path: Path) -> None:

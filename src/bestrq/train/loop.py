@@ -343,35 +343,38 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
     resume_from, ckpt = checkpoint.latest_loadable(out_dir)
     if ckpt is not None:
         _check_resumable(ckpt.config, cfg, resume_from)
-        missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
-        if missing or unexpected:
-            raise checkpoint.CheckpointError(f"{resume_from}: weights do not fit this model (missing "
-                                             f"{missing[:3]}, unexpected {unexpected[:3]})")
-        optimizer.load_state_dict(ckpt.state["optimizer"])
-        saved_world = len(ckpt.state["loader"])
-        same_cuts = all(s.get("cuts", loader.fingerprint) == loader.fingerprint for s in ckpt.state["loader"])
-        if saved_world == ctx.world_size and same_cuts:  # data position, random states: as if never stopped
-            loader.load_state_dict(ckpt.state["loader"][ctx.rank])
-            torch.set_rng_state(ckpt.state["rng"][ctx.rank]["torch"])
-            if device.type == "cuda" and ckpt.state["rng"][ctx.rank].get("cuda") is not None:
-                torch.cuda.set_rng_state(ckpt.state["rng"][ctx.rank]["cuda"])
-        else:
-            # another number of processes (a pre-empted job back on fewer or more GPUs), or a training
-            # split that changed: the model and optimizer continue exactly; a position in the old
-            # epoch means nothing in the new one, so the next epoch starts
-            epoch = max(int(s["epoch"]) for s in ckpt.state["loader"]) + 1
-            loader.load_state_dict({**loader.state_dict(), "epoch": epoch, "position": 0})
-            torch.manual_seed(t.seed * 1_000_003 + ckpt.step * 1009 + ctx.rank)
-            if ctx.is_main:
-                why = (f"was written by {saved_world} process(es), this run has {ctx.world_size}"
-                       if saved_world != ctx.world_size else
-                       f"read another {cfg.data.train_split} split (its cuts changed since)")
-                log.warning("%s %s: the model and optimizer continue exactly; the data starts epoch %d, "
-                            "sharded anew, and random states are re-seeded", resume_from, why, epoch)
-        step = ckpt.step
-        bad_steps = int(ckpt.state.get("bad_steps", 0))
-        trained_before = float(ckpt.state.get("train_seconds", 0.0))  # max_minutes and `elapsed` go on from it
-        skipped = {k: dict(v) for k, v in ckpt.state.get("skipped_audio", {}).items()}
+        checkpoint.fit_weights(model, ckpt.weights, resume_from, "this run's model")
+        try:
+            optimizer.load_state_dict(ckpt.state["optimizer"])
+            saved_world = len(ckpt.state["loader"])
+            same_cuts = all(s.get("cuts", loader.fingerprint) == loader.fingerprint for s in ckpt.state["loader"])
+            if saved_world == ctx.world_size and same_cuts:  # data position, random states: as if never stopped
+                loader.load_state_dict(ckpt.state["loader"][ctx.rank])
+                torch.set_rng_state(ckpt.state["rng"][ctx.rank]["torch"])
+                if device.type == "cuda" and ckpt.state["rng"][ctx.rank].get("cuda") is not None:
+                    torch.cuda.set_rng_state(ckpt.state["rng"][ctx.rank]["cuda"])
+            else:
+                # another number of processes (a pre-empted job back on fewer or more GPUs), or a training
+                # split that changed: the model and optimizer continue exactly; a position in the old
+                # epoch means nothing in the new one, so the next epoch starts
+                epoch = max(int(s["epoch"]) for s in ckpt.state["loader"]) + 1
+                loader.load_state_dict({**loader.state_dict(), "epoch": epoch, "position": 0})
+                torch.manual_seed(t.seed * 1_000_003 + ckpt.step * 1009 + ctx.rank)
+                if ctx.is_main:
+                    why = (f"was written by {saved_world} process(es), this run has {ctx.world_size}"
+                           if saved_world != ctx.world_size else
+                           f"read another {cfg.data.train_split} split (its cuts changed since)")
+                    log.warning("%s %s: the model and optimizer continue exactly; the data starts epoch %d, "
+                                "sharded anew, and random states are re-seeded", resume_from, why, epoch)
+            step = ckpt.step
+            bad_steps = int(ckpt.state.get("bad_steps", 0))
+            trained_before = float(ckpt.state.get("train_seconds", 0.0))  # max_minutes and `elapsed` go on from it
+            skipped = {k: dict(v) for k, v in ckpt.state.get("skipped_audio", {}).items()}
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            # a state.pt that unpickles but whose contents do not fit: damaged, or not written by this loop
+            raise checkpoint.CheckpointError(
+                f"{resume_from / 'state.pt'}: damaged or not this run's training state ({type(e).__name__}: {e}); "
+                f"move {resume_from} aside to resume from the checkpoint before it") from None
         if ctx.is_main:
             log.warning("resuming from %s (step %d)", resume_from, step)
     elif t.init_from:
