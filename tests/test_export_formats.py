@@ -159,13 +159,18 @@ def test_continued_pretraining_starts_from_the_export(corpus, trained, exported,
     assert more.step == 3 and steps == [1, 2, 3]
 
 
-def test_continuing_into_a_different_model_names_the_settings(corpus, exported, tmp_path):
+def test_continuing_into_a_different_model_names_the_settings(corpus, trained, exported, tmp_path):
     cfg = tiny(corpus, tmp_path / "x", f"train.init_from={exported}", "encoder.num_layers=2",
                "quantizer.codebook_size=1024")
     with pytest.raises(checkpoint.CheckpointError,
                        match=r"quantizer\.codebook_size: 8192 there, 1024 here; encoder\.num_layers: 4 there, 2 here.*"
                              r"--config .*bestrq_config\.json"):
         _init_from(build_model(cfg), cfg, str(exported))
+    # from a run folder, the config it names is its checkpoint's config.json, which --config takes as it is
+    with pytest.raises(checkpoint.CheckpointError, match=r"--config (.*step-\d+/config\.json)$") as raised:
+        _init_from(build_model(cfg), cfg, str(trained))
+    named = raised.value.args[0].rsplit("--config ", 1)[1]
+    assert to_dict(load_config(named)) == to_dict(bestrq.load(trained).config)
     with pytest.raises(FileNotFoundError, match=f"^train.init_from: {tmp_path / 'nothing'}: no such run"):
         _init_from(build_model(cfg), cfg, str(tmp_path / "nothing"))
     with pytest.raises(checkpoint.CheckpointError, match=f"^train.init_from: {corpus}: not a bestrq run"):

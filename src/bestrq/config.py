@@ -392,6 +392,8 @@ def load_config(name: str | None, overrides: list[str] = (), cls: type = Pretrai
                               "as UTF-8") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+        if str(data.get("format", "")).startswith("bestrq-checkpoint/") and isinstance(data.get("config"), dict):
+            data = data["config"]  # a checkpoint's config.json: the settings it was trained with
     overrides = list(overrides)
     try:
         cfg = from_dict(cls, _merge(data, parse_overrides(overrides)))
