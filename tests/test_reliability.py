@@ -356,6 +356,30 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(corpus, tmp_pa
     assert not marker.exists()
 
 
+def _drop_sha256(folder: Path) -> None:
+    meta = json.loads((folder / "config.json").read_text())
+    del meta["sha256"]
+    (folder / "config.json").write_text(json.dumps(meta))
+
+
+def test_a_flipped_bit_that_still_parses_is_found_and_the_run_resumes_before_it(corpus, tmp_path, caplog):
+    import bestrq
+
+    cfg = small(corpus, tmp_path, "train.steps=2", "train.checkpoint_every=1", "data.valid_split=")
+    pretrain(cfg)
+    folder = checkpoint.latest(tmp_path)
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-3] ^= 0x01  # the low bits of the last weight: a finite value, a valid file
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match=r"step-00000002/model\.safetensors: damaged: its bytes "
+                                                         r"changed after it was saved"):
+        bestrq.load(folder)
+    with caplog.at_level("WARNING"):
+        result = pretrain(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=3)))
+    assert "passing over a damaged checkpoint" in caplog.text and "resuming from" in caplog.text
+    assert "step-00000001 (step 1)" in caplog.text and result.step == 3
+
+
 def test_wrong_architecture_and_truncated_checkpoints_name_the_problem(corpus, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -366,6 +390,11 @@ def test_wrong_architecture_and_truncated_checkpoints_name_the_problem(corpus, t
     weights = load_file(str(folder / "model.safetensors"))
     weights["encoder.extra.weight"] = weights.pop("heads.weight")
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": checkpoint.FORMAT})
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.safetensors: damaged: its bytes changed after it "
+                                                         r"was saved \(sha256 .*\)\. If it was changed on purpose, "
+                                                         r"delete 'sha256' from .*config\.json"):
+        load_encoder(str(folder))
+    _drop_sha256(folder)  # as the message says, for a file changed on purpose: its contents are checked instead
     with pytest.raises(checkpoint.CheckpointError, match=r"do not fit.*missing \['heads\.weight'\].*encoder\.extra"):
         load_encoder(str(tmp_path))
     data = (folder / "model.safetensors").read_bytes()
@@ -410,6 +439,8 @@ def test_checkpoint_files_that_read_but_hold_the_wrong_things_name_the_file(corp
             weights = load_file(str(folder / name))
             change(weights)
             save_file(weights, str(folder / name), metadata={"format": checkpoint.FORMAT})
+        if name != "config.json":
+            _drop_sha256(folder)  # else the checksum finds every change first
 
     cases = [("state.pt", lambda s: s.pop("step"), r"state\.pt: damaged: its step is None"),
              ("state.pt", lambda s: s.update(step="1"), r"state\.pt: damaged: its step is '1'"),

@@ -3,17 +3,19 @@
     out_dir/checkpoints/step-00001000/
         model.safetensors   every parameter and buffer (the quantizer's frozen tensors too)
         state.pt            optimizer, step, data-loader position, RNG states
-        config.json         the full run config and the step, human-readable
+        config.json         the full run config, the step and the sha256 of the other two files
 
 A checkpoint is written into a hidden temporary folder, synced to disk and renamed into
 place, so a crash (SIGKILL included) never leaves a half-written one under a real name;
 ``recover`` clears what such a crash leaves behind. The newest ``keep`` are kept.
 Loading never unpickles code: safetensors holds tensors only and ``state.pt`` is read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Loading checks the two files against the sha256 saved with them,
+so that damage on disk that still parses (a flipped bit in a weight) is found, not trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ from safetensors.torch import load_file, save_file
 FORMAT = "bestrq-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8,})$")
 FILES = ("model.safetensors", "state.pt", "config.json")  # what a complete checkpoint folder holds
+HASHED = FILES[:2]  # config.json holds their sha256
 _OLD = re.compile(r"^\.old-(step-\d{8,})-\d+$")
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,9 @@ def save(out_dir: str | os.PathLike, step: int, weights: dict[str, torch.Tensor]
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": FORMAT, "step": str(step)})
         torch.save({"format": FORMAT, "step": step, **state}, tmp / "state.pt")
-        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "step": step, "config": config}, indent=2))
+        sha256 = {name: _sha256(tmp / name) for name in HASHED}
+        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, "step": step, "config": config,
+                                                     "sha256": sha256}, indent=2))
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -143,7 +148,30 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path / 'config.json'}: damaged: its 'config' is "
                               f"{type(meta.get('config')).__name__}, not the run's settings")
+    _check_sha256(path, meta.get("sha256"))
     return Checkpoint(path, step, weights, state, meta["config"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_sha256(folder: Path, saved: Any) -> None:
+    """The files against the sha256 that config.json saved with them (checkpoints written before it are not checked)."""
+    if saved is None:
+        return
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(name), str) for name in HASHED):
+        raise CheckpointError(f"{folder / 'config.json'}: damaged: its 'sha256' is not a digest of each of "
+                              f"{', '.join(HASHED)}")
+    for name in HASHED:
+        if (found := _sha256(folder / name)) != saved[name]:
+            raise CheckpointError(
+                f"{folder / name}: damaged: its bytes changed after it was saved (sha256 {found[:12]}..., saved as "
+                f"{saved[name][:12]}...). If it was changed on purpose, delete 'sha256' from {folder / 'config.json'}")
 
 
 def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str | os.PathLike, what: str) -> None:
