@@ -392,7 +392,9 @@ def test_report_names_a_malformed_result_file_and_reads_past_bad_metric_lines(tm
     (run / "metrics.jsonl").write_text("\n".join([
         json.dumps({"split": "train", "step": 1, "elapsed": 1.0, "loss": 9.0}), "5", '{"split": "train"}',
         json.dumps({"split": "valid", "step": 1, "accuracy": 0.1, "baseline_accuracy": 0.05}),
-        json.dumps({"split": "train", "step": 2, "elapsed": 2.0, "loss": 8.5}), '{"split": "tr']))
+        json.dumps({"split": "train", "step": 2, "elapsed": 2.0, "loss": 8.5}),
+        json.dumps({"split": "train", "step": 3, "elapsed": "late", "loss": 8.0}),  # a TypeError in the plot
+        '{"split": "tr']))
     assert "| m |" in write_report([run], tmp_path / "report").read_text()
     assert (tmp_path / "report" / "pretraining.png").is_file()
     for bad, problem in [([1, 2], "expected a JSON object, got list"), ({"curve": []}, "no 'test' scores"),
@@ -406,6 +408,12 @@ def test_report_names_a_malformed_result_file_and_reads_past_bad_metric_lines(tm
     (probes / "encoder.json").write_text("[")
     with pytest.raises(ValueError, match=r"encoder\.json: not an encoder record: Expecting value"):
         write_report([run], tmp_path / "report")
+    for key, value, kind in [("name", ["m"], "text"), ("objective", None, "text"),
+                             ("pretrain_seconds", "long", "a number"), ("pretrain_audio_hours", True, "a number")]:
+        (probes / "encoder.json").write_text(json.dumps({"name": "m", key: value}))  # each a TypeError in the table
+        with pytest.raises(ValueError, match=rf"encoder\.json: not an encoder record: its '{key}' is "
+                                             rf"{re.escape(repr(value))}, not {kind}$"):
+            write_report([run], tmp_path / "report")
 
     with pytest.raises(FileNotFoundError, match=r"nothing: no such folder \(give run or probe result folders\)"):
         write_report([tmp_path / "nothing"], tmp_path / "report")  # it said "no probe results" there

@@ -462,6 +462,28 @@ def test_checkpoint_files_that_read_but_hold_the_wrong_things_name_the_file(corp
                                                              r"training state \(.*\); move .* aside"):
             pretrain(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=2)))
 
+def test_damaged_metrics_lines_are_skipped_counted_and_dropped_on_resume(tmp_path, caplog):
+    """metrics.jsonl lines that parse but are not records (a step that is text or true, a value that is a list,
+    bytes that are not UTF-8) crashed a resume's rewrite of the file, the probe's pre-training time and the
+    report's plots (TypeError, UnicodeDecodeError). They are skipped and counted; a last line cut short by a
+    kill is expected, and skipped without a word."""
+    from bestrq.probes.encoders import _pretraining_record
+
+    good = [{"step": s, "split": "train", "loss": 9.0 - s, "elapsed": float(s), "audio_seconds": 10.0}
+            for s in (1, 2, 3)]
+    damaged = [{"step": "2", "split": "train", "elapsed": 99.0}, {"step": True, "split": "train"},
+               {"step": 2, "split": "valid", "accuracy": [0.5]}, {"step": 2, "split": None}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in [good[0], *damaged[:2], good[1], *damaged[2:]])
+                     + b'\xff\xfe{"step": 2}\n' + json.dumps(good[2]).encode() + b'\n{"step": 4, "spl')
+    with caplog.at_level("WARNING", logger="bestrq.train"):
+        assert loop.read_metrics(path) == good
+    assert f"{path}: skipped 5 damaged lines" in caplog.text
+    assert _pretraining_record(tmp_path, 2) == {"pretrain_seconds": 2.0, "pretrain_audio_hours": 20.0 / 3600}
+    loop._truncate_metrics(path, 2)  # what a resume from step 2 does
+    assert path.read_text().splitlines() == [json.dumps(r) for r in good[:2]]
+
+
 YAML_TEXT = st.text(alphabet=st.sampled_from(list("abcdefgnoprstu_.:-=[]{}!&*|>'\"#%@ 0123456789\n\t")), max_size=80)
 
 

@@ -46,7 +46,8 @@ def setting(default: Any, help: str, *, ge: float | None = None, gt: float | Non
 _f = setting  # the short name the declarations below use
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool (which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -62,10 +63,10 @@ def bounds_text(bounds: dict) -> str:
 def check_range(key: str, value: Any, bounds: dict, item: type | None = None) -> None:
     """ConfigError naming ``key`` unless ``value`` (a number, or a list of ``item``) is finite and in ``bounds``."""
     if item is not None:
-        if not all(_is_number(v) and (item is float or isinstance(v, int)) for v in value):
+        if not all(is_number(v) and (item is float or isinstance(v, int)) for v in value):
             raise ConfigError(f"{key}: expected a list of {item.__name__}s, got {value!r}")
         values = list(value)
-    elif _is_number(value):
+    elif is_number(value):
         values = [value]
     else:
         raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -82,7 +83,7 @@ def check_bounds(section: Any, prefix: str = "") -> None:
         value, key = getattr(section, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
             check_bounds(value, f"{key}.")
-        elif f.metadata.get("item") is not None or f.metadata.get("bounds") or _is_number(value):
+        elif f.metadata.get("item") is not None or f.metadata.get("bounds") or is_number(value):
             check_range(key, value, f.metadata.get("bounds", {}), f.metadata.get("item"))
 
 

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import is_number
 from .probes.encoders import same_encoder
 from .probes.tasks import MAIN_METRIC, TASKS
 from .train.checkpoint import run_of
@@ -45,7 +46,8 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
         folder = p if list(p.glob("probe_*.json")) else p / "probes"
         if not list(folder.glob("probe_*.json")):
             raise FileNotFoundError(f"{p}: no probe results (probe_*.json) here or in {p / 'probes'}")
-        encoder = _read_json(folder / "encoder.json", "an encoder record") if (folder / "encoder.json").is_file() else {}
+        path = folder / "encoder.json"
+        encoder = _check_encoder(path, _read_json(path, "an encoder record")) if path.is_file() else {}
         results = {}
         for task in TASKS:
             f = folder / f"probe_{task}.json"
@@ -68,19 +70,30 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+def _number(v: object, missing_ok: bool = True) -> bool:
+    return (v is None and missing_ok) or is_number(v)
+
+
+def _check_encoder(path: Path, record: dict) -> dict:
+    """``record`` if what the report reads from an encoder record is of the right kind, else a ValueError naming it."""
+    for key, kind in (("name", "text"), ("objective", "text"), ("pretrain_seconds", "a number"),
+                      ("pretrain_audio_hours", "a number")):
+        value = record.get(key)
+        if key in record and not (isinstance(value, str) if kind == "text" else _number(value)):
+            raise ValueError(f"{path}: not an encoder record: its {key!r} is {value!r}, not {kind}")
+    return record
+
+
 def _check_result(path: Path, task: str, result: dict) -> dict:
     """``result`` if it has what the report reads from a probe result of ``task``, else a ValueError naming it."""
-    def number(v: object, missing_ok: bool = True) -> bool:
-        return (v is None and missing_ok) or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
     metric = f"dev_{MAIN_METRIC[task]}"
     test, curve, weights = result.get("test"), result.get("curve"), result.get("layer_weights", [])
-    if not isinstance(test, dict) or not all(map(number, test.values())):
+    if not isinstance(test, dict) or not all(map(_number, test.values())):
         problem = "no 'test' scores"
-    elif not isinstance(curve, list) or not all(isinstance(c, dict) and number(c.get("epoch"), False)
-                                                and number(c.get(metric), False) for c in curve):
+    elif not isinstance(curve, list) or not all(isinstance(c, dict) and _number(c.get("epoch"), False)
+                                                and _number(c.get(metric), False) for c in curve):
         problem = f"no 'curve' of epochs with 'epoch' and '{metric}'"
-    elif not isinstance(weights, list) or not all(map(number, weights)):
+    elif not isinstance(weights, list) or not all(map(_number, weights)):
         problem = "'layer_weights' is not a list of numbers"
     else:
         return result

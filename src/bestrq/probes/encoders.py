@@ -11,7 +11,6 @@ Every one is a module with ``encode(waveforms, lengths) -> EncoderOutput`` and a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +83,9 @@ def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}
-    records = [r for r in read_metrics(path) if r.get("split") == "train" and r.get("step", math.inf) <= step]
-    elapsed = max((float(r.get("elapsed", 0.0)) for r in records), default=0.0)
-    audio = sum(float(r.get("audio_seconds", 0.0)) for r in records)
+    records = [r for r in read_metrics(path) if r["split"] == "train" and r["step"] <= step]
+    elapsed = max((r.get("elapsed", 0.0) for r in records), default=0.0)
+    audio = sum(r.get("audio_seconds", 0.0) for r in records)
     return {"pretrain_seconds": elapsed, "pretrain_audio_hours": audio / 3600}
 
 

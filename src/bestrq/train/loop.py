@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import ConfigError, PretrainConfig, to_dict
+from ..config import ConfigError, PretrainConfig, is_number, to_dict
 from ..data.audio import by_kind
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import ManifestError, atomic_path, list_splits, load_split
@@ -545,24 +545,42 @@ def _any_ranks(flags: list[bool], device: torch.device) -> list[bool]:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a run's metrics.jsonl (none if it is absent); a line cut short by a crash is skipped."""
+    """The records of a run's metrics.jsonl (none if it is absent). A line that is not a record is
+    skipped: the last one cut short by a crash silently, any other (damaged) with a warning that counts them."""
     path = Path(path)
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
+    if not path.is_file():
+        return []
+    records, damaged = [], 0
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    for n, line in enumerate(lines, 1):
+        record = _metrics_record(line)
+        if record is not None:
+            records.append(record)
+        elif line.strip() and (n < len(lines) or line.endswith("\n")):
+            damaged += 1
+    if damaged:
+        log.warning("%s: skipped %d damaged lines (each record needs a whole-number step, a split and numbers)",
+                    path, damaged)
     return records
+
+
+def _metrics_record(line: str) -> dict | None:
+    """The record a metrics.jsonl line holds: a whole-number step, a split's name and numbers; else None."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("split"), str)
+            and isinstance(step := record.get("step"), int) and not isinstance(step, bool) and step >= 0
+            and all(is_number(v) for k, v in record.items() if k != "split")):
+        return None
+    return record
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop lines logged after ``step`` (by a run that crashed later): a resume rewrites them."""
     if not path.exists():
         return
-    kept = [rec for rec in read_metrics(path) if rec.get("step", 0) <= step]
+    kept = [rec for rec in read_metrics(path) if rec["step"] <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
