@@ -446,7 +446,9 @@ def test_checkpoint_files_that_read_but_hold_the_wrong_things_name_the_file(corp
              ("state.pt", lambda s: s.update(step="1"), r"state\.pt: damaged: its step is '1'"),
              ("config.json", lambda m: m.update(config=[1]), r"config\.json: damaged: its 'config' is list"),
              ("model.safetensors", lambda w: w.update({"heads.weight": w["heads.weight"][:, :3].contiguous()}),
-              r"step-00000001: its weights do not fit .*size mismatch for heads\.weight")]
+              r"step-00000001: its weights do not fit .*size mismatch for heads\.weight"),
+             ("model.safetensors", lambda w: w["heads.weight"].view(-1)[:1].fill_(math.inf),
+              r"step-00000001: damaged: its weight heads\.weight holds NaN or infinite values")]
     for name, change, message in cases:
         damaged(name, change)
         with pytest.raises(checkpoint.CheckpointError, match=message):

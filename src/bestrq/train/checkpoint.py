@@ -176,7 +176,11 @@ def _check_sha256(folder: Path, saved: Any) -> None:
 
 def fit_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str | os.PathLike, what: str) -> None:
     """Load ``weights`` into ``model``; a CheckpointError naming ``where`` if they do not fit it (names missing
-    or unexpected, or a tensor of another shape: a damaged or swapped file)."""
+    or unexpected, or a tensor of another shape: a damaged or swapped file) or hold NaN or infinite values
+    (never saved by training, which skips non-finite steps: a damaged file, or one of a diverged run)."""
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{where}: damaged: its weight {bad} holds NaN or infinite values")
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # torch lists every tensor of another shape; the first says enough
