@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 
@@ -160,6 +161,44 @@ def test_cached_and_uncached_states_give_the_same_probe_outputs(small_corpus, tm
     # a second extraction by the same encoder is read back, not recomputed
     again = extract(encoder, cuts, tmp_path / "dev", dtype="float32", progress=False)
     assert np.array_equal(np.asarray(again.states), np.asarray(states.states))
+
+
+def test_a_damaged_cache_of_the_same_encoder_is_extracted_again_and_said_so(small_corpus, tmp_path, caplog):
+    """An index that still names this encoder but no longer fits its states file was read anyway: a narrower
+    shape gave wrong states, a range past the last frame a RuntimeError at probe time, a changed cut id lost
+    that cut as if its audio were bad, a null range a TypeError. Now each is extracted again, with a warning
+    naming the folder."""
+    encoder = load_encoder("random:bestrq_tiny", seed=0)
+    cuts = list(load_split(small_corpus, "dev"))[:4]
+    good = tmp_path / "good"
+    want = np.asarray(extract(encoder, cuts, good, dtype="float32", progress=False).states).copy()
+    index = json.loads((good / "index.json").read_text())
+    n, num_layers, dim = index["shape"]
+    first = next(iter(index["ranges"]))
+
+    def edit(**change):
+        return lambda folder: (folder / "index.json").write_text(json.dumps({**index, **change}))
+
+    damages = {"a range past the last frame": edit(ranges={**index["ranges"], first: [0, n + 5]}),
+               "a null range": edit(ranges={**index["ranges"], first: None}),
+               "a cut id changed": edit(ranges={k + "x" * (k == first): v for k, v in index["ranges"].items()}),
+               "a narrower shape": edit(shape=[n, num_layers, dim - 1]),
+               "a states file cut short": lambda f: os.truncate(f / "states.bin", 4 * num_layers * dim * (n - 1)),
+               "an index that is not text": lambda f: (f / "index.json").write_bytes(b"\xff\xfe{"),
+               "skipped that is not a list": edit(skipped=5)}
+    for what, damage in damages.items():
+        folder = tmp_path / what.replace(" ", "_")
+        shutil.copytree(good, folder)
+        damage(folder)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="bestrq.probes.cache"):
+            states = extract(encoder, cuts, folder, dtype="float32", progress=False)
+        assert np.array_equal(np.asarray(states.states), want), what
+        assert f"{folder}: the cached states are damaged (" in caplog.text, what
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="bestrq.probes.cache"):
+            extract(encoder, cuts, folder, dtype="float32", progress=False)
+        assert "damaged" not in caplog.text, what  # the new cache is read back
 
 
 def test_the_cache_size_is_known_before_extraction_and_a_disk_too_small_refused(small_corpus, tmp_path, monkeypatch):

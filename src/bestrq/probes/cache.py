@@ -5,7 +5,8 @@
 
 The file is memory-mapped, so a probe holds only its current batch in memory and the OS
 decides what stays cached. A cache made by another encoder (or with other settings) is not
-reused: it is extracted again. Bad audio is skipped and counted, never fatal.
+reused: it is extracted again, as is one whose index and states no longer hold together
+(a damaged file), with a warning. Bad audio is skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -110,13 +111,54 @@ def _fingerprint(encoder: Encoder, cuts: list, dtype: str) -> dict:
 
 
 def open_cache(folder: str | os.PathLike) -> HiddenStates:
+    """A cache folder's states; a ValueError naming the file if its index or states do not hold together."""
     folder = Path(folder)
-    index = json.loads((folder / "index.json").read_text())
+    index_path = folder / "index.json"
+    index = _read_index(index_path)
+    problem = _index_problem(index, folder / "states.bin")
+    if problem:
+        raise ValueError(f"{index_path}: {problem}")
     n, num_layers, dim = index["shape"]
     states = np.memmap(folder / "states.bin", dtype=DTYPES[index["key"]["dtype"]], mode="r",
                        shape=(n, num_layers, dim))
-    ranges = {k: (int(a), int(b)) for k, (a, b) in index["ranges"].items()}
-    return HiddenStates(folder, list(ranges), ranges, states, index.get("skipped", []))
+    ranges = {k: (a, b) for k, (a, b) in index["ranges"].items()}
+    return HiddenStates(folder, list(ranges), ranges, states, index["skipped"])
+
+
+def _read_index(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # UnicodeDecodeError too
+        raise ValueError(f"{path}: not JSON ({e})") from None
+
+
+def _index_problem(index: object, states_path: Path) -> str | None:
+    """What is wrong with a cache index and its states file, or None."""
+    def count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(index, dict) or index.get("format") != CACHE_FORMAT:
+        return f"not a {CACHE_FORMAT} index"
+    key, shape, ranges = index.get("key"), index.get("shape"), index.get("ranges")
+    if not isinstance(key, dict) or key.get("dtype") not in DTYPES:
+        return "its key names no dtype"
+    if not (isinstance(shape, list) and len(shape) == 3 and all(map(count, shape)) and min(shape[1:]) > 0):
+        return f"its shape is {shape!r}, not [frames, layers, width]"
+    size = shape[0] * shape[1] * shape[2] * np.dtype(DTYPES[key["dtype"]]).itemsize
+    have = states_path.stat().st_size if states_path.is_file() else None
+    if have != size:
+        return f"{states_path.name} holds {have} bytes, not the {size} its shape {shape} gives"
+    if not isinstance(ranges, dict):
+        return "its ranges are not a mapping of cut ids to frames"
+    spans = sorted(tuple(r) if isinstance(r, list) and len(r) == 2 and all(map(count, r)) else (-1, -1)
+                   for r in ranges.values())
+    ends = [0] + [b for _, b in spans]  # extraction writes cut after cut: the spans tile the frames
+    if ends[-1] != shape[0] or any(not e == a <= b for (a, b), e in zip(spans, ends)):
+        return f"its ranges are not each cut's frames, one after another, to the {shape[0]} frames of its shape"
+    skipped = index.get("skipped")
+    if not (isinstance(skipped, list) and all(isinstance(s, dict) and isinstance(s.get("cut"), str) for s in skipped)):
+        return "its skipped is not a list of the cuts left out"
+    return None
 
 
 def output_frames(encoder: Encoder, cuts: list) -> torch.Tensor:
@@ -144,10 +186,14 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
     index_path = folder / "index.json"
     if index_path.is_file():
         try:
-            if json.loads(index_path.read_text()).get("key") == key:
-                return open_cache(folder)
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable: extract again
+            found = _read_index(index_path)
+            if isinstance(found, dict) and found.get("key") == key:
+                cache = open_cache(folder)
+                if set(cache.ranges) | {s["cut"] for s in cache.skipped} != {c.id for c in cuts}:
+                    raise ValueError(f"{index_path}: its cut ids are not those of the cuts it was made of")
+                return cache
+        except (OSError, ValueError) as e:  # damaged: extract again
+            log.warning("%s: the cached states are damaged (%s); extracting them again", folder, e)
     folder.mkdir(parents=True, exist_ok=True)
     batches = by_duration(sorted(cuts, key=lambda c: c.duration), batch_seconds)  # similar lengths: little padding
     ranges: dict[str, tuple[int, int]] = {}
