@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,11 @@ def test_bad_calls_name_the_problem(run, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="without any complete checkpoint"):
         (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
         bestrq.load(tmp_path / "empty")
+    # a run before its first checkpoint (its config.json and metrics.jsonl, no checkpoints/ yet): it said
+    # "missing model.safetensors: not a complete bestrq checkpoint", as if the run folder were a checkpoint
+    (tmp_path / "young").mkdir()
+    shutil.copy(run[0] / "config.json", tmp_path / "young")
+    shutil.copy(run[0] / "metrics.jsonl", tmp_path / "young")
+    with pytest.raises(checkpoint.CheckpointError, match=r"young: a run folder without any complete checkpoint \(a "
+                                                         r"run writes its first at step train\.checkpoint_every\)"):
+        bestrq.load(tmp_path / "young")

@@ -66,13 +66,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             raise ckpt_io.CheckpointError(
                 f"{path}: a transformers model folder without {path.name}/bestrq_config.json; bestrq loads "
                 "its own checkpoints and the folders `bestrq export --to hf` writes")
-        folder = ckpt_io.latest(path) if (path / "checkpoints").is_dir() else path
+        is_run = (path / "checkpoints").exists() or (path / "metrics.jsonl").is_file()  # a run before its first save too
+        folder = ckpt_io.latest(path) if is_run else path
         if folder == path and not ckpt_io.is_checkpoint_name(path.name) and not any(
                 (path / name).exists() for name in ckpt_io.FILES):
             raise ckpt_io.CheckpointError(f"{path}: not a bestrq run, checkpoint or export folder (it holds no "
                                           "checkpoints/ folder, model.safetensors or bestrq_config.json)")
         if folder is None:
-            raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint")
+            raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint (a run writes its "
+                                          "first at step train.checkpoint_every)")
         try:
             ckpt = ckpt_io.load(folder)
         except ckpt_io.CheckpointError as e:
