@@ -51,6 +51,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_count(value: Any) -> bool:
+    """A whole number >= 0 (a step, a number of frames), not a bool."""
+    return is_number(value) and isinstance(value, int) and value >= 0
+
+
 _BOUND_TESTS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
                 "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
 

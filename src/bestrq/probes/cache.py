@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..config import is_count
 from ..data.audio import load_mono
 from ..data.loader import AudioDataset, collate
 from ..data.manifest import atomic_path
@@ -110,11 +111,13 @@ def _fingerprint(encoder: Encoder, cuts: list, dtype: str) -> dict:
             "weights": info.get("weights_id"), "cuts": ids, "dtype": dtype}
 
 
-def open_cache(folder: str | os.PathLike) -> HiddenStates:
-    """A cache folder's states; a ValueError naming the file if its index or states do not hold together."""
+def open_cache(folder: str | os.PathLike, index: object = None) -> HiddenStates:
+    """A cache folder's states; a ValueError naming the file if its index or states do not hold together.
+    ``index``: its index.json as already read, if it was (else it is read here)."""
     folder = Path(folder)
     index_path = folder / "index.json"
-    index = _read_index(index_path)
+    if index is None:
+        index = _read_index(index_path)
     problem = _index_problem(index, folder / "states.bin")
     if problem:
         raise ValueError(f"{index_path}: {problem}")
@@ -134,15 +137,12 @@ def _read_index(path: Path) -> object:
 
 def _index_problem(index: object, states_path: Path) -> str | None:
     """What is wrong with a cache index and its states file, or None."""
-    def count(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
     if not isinstance(index, dict) or index.get("format") != CACHE_FORMAT:
         return f"not a {CACHE_FORMAT} index"
     key, shape, ranges = index.get("key"), index.get("shape"), index.get("ranges")
     if not isinstance(key, dict) or key.get("dtype") not in DTYPES:
         return "its key names no dtype"
-    if not (isinstance(shape, list) and len(shape) == 3 and all(map(count, shape)) and min(shape[1:]) > 0):
+    if not (isinstance(shape, list) and len(shape) == 3 and all(map(is_count, shape)) and min(shape[1:]) > 0):
         return f"its shape is {shape!r}, not [frames, layers, width]"
     size = shape[0] * shape[1] * shape[2] * np.dtype(DTYPES[key["dtype"]]).itemsize
     have = states_path.stat().st_size if states_path.is_file() else None
@@ -150,7 +150,7 @@ def _index_problem(index: object, states_path: Path) -> str | None:
         return f"{states_path.name} holds {have} bytes, not the {size} its shape {shape} gives"
     if not isinstance(ranges, dict):
         return "its ranges are not a mapping of cut ids to frames"
-    spans = sorted(tuple(r) if isinstance(r, list) and len(r) == 2 and all(map(count, r)) else (-1, -1)
+    spans = sorted(tuple(r) if isinstance(r, list) and len(r) == 2 and all(map(is_count, r)) else (-1, -1)
                    for r in ranges.values())
     ends = [0] + [b for _, b in spans]  # extraction writes cut after cut: the spans tile the frames
     if ends[-1] != shape[0] or any(not e == a <= b for (a, b), e in zip(spans, ends)):
@@ -188,7 +188,7 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
         try:
             found = _read_index(index_path)
             if isinstance(found, dict) and found.get("key") == key:
-                cache = open_cache(folder)
+                cache = open_cache(folder, found)
                 if set(cache.ranges) | {s["cut"] for s in cache.skipped} != {c.id for c in cuts}:
                     raise ValueError(f"{index_path}: its cut ids are not those of the cuts it was made of")
                 return cache

@@ -29,6 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..config import is_count
+
 FORMAT = "bestrq-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8,})$")
 FILES = ("model.safetensors", "state.pt", "config.json")  # what a complete checkpoint folder holds
@@ -143,7 +145,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> C
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path / 'state.pt'}: not a {FORMAT} file")
     step = state.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if not is_count(step):
         raise CheckpointError(f"{path / 'state.pt'}: damaged: its step is {step!r}, not a count of steps")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path / 'config.json'}: damaged: its 'config' is "

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import ConfigError, PretrainConfig, is_number, to_dict
+from ..config import ConfigError, PretrainConfig, is_count, is_number, to_dict
 from ..data.audio import by_kind
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import ManifestError, atomic_path, list_splits, load_split
@@ -570,8 +570,7 @@ def _metrics_record(line: str) -> dict | None:
         record = json.loads(line)
     except ValueError:
         return None
-    if not (isinstance(record, dict) and isinstance(record.get("split"), str)
-            and isinstance(step := record.get("step"), int) and not isinstance(step, bool) and step >= 0
+    if not (isinstance(record, dict) and isinstance(record.get("split"), str) and is_count(record.get("step"))
             and all(is_number(v) for k, v in record.items() if k != "split")):
         return None
     return record
