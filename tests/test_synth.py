@@ -11,9 +11,9 @@ from acoustic import NearestCentroid, accuracy, features
 
 from bestrq.data.audio import load_mono
 from bestrq.data.manifest import load_split
-from bestrq.synth.corpus import SynthConfig, synthesize
+from bestrq.synth.corpus import SynthConfig, plan, synthesize
 from bestrq.synth.text import INTENTS, make_command, number_to_words, year_to_words
-from bestrq.synth.voices import EMOTIONS
+from bestrq.synth.voices import ACCENTS, EMOTIONS, VARIANTS, make_speakers
 
 
 def sup(cut):
@@ -161,3 +161,38 @@ def test_rerun_reuses_and_refuses_other_settings(tmp_path):
     assert again["utterances"] == first["utterances"] and again["hours"] == first["hours"]
     with pytest.raises(FileExistsError, match="other settings"):
         synthesize(tmp_path, SynthConfig(hours=0.005, seed=2, speakers=30, sv_speakers=10), progress=False)
+
+
+def test_more_speakers_than_voice_pairs_reuse_each_pair_once_per_round():
+    pairs = len(ACCENTS) * len(VARIANTS)
+    speakers = make_speakers(pairs + 100, np.random.default_rng(0))
+    voices = [s.voice for s in speakers]
+    assert len(set(voices[:pairs])) == pairs  # every pair once before any repeats
+    assert len(set(voices[pairs:])) == 100
+    recipes = {(s.voice, s.pitch, s.rate, s.warp) for s in speakers}
+    assert len(recipes) == len(speakers) and len({s.id for s in speakers}) == len(speakers)
+    # up to one round of pairs, the same seed gives the same speakers as it always did: one draw
+    # without replacement (the only form before more speakers were allowed)
+    all_pairs = [f"{a}+{v}" for a in ACCENTS for v in VARIANTS]
+    before = np.random.default_rng(5).choice(pairs, size=40, replace=False)
+    assert [s.voice for s in make_speakers(40, np.random.default_rng(5))] == [all_pairs[k] for k in before]
+    assert SynthConfig(hours=10).n_speakers() == 1250  # `synth --hours 10` takes its default
+
+
+def test_command_heldout_and_trial_settings_shape_the_corpus(tmp_path):
+    cfg = SynthConfig(hours=0.05, seed=4, speakers=8, sv_speakers=2, commands=1.0, heldout=0.3, trials=3)
+    _, utterances = plan(cfg)
+    first = [next(utterances) for _ in range(400)]
+    seen = [u for u in first if u.split != "sv"]
+    assert all(u.intent for u in first)  # every utterance a command
+    heldout = sum(u.split in ("dev", "test") for u in seen) / len(seen)
+    assert heldout == pytest.approx(0.6, abs=0.08)
+    summary = synthesize(tmp_path / "c", cfg, jobs=1, progress=False)
+    sv = summary["splits"]["sv"]["utterances"]
+    assert summary["sv_trials"] == {"target": 3 * sv, "nontarget": 3 * sv}
+    settings = json.loads((tmp_path / "c" / "synth_settings.json").read_text())
+    assert settings["commands"] == 1.0 and settings["trials"] == 3 and settings["heldout"] == 0.3
+    # default values are not recorded: corpora made before these settings existed stay valid
+    synthesize(tmp_path / "d", SynthConfig(hours=0.02, seed=4, speakers=4, sv_speakers=1), jobs=1, progress=False)
+    assert set(json.loads((tmp_path / "d" / "synth_settings.json").read_text())) == {
+        "hours", "seed", "speakers", "sv_speakers"}

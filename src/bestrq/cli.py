@@ -11,7 +11,8 @@ from pathlib import Path
 def _synth(args: argparse.Namespace) -> int:
     from .synth.corpus import SynthConfig, format_summary, synthesize
 
-    cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers, sv_speakers=args.sv_speakers)
+    cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers, sv_speakers=args.sv_speakers,
+                      commands=args.commands, heldout=args.heldout, trials=args.trials)
     summary = synthesize(args.out, cfg, jobs=args.jobs, progress=not args.quiet)
     print(format_summary(summary))
     print(f"manifests and audio in {Path(args.out).resolve()} (summary.json has the details)")
@@ -147,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of pseudo-speakers (default max(40, 125 per hour))")
     p.add_argument("--sv-speakers", type=int, default=None,
                    help="speakers held out for verification (default max(20, 20%% of speakers))")
+    p.add_argument("--commands", type=float, default=0.2,
+                   help="fraction of utterances that are spoken commands with an intent (default 0.2)")
+    p.add_argument("--heldout", type=float, default=0.1,
+                   help="fraction of the seen speakers' utterances held out as dev, and again as test (default 0.1)")
+    p.add_argument("--trials", type=int, default=1,
+                   help="verification trials per sv utterance, of each kind: same speaker, another (default 1)")
     p.add_argument("--jobs", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test", "sv")
 HELDOUT_FRACTION = 0.1  # of the seen speakers' utterances, each for dev and for test
 COMMAND_FRACTION = 0.2  # utterances that are spoken commands with an intent
+NEWER_DEFAULTS = {"commands": COMMAND_FRACTION, "heldout": HELDOUT_FRACTION, "trials": 1}
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,19 @@ class SynthConfig:
     seed: int = 0
     speakers: int | None = None  # default: max(40, 125 per hour)
     sv_speakers: int | None = None  # unseen speakers for verification; default max(20, 20%)
+    commands: float = COMMAND_FRACTION  # fraction of utterances that are spoken commands with an intent
+    heldout: float = HELDOUT_FRACTION  # fraction of the seen speakers' utterances in dev, and again in test
+    trials: int = 1  # verification trials per sv utterance, of each kind (same speaker, another)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.hours) and self.hours > 0):
             raise ValueError(f"hours: must be > 0, got {self.hours}")
+        if not 0 <= self.commands <= 1:
+            raise ValueError(f"commands: must be in [0, 1], got {self.commands}")
+        if not 0 < self.heldout < 0.5:
+            raise ValueError(f"heldout: must be in (0, 0.5): dev and test each take this much, got {self.heldout}")
+        if self.trials < 1:
+            raise ValueError(f"trials: must be >= 1, got {self.trials}")
         if self.speakers is not None and self.speakers < 2:
             raise ValueError(f"speakers: must be >= 2 (seen ones and held-out verification ones), got {self.speakers}")
         if self.sv_speakers is not None and self.sv_speakers < 1:
@@ -110,11 +120,11 @@ def plan(cfg: SynthConfig) -> tuple[list[Speaker], Iterator[Utterance]]:
                     split = "sv"
                 else:
                     r = rng.random()
-                    split = "dev" if r < HELDOUT_FRACTION else "test" if r < 2 * HELDOUT_FRACTION else "train"
+                    split = "dev" if r < cfg.heldout else "test" if r < 2 * cfg.heldout else "train"
                 # dev and test sentences never occur in train (commands may: they are few)
                 avoid = texts_by_split["heldout" if split == "train" else "train"]
                 for _ in range(20):
-                    if rng.random() < COMMAND_FRACTION:
+                    if rng.random() < cfg.commands:
                         cmd = make_command(rng, deal(split, INTENTS))
                         text, intent, slots = cmd.text, cmd.intent, cmd.slots
                         break
@@ -165,8 +175,9 @@ def _cut(utt: Utterance, path: Path, num_samples: int):
     return MonoCut(id=utt.id, start=0.0, duration=duration, channel=0, recording=rec, supervisions=[sup])
 
 
-def _trials(sv_cuts: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[int, str, str]]:
-    """Balanced verification trials: for each utterance, one same- and one other-speaker pair."""
+def _trials(sv_cuts: list[tuple[str, str]], rng: np.random.Generator, per_utterance: int = 1
+            ) -> list[tuple[int, str, str]]:
+    """Balanced verification trials: for each utterance, ``per_utterance`` same- and other-speaker pairs."""
     by_spk: dict[str, list[str]] = {}
     for cut_id, spk in sv_cuts:
         by_spk.setdefault(spk, []).append(cut_id)
@@ -176,9 +187,10 @@ def _trials(sv_cuts: list[tuple[str, str]], rng: np.random.Generator) -> list[tu
         others = [s for s in by_spk if s != spk]
         if not same or not others:
             continue
-        trials.append((1, cut_id, same[int(rng.integers(len(same)))]))
-        other = by_spk[others[int(rng.integers(len(others)))]]
-        trials.append((0, cut_id, other[int(rng.integers(len(other)))]))
+        for _ in range(per_utterance):
+            trials.append((1, cut_id, same[int(rng.integers(len(same)))]))
+            other = by_spk[others[int(rng.integers(len(others)))]]
+            trials.append((0, cut_id, other[int(rng.integers(len(other)))]))
     return trials
 
 
@@ -190,6 +202,8 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None
     out = Path(out)
     settings = {"hours": cfg.hours, "seed": cfg.seed, "speakers": cfg.n_speakers(),
                 "sv_speakers": cfg.n_sv_speakers()}
+    # the newer settings are recorded when they differ from their defaults: older corpora stay valid
+    settings.update({k: getattr(cfg, k) for k, default in NEWER_DEFAULTS.items() if getattr(cfg, k) != default})
     settings_file = out / "synth_settings.json"
     if settings_file.exists():
         previous = json.loads(settings_file.read_text())
@@ -249,7 +263,7 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None
     for split, cuts in by_split.items():
         save_split(out, split, CutSet.from_cuts(cuts))
     sv = [(u.id, u.speaker.id) for u, _ in taken if u.split == "sv"]
-    trials = _trials(sv, np.random.default_rng(cfg.seed + 1))
+    trials = _trials(sv, np.random.default_rng(cfg.seed + 1), cfg.trials)
     with atomic_path(out / "sv_trials.txt") as tmp:
         tmp.write_text("".join(f"{t} {a} {b}\n" for t, a, b in trials))
     with atomic_path(out / "speakers.jsonl") as tmp:

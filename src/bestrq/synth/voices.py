@@ -69,11 +69,17 @@ EMOTION_STYLES = {
 
 
 def make_speakers(n: int, rng: np.random.Generator) -> list[Speaker]:
-    """``n`` speakers with distinct (accent, variant) pairs and spread-out recipes."""
+    """``n`` speakers with spread-out recipes, each (accent, variant) pair used once before any is used again.
+
+    Beyond the 648 pairs, speakers that share a pair still differ in pitch, range, rate,
+    loudness and vocal-tract warp, as two speakers of one accent and voice quality do.
+    """
+    if n < 1:
+        raise ValueError(f"speakers: must be >= 1, got {n}")
     pairs = [(a, v) for a in ACCENTS for v in VARIANTS]
-    if n > len(pairs):
-        raise ValueError(f"at most {len(pairs)} distinct speakers can be made, asked for {n}")
-    chosen = rng.choice(len(pairs), size=n, replace=False)
+    # one draw without replacement per round of pairs: up to 648 speakers, the same as ever
+    chosen = np.concatenate([rng.choice(len(pairs), size=min(len(pairs), n - start), replace=False)
+                             for start in range(0, n, len(pairs))])
     speakers = []
     for i, k in enumerate(chosen):
         accent, variant = pairs[int(k)]
