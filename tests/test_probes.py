@@ -301,6 +301,25 @@ def test_a_fixed_seed_reproduces_a_probe(small_corpus, tmp_path):
     assert other["curve"] != first["curve"]
 
 
+def test_a_probe_keeps_per_item_outcomes_that_rescore_to_its_test_metrics(small_corpus, tmp_path):
+    """The bootstrap (probes/stats.py) resamples the sheets a probe writes: on the whole test set they
+    must give exactly the metrics reported, for every task; and the result says what stopped it."""
+    from bestrq.probes import run_probes
+    from bestrq.probes.stats import estimate
+
+    results = run_probes("random:bestrq_tiny", ["asr", "speaker", "emotion", "intent"], small_corpus, tmp_path,
+                         ProbeConfig(epochs=2, patience=1, asr_hidden=16), progress=False)
+    for task, r in results.items():
+        assert set(r["sheets"]) == set(r["test"]), task  # one sheet per test metric, EER included
+        for metric, sheet in r["sheets"].items():
+            assert estimate(metric, [sheet], replicates=100).value == pytest.approx(r["test"][metric]), (task, metric)
+        main = r["sheets"]["cer" if task == "asr" else "accuracy"]
+        assert len(next(iter(main.values()))) == len(r["test_ids"]) == r["data"]["test_items"], task
+        # with a patience of 1, an epoch that does not improve ends the probe; the limit ends one that does
+        assert r["stopped"] == ("patience" if r["best_epoch"] < r["epochs"] else "epochs"), task
+    assert len(results["speaker"]["sheets"]["eer"]["labels"]) == results["speaker"]["trials"]
+
+
 def test_cuts_too_short_for_one_frame_are_left_out_and_counted(small_corpus, tmp_path, caplog):
     from bestrq.probes import run_probes
 

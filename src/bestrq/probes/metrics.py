@@ -37,6 +37,22 @@ def error_rates(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
 
+def utterance_errors(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, dict[str, list[int]]]:
+    """Per utterance, the character and word edit operations and reference lengths (jiwer's counts):
+    ``{"cer": {"errors": [...], "length": [...]}, "wer": {...}}``. Their sums give :func:`error_rates`
+    exactly, so a bootstrap over utterances resamples the corpus metric. Empty references are left out."""
+    import jiwer
+
+    out = {"cer": {"errors": [], "length": []}, "wer": {"errors": [], "length": []}}
+    for r, h in zip(refs, hyps):
+        if not r.strip():
+            continue
+        for key, counts in (("cer", jiwer.process_characters(r, h)), ("wer", jiwer.process_words(r, h))):
+            out[key]["errors"].append(counts.substitutions + counts.deletions + counts.insertions)
+            out[key]["length"].append(counts.substitutions + counts.deletions + counts.hits)
+    return out
+
+
 def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> float:
     """The error rate where false acceptances equal false rejections (labels: 1 target, 0 non-target).
 

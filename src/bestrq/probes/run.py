@@ -52,8 +52,12 @@ def _long_enough(encoder: Encoder, cuts: list, split: str) -> list:
 
 def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                cfg: ProbeConfig | None = None, device: str = "cpu", progress: bool = True,
-               cache_dtype: str = "float16", skip_unlabelled: bool = False) -> dict[str, dict]:
+               cache_dtype: str = "float16", skip_unlabelled: bool = False,
+               cache_dir: str | os.PathLike | None = None) -> dict[str, dict]:
     """Probe one encoder (what ``--checkpoint`` names, or a loaded one) on ``tasks``; returns and writes the results.
+
+    The hidden states are cached in ``cache_dir`` (default ``out_dir/cache``): probes of one
+    encoder with several seeds can share one cache.
 
     Every task's labels are checked before any work: a task the corpus cannot probe is an error,
     or, with ``skip_unlabelled`` (``--task all``), left out with a warning.
@@ -106,13 +110,14 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     _write_json(out_dir / "encoder.json", record)
 
     splits = {s: _long_enough(encoder, cuts, s) for s, cuts in raw.items()}
+    cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
 
     states, get_sv, durations = {}, None, {}
     if not cfg.unfreeze:  # every split once, whole: all tasks read the same cache
-        states = {name: extract(encoder, cuts, out_dir / "cache" / name, device=dev, dtype=cache_dtype,
+        states = {name: extract(encoder, cuts, cache_dir / name, device=dev, dtype=cache_dtype,
                                 progress=progress) for name, cuts in splits.items()}
         if trials:
-            sv_states = extract(encoder, _long_enough(encoder, sv, "sv"), out_dir / "cache" / "sv", device=dev,
+            sv_states = extract(encoder, _long_enough(encoder, sv, "sv"), cache_dir / "sv", device=dev,
                                 dtype=cache_dtype, progress=progress)
             kept = [t for t in trials if t[1] in sv_states and t[2] in sv_states]
             if len(kept) < len(trials):

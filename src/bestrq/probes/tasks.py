@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..config import check_bounds, setting
 from .cache import by_duration
 from .heads import CTCHead, PooledClassifier, SpeakerHead, WeightedLayerSum
-from .metrics import accuracy, ctc_greedy, equal_error_rate, error_rates, macro_f1
+from .metrics import accuracy, ctc_greedy, equal_error_rate, error_rates, macro_f1, utterance_errors
 
 TASKS = ("asr", "speaker", "emotion", "intent")
 MAIN_METRIC = {"asr": "cer", "speaker": "accuracy", "emotion": "accuracy", "intent": "accuracy"}
@@ -167,7 +167,8 @@ GetStates = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 @torch.no_grad()
 def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str], seconds: float,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, sheets: dict | None = None) -> dict[str, float]:
+    """The metrics over ``items``; with ``sheets``, each metric's per-item outcomes go there too (see stats.py)."""
     probe.eval()
     if probe.task == "asr":
         refs, hyps = [], []
@@ -176,6 +177,8 @@ def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str]
             decoded = ctc_greedy(*probe(hidden.to(device), lengths.to(device)))
             hyps += ["".join(classes[c - 1] for c in seq) for seq in decoded]
             refs += [it.label for it in batch]
+        if sheets is not None:
+            sheets.update(utterance_errors(refs, hyps))
         return error_rates(refs, hyps)
     preds, targets = [], []
     for batch in by_duration(items, seconds):
@@ -183,14 +186,18 @@ def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str]
         preds += probe(hidden.to(device), lengths.to(device)).argmax(dim=-1).tolist()
         targets += [it.label for it in batch]
     result = {"accuracy": accuracy(preds, targets)}
+    if sheets is not None:
+        sheets["accuracy"] = {"correct": [int(p == t) for p, t in zip(preds, targets)]}
     if probe.task == "emotion":
         result["macro_f1"] = macro_f1(preds, targets, len(classes))
+        if sheets is not None:
+            sheets["macro_f1"] = {"pred": preds, "target": targets}
     return result
 
 
 @torch.no_grad()
 def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetStates, seconds: float,
-                     device: torch.device, durations: dict[str, float]) -> float:
+                     device: torch.device, durations: dict[str, float], sheets: dict | None = None) -> float:
     probe.eval()
     ids = sorted({i for _, a, b in trials for i in (a, b)})
     items = [Item(i, durations[i], None) for i in ids]
@@ -200,6 +207,8 @@ def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetS
         vectors = F.normalize(probe.embed(hidden.to(device), lengths.to(device)), dim=-1)
         emb.update({it.cut_id: v for it, v in zip(batch, vectors)})
     scores = [float(emb[a] @ emb[b]) for _, a, b in trials]
+    if sheets is not None:
+        sheets["eer"] = {"scores": scores, "labels": [y for y, _, _ in trials]}
     return equal_error_rate(scores, [y for y, _, _ in trials])
 
 
@@ -224,6 +233,7 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
     generator = torch.Generator().manual_seed(cfg.seed)
     metric = MAIN_METRIC[task]
     best, best_state, best_epoch, curve, started = None, None, 0, [], time.monotonic()
+    stopped = "epochs"  # what ended the training: the epoch limit, patience or the time limit
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"probe {task}", unit="epoch", disable=not progress)
     for epoch in bar:
         probe.train()
@@ -249,23 +259,27 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
             best_state = copy.deepcopy(probe.state_dict())
             best_encoder = copy.deepcopy(encoder.state_dict()) if cfg.unfreeze and encoder is not None else None
         elif epoch - best_epoch >= cfg.patience:
+            stopped = "patience"
             break
         if cfg.max_minutes and time.monotonic() - started > 60 * cfg.max_minutes:
+            stopped = "time" if epoch < cfg.epochs else stopped
             break
     bar.close()
     probe.load_state_dict(best_state)
     if cfg.unfreeze and encoder is not None and best_encoder is not None:
         encoder.load_state_dict(best_encoder)
+    sheets: dict = {}  # each test metric's per-item outcomes, for confidence intervals (stats.py)
     result = {
-        "task": task, "best_epoch": best_epoch, "epochs": len(curve),
+        "task": task, "best_epoch": best_epoch, "epochs": len(curve), "stopped": stopped,
         "dev": best_dev,  # evaluation is deterministic: the restored state scores the same
-        "test": evaluate(probe, data.test, get, data.classes, cfg.batch_seconds, device),
+        "test": evaluate(probe, data.test, get, data.classes, cfg.batch_seconds, device, sheets),
+        "test_ids": [it.cut_id for it in data.test], "sheets": sheets,
         "layer_weights": probe.layers.weights.tolist(), "curve": curve, "classes": data.classes,
         "train_items": len(data.train), "seconds": time.monotonic() - started, "config": asdict(cfg),
     }
     if task == "speaker" and data.trials and get_sv is not None:
         result["test"]["eer"] = verification_eer(probe, data.trials, get_sv, cfg.batch_seconds, device,
-                                                 sv_durations or {})
+                                                 sv_durations or {}, sheets)
         result["trials"] = len(data.trials)
     if math.isnan(result["test"].get(metric, 0.0)):
         raise ValueError(f"{task}: the test metric is undefined (no test items?)")

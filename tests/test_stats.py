@@ -1,0 +1,83 @@
+"""Confidence intervals of probe results: per-item score sheets and the bootstrap over items and seeds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bestrq.probes.metrics import equal_error_rate, error_rates, utterance_errors
+from bestrq.probes.stats import difference, estimate, separated
+
+
+def test_per_utterance_errors_sum_to_the_corpus_error_rates():
+    refs = ["the cat sat on the mat", "a dog", "hello world", "  ", "abc"]
+    hyps = ["the cat sit on mat", "a dog", "helo wrld and", "x", ""]
+    sheets = utterance_errors(refs, hyps)
+    corpus = error_rates(refs, hyps)
+    for metric in ("cer", "wer"):
+        s = sheets[metric]
+        assert len(s["errors"]) == 4  # the blank reference is left out, as error_rates does
+        assert sum(s["errors"]) / sum(s["length"]) == pytest.approx(corpus[metric])
+        assert estimate(metric, [s], replicates=100).value == pytest.approx(corpus[metric])
+
+
+def test_the_bootstrap_interval_of_an_accuracy_matches_the_binomial_one():
+    rng = np.random.default_rng(0)
+    n, p = 400, 0.7
+    correct = (rng.random(n) < p).astype(int).tolist()
+    e = estimate("accuracy", [{"correct": correct}], replicates=2000)
+    acc = np.mean(correct)
+    half = 1.96 * math.sqrt(acc * (1 - acc) / n)  # the normal approximation, 4.5 points here
+    assert e.value == pytest.approx(acc) and e.n == n
+    assert e.ci[0] == pytest.approx(acc - half, abs=0.01) and e.ci[1] == pytest.approx(acc + half, abs=0.01)
+    perfect = estimate("accuracy", [{"correct": [1] * 50}], replicates=200)
+    assert perfect.value == 1.0 and perfect.ci == (1.0, 1.0)
+
+
+def test_the_seed_spread_widens_the_interval():
+    """Probes that disagree between seeds are less certain than any one seed's test sample says."""
+    rng = np.random.default_rng(1)
+    u = rng.random(1000)
+    low, high = {"correct": (u < 0.5).astype(int).tolist()}, {"correct": (u < 0.8).astype(int).tolist()}
+    one = estimate("accuracy", [low], replicates=1000)
+    both = estimate("accuracy", [low, high], replicates=1000)
+    assert both.value == pytest.approx(0.65, abs=0.02) and both.seeds == pytest.approx([np.mean(u < 0.5),
+                                                                                         np.mean(u < 0.8)])
+    assert both.ci[0] < 0.52 and both.ci[1] > 0.78  # covers both seeds' scores
+    assert both.ci[1] - both.ci[0] > 3 * (one.ci[1] - one.ci[0])
+
+
+def test_a_paired_difference_is_zero_for_equal_models_and_excludes_zero_for_a_clear_gap():
+    rng = np.random.default_rng(2)
+    base = (rng.random(500) < 0.6).astype(int)
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:60]] = 1  # 60 more right answers on the same items: +12 points
+    same = difference("accuracy", [{"correct": base.tolist()}], [{"correct": base.tolist()}], replicates=300)
+    assert same.value == 0 and same.ci == (0.0, 0.0)
+    gap = difference("accuracy", [{"correct": better.tolist()}], [{"correct": base.tolist()}], replicates=300)
+    assert gap.value == pytest.approx(0.12) and 0.08 < gap.ci[0] < 0.12 < gap.ci[1] < 0.16
+    a = estimate("accuracy", [{"correct": better.tolist()}])
+    b = estimate("accuracy", [{"correct": base.tolist()}])
+    assert separated(a, b, "accuracy") and not separated(b, a, "accuracy")
+    # lower is better for error rates: a lower CER interval entirely below is the better one
+    cer_a = estimate("cer", [{"errors": [1] * 100, "length": [10] * 100}], replicates=100)
+    cer_b = estimate("cer", [{"errors": [5] * 100, "length": [10] * 100}], replicates=100)
+    assert separated(cer_a, cer_b, "cer") and not separated(cer_b, cer_a, "cer")
+
+
+def test_the_eer_estimate_is_the_eer_of_the_trials():
+    rng = np.random.default_rng(3)
+    labels = [1] * 300 + [0] * 300
+    scores = (np.array(labels) * 1.0 + rng.standard_normal(600)).tolist()
+    e = estimate("eer", [{"scores": scores, "labels": labels}], replicates=300)
+    assert e.value == pytest.approx(equal_error_rate(scores, labels))
+    assert e.ci[0] < e.value < e.ci[1] and e.ci[1] - e.ci[0] < 0.1
+
+
+def test_sheets_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="different numbers of test items"):
+        estimate("accuracy", [{"correct": [1, 0]}, {"correct": [1, 0, 1]}])
+    with pytest.raises(ValueError, match="differ in length"):
+        estimate("eer", [{"scores": [0.1, 0.2], "labels": [1]}])
