@@ -320,6 +320,19 @@ def test_a_probe_keeps_per_item_outcomes_that_rescore_to_its_test_metrics(small_
     assert len(results["speaker"]["sheets"]["eer"]["labels"]) == results["speaker"]["trials"]
 
 
+def test_asr_train_hours_trains_asr_on_the_first_hours_of_train_only(small_corpus, tmp_path):
+    from bestrq.probes import run_probes
+    from bestrq.probes.tasks import Item, first_hours
+
+    items = [Item(f"u{i}", 900.0, "a") for i in range(6)]  # 15 minutes each
+    assert [it.cut_id for it in first_hours(items, 0.5)] == ["u0", "u1"]
+    assert [it.cut_id for it in first_hours(items, 0.01)] == ["u0"]  # at least one
+    cfg = ProbeConfig(epochs=1, asr_hidden=8, asr_layers=1, asr_train_hours=0.01)
+    result = run_probes("fbank", ["asr"], small_corpus, tmp_path, cfg, progress=False)["asr"]
+    train = task_data("asr", {s: list(load_split(small_corpus, s)) for s in ("train", "dev", "test")}).train
+    assert result["train_items"] == len(first_hours(train, 0.01)) < len(train)
+
+
 def test_cuts_too_short_for_one_frame_are_left_out_and_counted(small_corpus, tmp_path, caplog):
     from bestrq.probes import run_probes
 

@@ -85,7 +85,8 @@ def _probe(args: argparse.Namespace) -> int:
     tasks = list(TASKS) if args.task == "all" else [args.task]
     cfg = ProbeConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, encoder_lr=args.encoder_lr,
                       batch_seconds=args.batch_seconds, seed=args.seed, intent_head=args.intent_head,
-                      max_minutes=args.max_minutes, unfreeze=args.unfreeze, asr_hidden=args.asr_hidden)
+                      max_minutes=args.max_minutes, unfreeze=args.unfreeze, asr_hidden=args.asr_hidden,
+                      asr_layers=args.asr_layers, asr_train_hours=args.asr_train_hours)
     out = Path(args.out) if args.out else _probe_out(args.checkpoint)
     results = run_probes(args.checkpoint, tasks, args.data, out, cfg, device=args.device, progress=not args.quiet,
                          skip_unlabelled=args.task == "all")
@@ -202,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-lr", type=float, default=5e-5, help="encoder learning rate with --unfreeze")
     p.add_argument("--batch-seconds", type=float, default=40.0, help="audio per batch (default 40 s)")
     p.add_argument("--asr-hidden", type=int, default=256, help="BiLSTM width of the ASR head")
+    p.add_argument("--asr-layers", type=int, default=2, help="BiLSTM layers of the ASR head")
+    p.add_argument("--asr-train-hours", type=float, default=0.0,
+                   help="ASR trains on the first this many hours of the train split (default 0: all)")
     p.add_argument("--intent-head", default="mlp", choices=["mlp", "lstm"],
                    help="intent head: an MLP on mean+std pooled states (mlp), or a BiLSTM before the pooling (lstm)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="time limit per task (0: none)")

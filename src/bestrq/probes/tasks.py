@@ -18,7 +18,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +48,8 @@ class ProbeConfig:
     seed: int = 0
     asr_hidden: int = setting(256, "BiLSTM width of the ASR head", ge=1)
     asr_layers: int = setting(2, "BiLSTM layers of the ASR head", ge=1)
+    asr_train_hours: float = setting(0.0, "ASR trains on the train split's first this many hours (0: all), as "
+                                     "low-resource ASR benchmarks do", ge=0)
     intent_head: str = "mlp"  # mlp or lstm
     max_minutes: float = setting(0.0, "per task; 0: no limit (the epoch under way is finished)", ge=0)
     unfreeze: bool = False
@@ -212,6 +214,17 @@ def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetS
     return equal_error_rate(scores, [y for y, _, _ in trials])
 
 
+def first_hours(items: list[Item], hours: float) -> list[Item]:
+    """The first items (in split order) that add up to ``hours`` of audio, at least one."""
+    total, out = 0.0, []
+    for it in items:
+        if out and total + it.duration > 3600 * hours:
+            break
+        out.append(it)
+        total += it.duration
+    return out
+
+
 def _better(metric: str, new: float, old: float | None) -> bool:
     return old is None or (new < old if metric in LOWER_IS_BETTER else new > old)
 
@@ -224,6 +237,8 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
     ``encoder``: with ``cfg.unfreeze``, the encoder module whose parameters ``get`` reaches;
     they train too, at ``cfg.encoder_lr``.
     """
+    if task == "asr" and cfg.asr_train_hours:
+        data = replace(data, train=first_hours(data.train, cfg.asr_train_hours))
     torch.manual_seed(cfg.seed)
     probe = Probe(task, num_layers, dim, len(data.classes), cfg, frame_rate).to(device)
     groups = [{"params": list(probe.parameters()), "lr": cfg.lr}]
