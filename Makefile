@@ -22,7 +22,7 @@ PROBE_ARGS ?= --epochs 12 --asr-hidden 128 --max-minutes 3
 endif
 BESTRQ := $(VENV)/bin/bestrq
 
-.PHONY: install test test-floor demo bench clean
+.PHONY: install test test-floor demo study bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,16 @@ demo: install
 	$(BESTRQ) probe --checkpoint random:bestrq_tiny --data $(DEMO_DIR) --out $(DEMO_RUN)/random $(PROBE_ARGS)
 	$(BESTRQ) probe --checkpoint fbank --data $(DEMO_DIR) --out $(DEMO_RUN)/fbank $(PROBE_ARGS)
 	$(BESTRQ) report $(DEMO_RUN)/bestrq $(DEMO_RUN)/wav2vec2 $(DEMO_RUN)/random $(DEMO_RUN)/fbank --out $(DEMO_RUN)/report
+
+# the study: BEST-RQ against wav2vec 2.0 at equal updates, probes with 3 seeds, intervals on every
+# figure (about 2 hours on 2 cores, nothing else running); the same command resumes after a stop.
+# `make study STUDY=study_quick`: every stage in a minute. The default preset's results also go to
+# docs/study (the published ones)
+STUDY ?= study
+STUDY_ARGS ?= $(if $(filter study,$(STUDY)),--set publish=docs/study)
+
+study: install
+	$(BESTRQ) study --config $(STUDY) $(STUDY_ARGS)
 
 # SpeechBrain (a peer in the speed benchmark) without its dependencies: they pin a torchaudio
 # that needs another torch build, and the modules the benchmark uses are pure PyTorch

@@ -109,5 +109,5 @@ def test_every_option_of_every_verb_says_what_it_does():
     silent = [f"{verb} {action.option_strings[0] if action.option_strings else action.dest}"
               for verb, parser in verbs.items() for action in parser._actions
               if not action.help and not isinstance(action, argparse._HelpAction)]
-    assert set(verbs) >= {"synth", "prepare", "pretrain", "probe", "report", "export", "bench"}
+    assert set(verbs) >= {"synth", "prepare", "pretrain", "probe", "report", "export", "bench", "study"}
     assert not silent, f"options without help: {silent}"

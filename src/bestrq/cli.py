@@ -64,6 +64,16 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from .study import load_study_config, run_study
+
+    overrides = list(args.set) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_study_config(args.config, overrides)
+    command = " ".join(["bestrq", "study", "--config", args.config, *(f"--set {s}" for s in args.set),
+                        *(["--out", args.out] if args.out else [])])
+    return run_study(cfg, command, progress=not args.quiet)
+
+
 def _probe_out(checkpoint: str) -> Path:
     """Default probe folder: inside the run for our checkpoints, under runs/probes for exports and baselines."""
     path = Path(checkpoint)
@@ -225,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders (with probes/) or probe folders")
     p.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("study", help="BEST-RQ against wav2vec 2.0 end to end: corpora, pre-training at equal "
+                       "updates, probes with several seeds, results with intervals (resumes when run again)")
+    p.add_argument("--config", default="study",
+                   help="study preset or YAML file: study (this 2-core machine, hours), study_quick (minutes), "
+                        "study_gpu (default study)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a study setting, e.g. --set pretrain.steps=2000 (repeatable)")
+    p.add_argument("--out", default=None, help="the study's folder (same as --set out=...)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_study)
 
     # listed for --help only: main() hands `bestrq bench ...` to the benchmark's own parser
     sub.add_parser("bench", add_help=False,

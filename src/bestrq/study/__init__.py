@@ -1,0 +1,300 @@
+"""``bestrq study``: BEST-RQ against wav2vec 2.0 at equal updates, from corpora to a report with intervals.
+
+One command runs the comparison end to end; every stage keeps its outputs, so running the
+same command again after an interruption (Ctrl-C, SIGTERM, a kill, the end of a session)
+resumes where it stopped:
+
+    OUT/data/pretrain/, OUT/data/probe/    the corpora: synthesised, unless a folder is given
+    OUT/pretrain/NAME/                     pre-training runs (bestrq, wav2vec2, the ablation),
+                                           the same number of updates on the same batches size
+    OUT/probes/NAME/cache/                 each encoder's hidden states, shared by its seeds
+    OUT/probes/NAME/seed-S/probe_TASK.json one probe: trained until its dev score stops improving
+    OUT/sessions.json                      each invocation: start, seconds, commit, command
+    OUT/results.json, OUT/report.md, *.png the comparison (see study/report.py)
+
+The scale is a preset (``configs/study*.yaml``) plus ``--set`` overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ConfigError, check_bounds, load_config, setting
+from ..data.manifest import atomic_path
+
+log = logging.getLogger(__name__)
+MODELS = ("bestrq", "wav2vec2", "random", "fbank")
+
+
+@dataclass
+class CorpusConfig:
+    folder: str = setting("", "an existing manifest folder to use instead of synthesising one")
+    hours: float = setting(1.0, "synth: hours of audio", gt=0)
+    seed: int = setting(0, "synth: seed of the corpus")
+    speakers: int = setting(0, "synth: speakers (0: synth's default)", ge=0)
+    sv_speakers: int = setting(0, "synth: unseen verification speakers (0: synth's default)", ge=0)
+    commands: float = setting(0.2, "synth: fraction of utterances that are spoken commands", ge=0, le=1)
+    heldout: float = setting(0.1, "synth: fraction of the seen speakers' utterances in dev, and in test", gt=0,
+                             lt=0.5)
+    trials: int = setting(1, "synth: verification trials per sv utterance, of each kind", ge=1)
+
+
+@dataclass
+class PretrainSection:
+    steps: int = setting(4000, "updates of every model: the same for all", ge=1)
+    train_split: str = setting("train", "the pre-training corpus's splits to train on (a+b joins them)")
+    bestrq: str = setting("bestrq_tiny", "BEST-RQ's config (a preset or YAML file)")
+    wav2vec2: str = setting("wav2vec2_tiny", "wav2vec 2.0's config (a preset or YAML file)")
+    common_set: list = setting([], "--set items for every run: batch size, device, threads, ...")  # noqa: RUF009
+    bestrq_set: list = setting([], "--set items for BEST-RQ only")  # noqa: RUF009
+    wav2vec2_set: list = setting([], "--set items for wav2vec 2.0 only")  # noqa: RUF009
+    timing_name: str = setting("", "name of a run that only times updates of another config ('' for none)")
+    timing_config: str = setting("wav2vec2_tiny", "its config: e.g. wav2vec 2.0 with its conv waveform encoder")
+    timing_steps: int = setting(200, "its updates", ge=1)
+    ablation_name: str = setting("bestrq_paper_masking", "name of one more BEST-RQ run ('' for none)")
+    ablation_set: list = setting(["masking.span=0"], "--set items of that run, on top of BEST-RQ's (span=0: "  # noqa: RUF009
+                                 "the masking preset's own 4-frame spans)")
+
+
+@dataclass
+class ProbeSection:
+    models: list = setting(list(MODELS), "encoders to probe: bestrq, wav2vec2, random (BEST-RQ's "  # noqa: RUF009
+                           "initial weights), fbank, or the ablation's name")
+    tasks: list = setting(["asr", "speaker", "emotion", "intent"], "downstream tasks")  # noqa: RUF009
+    seeds: int = setting(3, "probe seeds per encoder and task", ge=1)
+    epochs: int = setting(200, "at most; each probe stops when its dev score has not improved for patience epochs",
+                          ge=1)
+    patience: int = setting(5, "epochs without a better dev score before a probe stops", ge=1)
+    lr: float = setting(3e-3, "learning rate of the heads", gt=0)
+    batch_seconds: float = setting(40.0, "audio per probe batch", gt=0)
+    asr_hidden: int = setting(256, "BiLSTM width of the ASR head", ge=1)
+    asr_layers: int = setting(2, "BiLSTM layers of the ASR head", ge=1)
+    asr_train_hours: float = setting(0.0, "ASR trains on the first this many hours of train (0: all)", ge=0)
+    intent_head: str = setting("mlp", "mlp or lstm (a BiLSTM before the pooling)")
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    replicates: int = setting(1000, "bootstrap replicates of each interval", ge=100)
+
+
+@dataclass
+class StudyConfig:
+    out: str = setting("runs/study", "the study's folder: corpora, runs, probes, results")
+    publish: str = setting("", "also copy results.json, report.md and the plots here (e.g. docs/study)")
+    pretrain_corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    probe_corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    probe: ProbeSection = field(default_factory=ProbeSection)
+
+    def validate(self) -> StudyConfig:
+        from ..probes.tasks import TASKS
+
+        check_bounds(self)
+        names = {*MODELS, self.pretrain.ablation_name} - {""}
+        if self.pretrain.timing_name and self.pretrain.timing_name in (*MODELS, self.pretrain.ablation_name):
+            raise ConfigError(f"pretrain.timing_name: {self.pretrain.timing_name!r} is the name of another run")
+        for key, values, allowed in (("probe.models", self.probe.models, names),
+                                     ("probe.tasks", self.probe.tasks, set(TASKS))):
+            bad = [v for v in values if v not in allowed]
+            if bad or not values:
+                raise ConfigError(f"{key}: {bad[0]!r} is not one of {', '.join(sorted(allowed))}" if bad
+                                  else f"{key}: give at least one")
+        if self.probe.intent_head not in ("mlp", "lstm"):
+            raise ConfigError(f"probe.intent_head: must be mlp or lstm, not {self.probe.intent_head!r}")
+        return self
+
+
+@dataclass
+class Session:
+    """This invocation's record in ``OUT/sessions.json``: the study's time is the sum over its sessions."""
+
+    path: Path
+    command: str
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.sessions = json.loads(self.path.read_text()) if self.path.is_file() else []
+        self.sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": 0.0,
+                              "commit": commit(), "command": self.command, "stages": []})
+
+    def save(self, stage: str | None = None) -> None:
+        now = self.sessions[-1]
+        now["seconds"] = round(time.monotonic() - self.started, 1)
+        if stage:
+            now["stages"].append(stage)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.sessions, indent=1))
+
+    @property
+    def seconds(self) -> float:
+        return sum(s["seconds"] for s in self.sessions)
+
+
+def commit() -> str:
+    """The source tree's git commit (with ``+changes`` if it has uncommitted ones), or ``unknown``."""
+    src = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores{gpu}; torch {torch.__version__}, {platform.system()}"
+
+
+def corpus(c: CorpusConfig, folder: Path, progress: bool) -> Path:
+    """The corpus folder: the one given, or synthesised into ``folder`` (kept, and resumed, across runs)."""
+    if c.folder:
+        return Path(c.folder)
+    from ..synth.corpus import SynthConfig, synthesize
+
+    synthesize(folder, SynthConfig(hours=c.hours, seed=c.seed, speakers=c.speakers or None,
+                                   sv_speakers=c.sv_speakers or None, commands=c.commands, heldout=c.heldout,
+                                   trials=c.trials), progress=progress)
+    return folder
+
+
+def pretraining_runs(cfg: StudyConfig, data: Path, out: Path) -> dict[str, tuple[str, list[str]]]:
+    """Name -> (config, --set items) of every pre-training run."""
+    p = cfg.pretrain
+    base = [f"data.corpus={data}", f"data.train_split={p.train_split}", f"train.steps={p.steps}",
+            "train.max_minutes=0", *p.common_set]
+    runs = {"bestrq": (p.bestrq, [*base, *p.bestrq_set]), "wav2vec2": (p.wav2vec2, [*base, *p.wav2vec2_set])}
+    if p.ablation_name:
+        runs[p.ablation_name] = (p.bestrq, [*base, *p.bestrq_set, *p.ablation_set])
+    if p.timing_name:  # the same batches and settings, fewer updates: a time per update, not a model
+        runs[p.timing_name] = (p.timing_config, [*base, *p.wav2vec2_set, f"train.steps={p.timing_steps}"])
+    return {name: (config, [*sets, f"train.out_dir={out / name}"]) for name, (config, sets) in runs.items()}
+
+
+def run_steps(cfg: StudyConfig, name: str) -> int:
+    return cfg.pretrain.timing_steps if name == cfg.pretrain.timing_name else cfg.pretrain.steps
+
+
+def finished_step(run: Path) -> int:
+    """The step of a run folder's newest complete checkpoint (0: none)."""
+    from ..train.checkpoint import latest
+
+    last = latest(run)
+    return int(last.name.split("-")[1]) if last else 0
+
+
+def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int:
+    """Run (or resume) every stage; 0 when the results are written, 128 + signal when pre-training was stopped."""
+    from ..train.loop import pretrain
+    from .report import write_results
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    session = Session(out / "sessions.json", command)
+    try:
+        stage("1/4 corpora", session)
+        pre_data = corpus(cfg.pretrain_corpus, out / "data" / "pretrain", progress)
+        probe_data = corpus(cfg.probe_corpus, out / "data" / "probe", progress)
+        session.save("corpora")
+
+        runs = pretraining_runs(cfg, pre_data, out / "pretrain")
+        for i, (name, (config, sets)) in enumerate(runs.items()):
+            stage(f"2/4 pre-training {name} ({i + 1} of {len(runs)}, {run_steps(cfg, name)} updates)", session)
+            if finished_step(out / "pretrain" / name) >= run_steps(cfg, name):
+                print(f"  done before: {out / 'pretrain' / name}")
+                continue
+            result = pretrain(load_config(config, sets))
+            session.save(f"pretrain {name}")
+            if result.signal is not None:
+                print(f"stopped during the pre-training of {name}: the same command resumes")
+                return 128 + int(result.signal)
+
+        probe_all(cfg, out, probe_data, session, progress)
+        stage("4/4 results", session)
+        session.save()  # the time so far, which results.json reports
+        results = write_results(cfg, out, runs, pre_data, probe_data, session)
+        session.save("results")
+        print((out / "report.md").read_text())
+        print(f"study folder: {out.resolve()} ({results['seconds'] / 3600:.2f} h over {len(session.sessions)} "
+              "session(s))")
+        return 0
+    finally:
+        session.save()
+
+
+def stage(title: str, session: Session) -> None:
+    print(f"\n== study {title} (this session: {time.monotonic() - session.started:.0f} s)", flush=True)
+
+
+def encoder_spec(name: str, out: Path) -> str:
+    if name == "fbank":
+        return "fbank"
+    if name == "random":  # exactly the network BEST-RQ's pre-training started from
+        return f"random:{out / 'pretrain' / 'bestrq' / 'config.json'}"
+    return str(out / "pretrain" / name)
+
+
+def probe_folder(out: Path, name: str, seed: int) -> Path:
+    return out / "probes" / name / f"seed-{seed}"
+
+
+def probe_config(cfg: StudyConfig, seed: int):
+    from ..probes.tasks import ProbeConfig
+
+    p = cfg.probe
+    return ProbeConfig(epochs=p.epochs, patience=p.patience, lr=p.lr, batch_seconds=p.batch_seconds, seed=seed,
+                       asr_hidden=p.asr_hidden, asr_layers=p.asr_layers, asr_train_hours=p.asr_train_hours,
+                       intent_head=p.intent_head)
+
+
+def _done(path: Path, cfg, record: dict) -> bool:
+    """Whether a probe result exists for this encoder and these settings (a resumed study skips it)."""
+    from dataclasses import asdict
+
+    from ..probes.encoders import same_encoder
+
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(result, dict) and result.get("config") == asdict(cfg) and "sheets" in result
+            and isinstance(result.get("encoder"), dict) and same_encoder(result["encoder"], record))
+
+
+def probe_all(cfg: StudyConfig, out: Path, data: Path, session: Session, progress: bool) -> None:
+    from ..probes import run_probes
+    from ..probes.encoders import load_encoder
+
+    p = cfg.probe
+    for i, name in enumerate(p.models):
+        stage(f"3/4 probes of {name} ({i + 1} of {len(p.models)}; {p.seeds} seeds x {', '.join(p.tasks)})", session)
+        encoder = load_encoder(encoder_spec(name, out), p.device, seed=0)
+        record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
+        for seed in range(p.seeds):
+            folder, pcfg = probe_folder(out, name, seed), probe_config(cfg, seed)
+            todo = [t for t in p.tasks if not _done(folder / f"probe_{t}.json", pcfg, record)]
+            if not todo:
+                continue
+            print(f"  seed {seed}: {', '.join(todo)}", flush=True)
+            run_probes(encoder, todo, data, folder, pcfg, device=p.device, progress=progress,
+                       cache_dir=out / "probes" / name / "cache")
+            session.save(f"probes {name} seed {seed}")
+
+
+def load_study_config(name: str, overrides: list[str]) -> StudyConfig:
+    return load_config(name, overrides, cls=StudyConfig)

@@ -1,0 +1,66 @@
+"""`bestrq study` end to end: every stage, the results' schema, resuming, and its settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bestrq.cli import main
+
+
+@pytest.mark.slow
+def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_path, capsys):
+    """`bestrq study --config study_quick`: corpora, three pre-training runs of the same updates, four
+    encoders probed with two seeds, results.json in the documented schema; run again, it redoes only
+    what is missing, and gives the same figures."""
+    out = tmp_path / "study"
+    args = ["study", "--config", "study_quick", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"commit", "machine", "command", "seconds", "pretraining", "tasks"} <= results.keys()
+    pre = results["pretraining"]
+    assert set(pre) == {"bestrq", "wav2vec2", "bestrq_paper_masking", "wav2vec2_conv"}
+    assert {p["steps"] for p in pre.values() if p["role"] != "timing"} == {12}  # the same updates for all
+    assert pre["wav2vec2_conv"]["steps"] == 4 and pre["wav2vec2_conv"]["config"] == "wav2vec2_tiny"
+    for p in pre.values():
+        assert p["seconds"] > 0 and p["audio_hours"] > 0 and 0 < p["dev_reference"] < 1
+    assert set(results["tasks"]) == {"asr", "speaker_id", "speaker_eer", "emotion", "intent"}
+    for task, t in results["tasks"].items():
+        assert set(t["models"]) == {"bestrq", "wav2vec2", "random", "fbank"} and t["n_test"] > 0
+        for m in t["models"].values():
+            assert m["ci"][0] <= m["value"] <= m["ci"][1] and len(m["seeds"]) == 2
+    assert results["tasks"]["speaker_eer"]["n_test"] > results["tasks"]["speaker_id"]["n_test"]  # trials
+    assert "bestrq-wav2vec2" in results["differences"]["asr"]
+    report = (out / "report.md").read_text()
+    assert "## Pre-training at equal updates" in report and "[" in report
+    for png in ("pretraining.png", "tasks.png", "layer_weights.png"):
+        assert (out / png).stat().st_size > 1000
+
+    # an interrupted study: a probe result and the last pre-training checkpoint lost
+    (out / "probes" / "wav2vec2" / "seed-1" / "probe_emotion.json").unlink()
+    shutil.rmtree(max((out / "pretrain" / "bestrq_paper_masking" / "checkpoints").iterdir()))
+    capsys.readouterr()
+    assert main(args) == 0
+    sessions = json.loads((out / "sessions.json").read_text())
+    assert len(sessions) == 2
+    assert sessions[1]["stages"] == ["corpora", "pretrain bestrq_paper_masking", "probes wav2vec2 seed 1",
+                                     "results"]
+    again = json.loads((out / "results.json").read_text())
+    for task, t in results["tasks"].items():
+        for name, m in t["models"].items():
+            assert again["tasks"][task]["models"][name]["seeds"] == pytest.approx(m["seeds"]), (task, name)
+    assert again["seconds"] == pytest.approx(sum(s["seconds"] for s in sessions), abs=10)  # both sessions
+
+
+def test_study_settings_are_checked():
+    from bestrq.config import ConfigError
+    from bestrq.study import load_study_config
+
+    with pytest.raises(ConfigError, match=r"probe\.models: 'hubert' is not one of"):
+        load_study_config("study_quick", ["probe.models=[bestrq,hubert]"])
+    with pytest.raises(ConfigError, match=r"probe\.seeds: must be >= 1"):
+        load_study_config("study_quick", ["probe.seeds=0"])
+    with pytest.raises(ConfigError, match="unknown key pretrain.stepz"):
+        load_study_config("study_quick", ["pretrain.stepz=3"])
