@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bestrq.probes.metrics import equal_error_rate, error_rates, utterance_errors
+from bestrq.probes.metrics import equal_error_rate, error_rates, macro_f1, utterance_errors
 from bestrq.probes.stats import difference, estimate, separated
 
 
@@ -60,11 +60,15 @@ def test_a_paired_difference_is_zero_for_equal_models_and_excludes_zero_for_a_cl
     assert gap.value == pytest.approx(0.12) and 0.08 < gap.ci[0] < 0.12 < gap.ci[1] < 0.16
     a = estimate("accuracy", [{"correct": better.tolist()}])
     b = estimate("accuracy", [{"correct": base.tolist()}])
-    assert separated(a, b, "accuracy") and not separated(b, a, "accuracy")
+    assert separated(a.ci, b.ci, "accuracy") and not separated(b.ci, a.ci, "accuracy")
     # lower is better for error rates: a lower CER interval entirely below is the better one
     cer_a = estimate("cer", [{"errors": [1] * 100, "length": [10] * 100}], replicates=100)
     cer_b = estimate("cer", [{"errors": [5] * 100, "length": [10] * 100}], replicates=100)
-    assert separated(cer_a, cer_b, "cer") and not separated(cer_b, cer_a, "cer")
+    assert separated(cer_a.ci, cer_b.ci, "cer") and not separated(cer_b.ci, cer_a.ci, "cer")
+    # macro-F1 re-scored from a sheet is metrics.macro_f1 of the whole test set
+    pred, target = [0, 1, 2, 2, 1, 0, 3], [0, 1, 1, 2, 1, 2, 0]
+    assert estimate("macro_f1", [{"pred": pred, "target": target}], replicates=100).value == pytest.approx(
+        macro_f1(pred, target, 4))
 
 
 def test_the_eer_estimate_is_the_eer_of_the_trials():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import equal_error_rate
+from .metrics import equal_error_rate, macro_f1
 
 LOWER_IS_BETTER = {"cer", "wer", "eer"}
 
@@ -40,11 +40,7 @@ def _metric_of(metric: str, sheet: dict[str, np.ndarray], idx: np.ndarray) -> fl
         return equal_error_rate(sheet["scores"][idx], labels)
     if metric == "macro_f1":
         pred, target = sheet["pred"][idx], sheet["target"][idx]
-        classes = np.union1d(pred, target)
-        tp = np.array([np.sum((pred == c) & (target == c)) for c in classes])
-        fp = np.array([np.sum((pred == c) & (target != c)) for c in classes])
-        fn = np.array([np.sum((pred != c) & (target == c)) for c in classes])
-        return float(np.mean(2 * tp / (2 * tp + fp + fn)))
+        return macro_f1(pred, target, int(max(pred.max(), target.max())) + 1)
     raise ValueError(f"no bootstrap for metric {metric!r}")
 
 
@@ -108,8 +104,8 @@ def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: in
     return Estimate(value, (float(lo), float(hi)), per_seed, n)
 
 
-def separated(a: Estimate, b: Estimate, metric: str) -> bool:
-    """Whether a is better than b with non-overlapping intervals."""
+def separated(a: tuple[float, float], b: tuple[float, float], metric: str) -> bool:
+    """Whether the model of interval a is better than that of interval b, the intervals not overlapping."""
     if metric in LOWER_IS_BETTER:
-        return a.ci[1] < b.ci[0]
-    return a.ci[0] > b.ci[1]
+        return a[1] < b[0]
+    return a[0] > b[1]
