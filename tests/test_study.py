@@ -45,8 +45,9 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
     assert main(args) == 0
     sessions = json.loads((out / "sessions.json").read_text())
     assert len(sessions) == 2
-    assert sessions[1]["stages"] == ["corpora", "pretrain bestrq_paper_masking", "probes wav2vec2 seed 1",
-                                     "results"]
+    assert [s["stage"] for s in sessions[1]["stages"]] == ["corpora", "pretrain bestrq_paper_masking",
+                                                           "probes wav2vec2 seed 1", "results"]
+    assert all(0 <= s["at"] <= sessions[1]["seconds"] for s in sessions[1]["stages"])
     again = json.loads((out / "results.json").read_text())
     for task, t in results["tasks"].items():
         for name, m in t["models"].items():
@@ -64,3 +65,31 @@ def test_study_settings_are_checked():
         load_study_config("study_quick", ["probe.seeds=0"])
     with pytest.raises(ConfigError, match="unknown key pretrain.stepz"):
         load_study_config("study_quick", ["pretrain.stepz=3"])
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_probes_stops_with_143_and_keeps_the_sessions_time(tmp_path):
+    """A scheduler's SIGTERM outside pre-training (which saves a checkpoint itself) ends the study with
+    128 + 15 and still records this session's seconds, so the study's total time stays the sum."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "study"
+    proc = subprocess.Popen([sys.executable, "-m", "bestrq", "study", "--config", "study_quick", "--out", str(out),
+                             "--quiet", "--set", "probe.epochs=50", "--set", "probe.patience=50"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probes = out / "probes" / "bestrq" / "seed-0" / "encoder.json"
+    deadline = time.monotonic() + 300
+    while not probes.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert probes.exists(), "the study never reached its probes"
+    time.sleep(2)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 30
+    session = json.loads((out / "sessions.json").read_text())[-1]
+    last = session["stages"][-1]
+    assert last["stage"] == "pretrain wav2vec2_conv" and session["seconds"] > last["at"] + 1.5

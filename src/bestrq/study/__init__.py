@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +127,8 @@ class Session:
     def save(self, stage: str | None = None) -> None:
         now = self.sessions[-1]
         now["seconds"] = round(time.monotonic() - self.started, 1)
-        if stage:
-            now["stages"].append(stage)
+        if stage:  # what was finished, and when (seconds into this session)
+            now["stages"].append({"stage": stage, "at": now["seconds"]})
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(self.sessions, indent=1))
 
@@ -198,14 +200,33 @@ def finished_step(run: Path) -> int:
     return int(last.name.split("-")[1]) if last else 0
 
 
+class Stopped(Exception):
+    """SIGTERM outside pre-training (which handles it itself, saving a checkpoint)."""
+
+
+_OWNER = [0]  # the pid that installed the handler: processes forked from it (synth's pool) die as by default
+
+
+def _stop(signum: int, frame) -> None:
+    if os.getpid() != _OWNER[0]:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise Stopped(signum)
+
+
 def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int:
-    """Run (or resume) every stage; 0 when the results are written, 128 + signal when pre-training was stopped."""
+    """Run (or resume) every stage; 0 when the results are written, 128 + signal when stopped by SIGTERM
+    (pre-training saves a checkpoint first; a probe under way is redone by the next run)."""
     from ..train.loop import pretrain
     from .report import write_results
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     session = Session(out / "sessions.json", command)
+    main = threading.current_thread() is threading.main_thread()  # handlers live in the main thread only
+    _OWNER[0] = os.getpid()
+    previous = signal.signal(signal.SIGTERM, _stop) if main else None
     try:
         stage("1/4 corpora", session)
         pre_data = corpus(cfg.pretrain_corpus, out / "data" / "pretrain", progress)
@@ -233,8 +254,13 @@ def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int
         print(f"study folder: {out.resolve()} ({results['seconds'] / 3600:.2f} h over {len(session.sessions)} "
               "session(s))")
         return 0
+    except Stopped as e:
+        print(f"stopped by {signal.Signals(e.args[0]).name}: the same command resumes")
+        return 128 + e.args[0]
     finally:
-        session.save()
+        session.save()  # this session's time, whatever ended it
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def stage(title: str, session: Session) -> None:
