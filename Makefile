@@ -60,7 +60,8 @@ demo: install
 	$(BESTRQ) report $(DEMO_RUN)/bestrq $(DEMO_RUN)/wav2vec2 $(DEMO_RUN)/random $(DEMO_RUN)/fbank --out $(DEMO_RUN)/report
 
 # the study: BEST-RQ against wav2vec 2.0 at equal updates, probes with 3 seeds, intervals on every
-# figure (about 2 hours on 2 cores, nothing else running); the same command resumes after a stop.
+# figure (hours on 2 cores, nothing else running: docs/study/README.md); the same command resumes
+# after a stop.
 # `make study STUDY=study_quick`: every stage in a minute. The default preset's results also go to
 # docs/study (the published ones)
 STUDY ?= study
