@@ -52,6 +52,16 @@ def test_layer_weights_are_learned_toward_the_useful_layer():
     assert layers.weights.argmax().item() == 3 and layers.weights[3] > 0.9
 
 
+def test_a_single_layer_probe_reads_that_layer_alone_and_learns_no_weights():
+    hidden = torch.randn(5, 2, 7, 16) * 3.0
+    layers = WeightedLayerSum(5, only=2)
+    assert torch.allclose(layers(hidden), F.layer_norm(hidden[2], (16,)), atol=1e-6)
+    assert layers.weights.tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert not any(p.requires_grad for p in layers.parameters())
+    with pytest.raises(ValueError, match="layer 5: the encoder has hidden states 0 to 4"):
+        WeightedLayerSum(5, only=5)
+
+
 def test_ctc_greedy_merges_repeats_then_drops_blanks():
     # frames: a a _ a b b _ _ c (then padding that must be ignored)
     frames = [1, 1, 0, 1, 2, 2, 0, 0, 3, 3, 3]
@@ -261,6 +271,26 @@ def test_probe_and_report_from_the_command_line(small_corpus, tmp_path, capsys):
         assert (tmp_path / "report" / png).stat().st_size > 1000
     assert main(["probe", "--checkpoint", str(tmp_path / "nothing"), "--data", str(small_corpus)]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_layer_by_layer_probes_share_one_cache_and_keep_their_layer(small_corpus, tmp_path, capsys):
+    """`--layer N` probes hidden state N alone (its weight stays one-hot while the head trains), and
+    `--cache` lets probes of one encoder in several folders extract its states once."""
+    common = ["probe", "--checkpoint", "random:bestrq_tiny", "--task", "emotion", "--data", str(small_corpus),
+              "--epochs", "2", "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert main([*common, "--layer", "1", "--out", str(tmp_path / "L1")]) == 0
+    states = tmp_path / "cache" / "train" / "states.bin"
+    made = states.stat().st_mtime_ns
+    assert main([*common, "--layer", "3", "--out", str(tmp_path / "L3")]) == 0
+    assert states.stat().st_mtime_ns == made and not (tmp_path / "L3" / "cache").exists()
+    for layer in (1, 3):
+        result = json.loads((tmp_path / f"L{layer}" / "probe_emotion.json").read_text())
+        assert result["config"]["layer"] == layer
+        one_hot = [float(i == layer) for i in range(5)]
+        assert result["layer_weights"] == one_hot and result["curve"][-1]["layer_weights"] == one_hot
+    capsys.readouterr()
+    assert main([*common, "--layer", "9", "--out", str(tmp_path / "L9")]) == 2
+    assert "layer 9: the encoder has hidden states 0 to 4" in capsys.readouterr().err
 
 
 def test_unfrozen_asr_trains_the_encoder_too(small_corpus, tmp_path, caplog):

@@ -93,3 +93,23 @@ def test_sigterm_during_the_probes_stops_with_143_and_keeps_the_sessions_time(tm
     session = json.loads((out / "sessions.json").read_text())[-1]
     last = session["stages"][-1]
     assert last["stage"] == "pretrain wav2vec2_conv" and session["seconds"] > last["at"] + 1.5
+
+
+def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_changed_one(tmp_path):
+    """A study resumed after a release that added a probe setting keeps its finished probes (the new
+    setting at its default is what they ran with); a result of other settings is redone."""
+    from dataclasses import asdict
+
+    from bestrq.study import _done, load_study_config, probe_config
+
+    cfg = probe_config(load_study_config("study_quick", []), seed=1)
+    record = {"name": "fbank", "spec": "fbank", "seed": 1}
+    path = tmp_path / "probe_emotion.json"
+    older = {k: v for k, v in asdict(cfg).items() if k != "layer"}  # written before `layer` existed
+    path.write_text(json.dumps({"config": older, "sheets": {}, "encoder": record}))
+    assert _done(path, cfg, record)
+    path.write_text(json.dumps({"config": {**older, "epochs": cfg.epochs + 1}, "sheets": {}, "encoder": record}))
+    assert not _done(path, cfg, record)
+    path.write_text(json.dumps({"config": {**older, "layer": 2}, "sheets": {}, "encoder": record}))
+    assert not _done(path, cfg, record)
+    assert not _done(path, cfg, {**record, "seed": 2})

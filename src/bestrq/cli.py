@@ -96,10 +96,10 @@ def _probe(args: argparse.Namespace) -> int:
     cfg = ProbeConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, encoder_lr=args.encoder_lr,
                       batch_seconds=args.batch_seconds, seed=args.seed, intent_head=args.intent_head,
                       max_minutes=args.max_minutes, unfreeze=args.unfreeze, asr_hidden=args.asr_hidden,
-                      asr_layers=args.asr_layers, asr_train_hours=args.asr_train_hours)
+                      asr_layers=args.asr_layers, asr_train_hours=args.asr_train_hours, layer=args.layer)
     out = Path(args.out) if args.out else _probe_out(args.checkpoint)
     results = run_probes(args.checkpoint, tasks, args.data, out, cfg, device=args.device, progress=not args.quiet,
-                         skip_unlabelled=args.task == "all")
+                         skip_unlabelled=args.task == "all", cache_dir=args.cache)
     print(format_probe_results(results))
     print(f"results in {out.resolve()}")
     return 0
@@ -218,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASR trains on the first this many hours of the train split (default 0: all)")
     p.add_argument("--intent-head", default="mlp", choices=["mlp", "lstm"],
                    help="intent head: an MLP on mean+std pooled states (mlp), or a BiLSTM before the pooling (lstm)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="probe hidden state N alone (0: the front-end output, N: layer N) instead of the learned "
+                        "weighted sum of all (-1, the default): a layer-by-layer analysis")
+    p.add_argument("--cache", default=None,
+                   help="hidden-state cache folder (default OUT/cache): reused when it holds this encoder's states "
+                        "of these clips, so probes of one encoder in several --out folders extract once")
     p.add_argument("--max-minutes", type=float, default=0.0, help="time limit per task (0: none)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the probes (and of a random: encoder)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

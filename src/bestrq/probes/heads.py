@@ -7,6 +7,8 @@ or an LSTM state.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,12 +21,18 @@ class WeightedLayerSum(nn.Module):
     """softmax(w) . hidden states: a convex combination of the L layers, weights learned.
 
     Weights start equal (SUPERB's protocol). Each layer is first normalised over D without
-    parameters, so a layer's weight is not decided by its scale.
+    parameters, so a layer's weight is not decided by its scale. ``only``: hidden state
+    ``only`` alone (a fixed one-hot weight, nothing learned), for layer-by-layer analysis.
     """
 
-    def __init__(self, num_layers: int, normalize: bool = True) -> None:
+    def __init__(self, num_layers: int, normalize: bool = True, only: int | None = None) -> None:
         super().__init__()
-        self.logits = nn.Parameter(torch.zeros(num_layers))
+        if only is not None and not 0 <= only < num_layers:
+            raise ValueError(f"layer {only}: the encoder has hidden states 0 to {num_layers - 1}")
+        logits = torch.zeros(num_layers)
+        if only is not None:
+            logits.fill_(-math.inf)[only] = 0.0
+        self.logits = nn.Parameter(logits, requires_grad=only is None)
         self.normalize = normalize
 
     @property

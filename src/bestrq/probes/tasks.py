@@ -51,6 +51,8 @@ class ProbeConfig:
     asr_train_hours: float = setting(0.0, "ASR trains on the train split's first this many hours (0: all), as "
                                      "low-resource ASR benchmarks do", ge=0)
     intent_head: str = "mlp"  # mlp or lstm
+    layer: int = setting(-1, "-1: a learned weighted sum of all hidden states; N >= 0: hidden state N alone "
+                         "(0 the front-end output, N the Nth layer's)", ge=-1)
     max_minutes: float = setting(0.0, "per task; 0: no limit (the epoch under way is finished)", ge=0)
     unfreeze: bool = False
 
@@ -125,7 +127,7 @@ class Probe(nn.Module):
                  frame_rate: float = 50.0) -> None:
         super().__init__()
         self.task = task
-        self.layers = WeightedLayerSum(num_layers)
+        self.layers = WeightedLayerSum(num_layers, only=None if cfg.layer < 0 else cfg.layer)
         if task == "asr":  # + the blank, at 0; LSTM steps at LSTM_RATE, ASR_RATE labels per second
             stack = max(1, round(frame_rate / LSTM_RATE))
             upsample = max(1, round(ASR_RATE * stack / frame_rate))
@@ -241,7 +243,7 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
         data = replace(data, train=first_hours(data.train, cfg.asr_train_hours))
     torch.manual_seed(cfg.seed)
     probe = Probe(task, num_layers, dim, len(data.classes), cfg, frame_rate).to(device)
-    groups = [{"params": list(probe.parameters()), "lr": cfg.lr}]
+    groups = [{"params": [p for p in probe.parameters() if p.requires_grad], "lr": cfg.lr}]
     if cfg.unfreeze and encoder is not None:
         groups.append({"params": [p for p in encoder.parameters() if p.requires_grad], "lr": cfg.encoder_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)

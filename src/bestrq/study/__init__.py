@@ -298,7 +298,10 @@ def _done(path: Path, cfg, record: dict) -> bool:
         result = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return (isinstance(result, dict) and result.get("config") == asdict(cfg) and "sheets" in result
+    made = result.get("config") if isinstance(result, dict) else None
+    # a setting added since the result was written counts as its default: the result is not redone for it
+    made = {**asdict(type(cfg)()), **made} if isinstance(made, dict) else None
+    return (made == asdict(cfg) and "sheets" in result
             and isinstance(result.get("encoder"), dict) and same_encoder(result["encoder"], record))
 
 
