@@ -102,33 +102,48 @@ class ConvLayer(nn.Module):
         and Sigma (k x k) the frames' mean and covariance. Normalising is then a per-utterance
         scaling of the weights: no pass over the (B, C, T) output but the product itself,
         which at 3200 frames per second is the largest tensor of the model.
+
+        The statistics are fp32 whatever the autocast: for the high-pass filters a waveform
+        encoder learns, w^T Sigma w is a small difference of large terms, which bf16 turns
+        into channels scaled several times off, or NaN (tests/test_wav2vec2.py).
         """
         c, _, k = self.conv.weight.shape
         frames = wave.unfold(1, k, self.conv.stride[0])  # (B, T, k), a view
-        t = frames.shape[1]
-        valid = (~padding_mask(lengths, t)).to(frames.dtype)[..., None]  # (B, T, 1)
-        count = valid.sum(1).clamp(min=1)  # (B, 1)
-        mu = (frames * valid).sum(1) / count  # (B, k)
-        centered = (frames - mu[:, None]) * valid
-        sigma = centered.transpose(1, 2) @ centered / count[..., None]  # (B, k, k)
-        w = self.conv.weight.view(c, k)
-        var = ((w @ sigma) * w).sum(-1)  # (B, C): w_c^T Sigma_b w_c
-        scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight  # (B, C)
-        shift = self.layer_norm.bias - (mu @ w.T) * scale  # (B, C); a conv bias cancels out
-        return torch.baddbmm(shift[..., None], w * scale[..., None], frames.transpose(1, 2))  # (B, C, T)
+        exact = torch.promote_types(frames.dtype, torch.float32)  # fp32, or fp64 for an fp64 model
+        with torch.autocast(wave.device.type, enabled=False):
+            f32 = frames.to(exact)
+            valid = (~padding_mask(lengths, f32.shape[1])).to(exact)[..., None]  # (B, T, 1)
+            count = valid.sum(1).clamp(min=1)  # (B, 1)
+            mu = (f32 * valid).sum(1) / count  # (B, k)
+            centered = (f32 - mu[:, None]) * valid
+            sigma = centered.transpose(1, 2) @ centered / count[..., None]  # (B, k, k)
+            w = self.conv.weight.view(c, k).to(exact)
+            var = ((w @ sigma) * w).sum(-1).clamp(min=0)  # (B, C): w_c^T Sigma_b w_c
+            scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight.to(exact)  # (B, C)
+            shift = self.layer_norm.bias.to(exact) - (mu @ w.T) * scale  # (B, C); a conv bias cancels out
+        # the product itself in the autocast precision (or the model's)
+        weight = (w * scale[..., None]).to(frames.dtype)
+        return torch.baddbmm(shift[..., None].to(frames.dtype), weight, frames.transpose(1, 2))  # (B, C, T)
 
 
 def _masked_channel_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm with one channel per group, statistics over each utterance's valid frames only."""
+    """GroupNorm with one channel per group, statistics over each utterance's valid frames only.
+
+    fp32 whatever the autocast, as autocast runs GroupNorm itself: in bf16, E[x^2] - E[x]^2
+    loses the variance of any channel whose mean is large against its spread.
+    """
     t = x.shape[-1]
     if bool((lengths >= t).all()):  # nothing padded: the fused kernel gives the same result
         return norm(x)
-    valid = (~padding_mask(lengths, t)).to(x.dtype)[:, :, None]  # (B, T, 1)
-    count = valid.sum(1, keepdim=True).clamp(min=1)  # (B, 1, 1)
-    mean = (x @ valid) / count  # (B, C, 1)
-    var = (x.square() @ valid) / count - mean.square()
-    scale = torch.rsqrt(var.clamp(min=0) + norm.eps) * norm.weight[:, None]
-    return torch.addcmul(norm.bias[:, None] - mean * scale, x, scale)
+    dtype, exact = x.dtype, torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.to(exact)
+        valid = (~padding_mask(lengths, t)).to(exact)[:, :, None]  # (B, T, 1)
+        count = valid.sum(1, keepdim=True).clamp(min=1)  # (B, 1, 1)
+        mean = (x @ valid) / count  # (B, C, 1)
+        var = ((x - mean).square() @ valid) / count  # centred first: no cancellation
+        scale = torch.rsqrt(var + norm.eps) * norm.weight.to(exact)[:, None]
+        return torch.addcmul(norm.bias.to(exact)[:, None] - mean * scale, x, scale).to(dtype)
 
 
 class ConvFeatureEncoder(nn.Module):
