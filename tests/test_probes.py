@@ -562,3 +562,26 @@ def test_results_of_another_encoder_in_a_probe_folder_are_flagged(small_corpus, 
         run_probes("random:bestrq_tiny", ["emotion"], small_corpus, out, cfg, progress=False)
         text = write_report([out], tmp_path / "report").read_text()
     assert "another encoder" not in caplog.text and "Mixed" not in text
+
+
+def test_a_bf16_model_is_probed_in_bf16_unless_told_otherwise(tmp_path):
+    """An encoder trained with `train.precision=bf16` encodes under bf16 autocast (what it trained
+    on), `precision=fp32` overrides it, and the two extractions are cached apart."""
+    from bestrq.probes.cache import _fingerprint
+
+    config = tmp_path / "bf16.yaml"
+    config.write_text("encoder: {d_model: 32, num_layers: 2, num_heads: 2, ffn_dim: 64}\ntrain: {precision: bf16}\n")
+    bf16 = load_encoder(f"random:{config}", seed=0)
+    fp32 = load_encoder(f"random:{config}", seed=0, precision="fp32")
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    wave = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([16000, 12000])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = bf16.module.encode(wave, lengths).hidden_states[-1]
+    assert torch.equal(bf16.encode(wave, lengths).hidden_states[-1], expected)
+    plain = fp32.encode(wave, lengths).hidden_states[-1]
+    assert plain.dtype == torch.float32 and not torch.equal(plain, expected.float())
+    assert _fingerprint(bf16, [], "float16") != _fingerprint(fp32, [], "float16")
+    assert "precision" not in _fingerprint(fp32, [], "float16")  # fp32 caches keep their key
+    with pytest.raises(ValueError, match="precision: must be run, fp32, bf16"):
+        load_encoder("fbank", precision="fp16")

@@ -304,3 +304,24 @@ def digest_of(weights: dict[str, torch.Tensor]) -> str:
     from ddp_worker import digest
 
     return digest({k: v for k, v in weights.items() if not k.startswith("quantizer.")})
+
+
+def test_a_bf16_run_is_validated_in_bf16_as_it_trains(corpus, tmp_path, monkeypatch):
+    """Validation runs in the run's precision: every forward of a `train.precision=bf16` run, in
+    training and in validation, is under bf16 autocast; an fp32 run's never is."""
+    from bestrq.objectives.bestrq import BestRQ
+
+    calls, forward = [], BestRQ.forward
+
+    def spy(self, *args, **kwargs):
+        calls.append((self.training, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BestRQ, "forward", spy)
+    pretrain(small(corpus, tmp_path / "bf16", "train.steps=2", "train.valid_every=1", "train.precision=bf16",
+                   "data.valid_max_batches=1"))
+    assert {c[0] for c in calls} == {True, False}  # trained and validated
+    assert all(enabled and dtype == torch.bfloat16 for _, enabled, dtype in calls), calls
+    calls.clear()
+    pretrain(small(corpus, tmp_path / "fp32", "train.steps=1", "train.valid_every=1", "data.valid_max_batches=1"))
+    assert calls and not any(enabled for _, enabled, _ in calls)

@@ -99,7 +99,7 @@ def _probe(args: argparse.Namespace) -> int:
                       asr_layers=args.asr_layers, asr_train_hours=args.asr_train_hours, layer=args.layer)
     out = Path(args.out) if args.out else _probe_out(args.checkpoint)
     results = run_probes(args.checkpoint, tasks, args.data, out, cfg, device=args.device, progress=not args.quiet,
-                         skip_unlabelled=args.task == "all", cache_dir=args.cache)
+                         skip_unlabelled=args.task == "all", cache_dir=args.cache, precision=args.precision)
     print(format_probe_results(results))
     print(f"results in {out.resolve()}")
     return 0
@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=0.0, help="time limit per task (0: none)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the probes (and of a random: encoder)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="run", choices=["run", "fp32", "bf16"],
+                   help="precision of the frozen encoder: run (default: what it was trained in, so a bf16 model is "
+                        "probed in bf16 autocast), fp32 or bf16 (a CPU without fast bf16 runs it far slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_probe)
 

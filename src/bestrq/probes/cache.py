@@ -107,8 +107,11 @@ def _fingerprint(encoder: Encoder, cuts: list, dtype: str) -> dict:
     """What makes two extractions the same: the encoder, its weights (or seed), the cuts and the precision."""
     info = encoder.info
     ids = hashlib.sha256("\n".join(sorted(c.id for c in cuts)).encode()).hexdigest()[:16]
-    return {"encoder": encoder.spec, "name": encoder.name, "step": info.get("step"), "seed": info.get("seed"),
-            "weights": info.get("weights_id"), "cuts": ids, "dtype": dtype}
+    key = {"encoder": encoder.spec, "name": encoder.name, "step": info.get("step"), "seed": info.get("seed"),
+           "weights": info.get("weights_id"), "cuts": ids, "dtype": dtype}
+    if info.get("precision", "fp32") != "fp32":  # fp32 caches keep the key they were written with
+        key["precision"] = info["precision"]
+    return key
 
 
 def open_cache(folder: str | os.PathLike, index: object = None) -> HiddenStates:

@@ -6,7 +6,8 @@
     --checkpoint random:CONFIG               the model CONFIG describes, randomly initialised (seeded)
 
 Every one is a module with ``encode(waveforms, lengths) -> EncoderOutput`` and a
-``sample_rate``, in eval mode, with no gradient.
+``sample_rate``, in eval mode, with no gradient. A model encodes in the precision it was
+trained in (its ``train.precision``: bf16 autocast, or fp32) unless ``precision`` says otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..export.api import load_checkpoint
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask
 from ..models.conformer import EncoderOutput
 from ..train.checkpoint import run_of
-from ..train.distributed import require_device
+from ..train.distributed import PRECISIONS, autocast, require_device
 from ..train.loop import read_metrics
 
 
@@ -56,6 +57,11 @@ class Encoder:
     spec: str  # what was given to --checkpoint
     module: nn.Module
     info: dict[str, Any] = field(default_factory=dict)  # objective, step, pre-training time and audio
+    precision: str = "fp32"  # fp32, or bf16: encode under bf16 autocast
+
+    def __post_init__(self) -> None:
+        if self.precision != "fp32":  # part of what makes two extractions the same (probes/cache.py)
+            self.info = {**self.info, "precision": self.precision}
 
     @property
     def sample_rate(self) -> int:
@@ -63,7 +69,8 @@ class Encoder:
 
     @torch.no_grad()
     def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        return self.module.encode(waveforms, lengths)
+        with autocast(waveforms.device, self.precision):
+            return self.module.encode(waveforms, lengths)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output frames for clips of ``lengths`` samples (0: too short for one)."""
@@ -89,18 +96,24 @@ def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:
     return {"pretrain_seconds": elapsed, "pretrain_audio_hours": audio / 3600}
 
 
-def _from_checkpoint(path: Path, device: torch.device) -> Encoder:
+def _from_checkpoint(path: Path, device: torch.device, precision: str) -> Encoder:
     loaded = load_checkpoint(path, device)
     run_dir = run_of(loaded.folder)  # None for an export: named after its folder, timed by its run if still there
     source_run = run_dir or run_of(loaded.info.get("exported_from"))
     info = {**loaded.info, **(_pretraining_record(source_run, loaded.step) if source_run else {})}
-    return Encoder(f"{(run_dir or loaded.folder).name} (step {loaded.step})", str(path), loaded.module, info)
+    return Encoder(f"{(run_dir or loaded.folder).name} (step {loaded.step})", str(path), loaded.module, info,
+                   loaded.config.train.precision if precision == "run" else precision)
 
 
-def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -> Encoder:
-    """What ``--checkpoint`` names (see the module docstring); clear errors for anything else."""
+def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0, precision: str = "run") -> Encoder:
+    """What ``--checkpoint`` names (see the module docstring); clear errors for anything else.
+
+    ``precision``: ``run`` (the model's own ``train.precision``), ``fp32`` or ``bf16``.
+    """
     device = require_device(device, "device")
-    if spec == "fbank":
+    if precision not in ("run", *PRECISIONS):
+        raise ValueError(f"precision: must be run, {', '.join(PRECISIONS)}; not {precision!r}")
+    if spec == "fbank":  # the features are fp32 under any autocast
         module = FbankEncoder(load_config("bestrq_tiny"))
         return Encoder("fbank", spec, module.to(device).eval(), {"objective": "none"})
     if spec.startswith("random:"):
@@ -114,8 +127,8 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0) -
         model = build_model(cfg)
         return Encoder(f"random init ({Path(name).stem})", spec, model.to(device).eval().requires_grad_(False),
                        {"objective": cfg.objective, "step": 0, "seed": seed, "pretrain_seconds": 0.0,
-                        "pretrain_audio_hours": 0.0})
+                        "pretrain_audio_hours": 0.0}, cfg.train.precision if precision == "run" else precision)
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"{spec}: no such checkpoint or run folder (or give fbank, random:CONFIG)")
-    return _from_checkpoint(path, device)
+    return _from_checkpoint(path, device, precision)

@@ -165,6 +165,7 @@ def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, d
     """Masked accuracy on held-out data with fixed masks, and the objective's baseline to read it against.
 
     BEST-RQ: the majority-code accuracy; wav2vec 2.0: chance, 1 / (1 + distractors kept) per frame.
+    In the run's precision (``train.precision``), as training.
     """
     was_training = model.training
     model.eval()
@@ -176,8 +177,9 @@ def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, d
         batch = loader.dataset[cuts]
         if len(batch) == 0:
             continue
-        out = model(batch.waveforms.to(device), batch.lengths.to(device),
-                    _mask_generator(device, cfg.train.seed, 7, i, rank), step)
+        with distributed.autocast(device, cfg.train.precision):
+            out = model(batch.waveforms.to(device), batch.lengths.to(device),
+                        _mask_generator(device, cfg.train.seed, 7, i, rank), step)
         meter.add(out, float(batch.lengths.sum()) / model.sample_rate)
         counts += model.baseline_counts(out, device)
     metrics = meter.reduce()
@@ -387,7 +389,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
         model.encoder.compile(dynamic=True)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if ctx.distributed else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+    autocast = distributed.autocast(device, t.precision)
 
     writer, metrics_file = None, out_dir / "metrics.jsonl"
     if ctx.is_main:
