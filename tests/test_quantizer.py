@@ -57,3 +57,31 @@ def test_chunking_and_layer_norm_option():
     shifted = x + 3.0  # LayerNorm removes a per-vector offset; the plain projection does not
     assert torch.equal(ln(shifted), ln(x))
     assert not torch.equal(q(shifted), q(x))
+
+
+def test_the_code_search_is_exact_fp32_under_autocast_and_tf32(monkeypatch):
+    """Near-ties between codes flip in bf16 or TF32, so the targets' search runs with autocast
+    off and fp32 matmuls at full precision, whatever the run set (train.precision=bf16 and
+    train.tf32 on CUDA); the global matmul precision is put back after."""
+    from bestrq import quantizer
+
+    seen, argmax = [], quantizer._argmax_rows
+
+    def spy(scores):
+        seen.append((torch.get_float32_matmul_precision(), torch.is_autocast_enabled("cpu"), scores.dtype))
+        return argmax(scores)
+
+    monkeypatch.setattr(quantizer, "_argmax_rows", spy)
+    q = RandomProjectionQuantizer(80, codebook_size=256, seed=0)
+    x = torch.randn(3, 50, 80, generator=torch.Generator().manual_seed(0))
+    exact = q(x)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            codes = q(x)
+        assert torch.get_float32_matmul_precision() == "medium"  # put back
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(codes, exact)
+    assert seen and all(s == ("highest", False, torch.float32) for s in seen), set(seen)

@@ -206,6 +206,8 @@ class TrainConfig:
                             "already has a checkpoint resumes from it instead")
     device: str = _f("auto", "auto (cuda if available), cpu or cuda")
     precision: str = _f("fp32", "fp32 or bf16 (autocast; for GPUs: this CPU has no fast bf16)")
+    tf32: bool = _f(True, "CUDA: fp32 matmuls in TF32 (the quantizer's code search and a few statistics "
+                          "stay exact fp32); no effect on a CPU")
     compile: bool = _f(False, f"torch.compile the encoder, one graph for every batch length (torch >= {DYNAMIC_COMPILE_TORCH})")
     threads: int = _f(0, "CPU threads per process (0: PyTorch's default)", ge=0)
     log_every: int = _f(10, "steps between logged training metrics", ge=1)

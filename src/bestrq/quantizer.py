@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .precision import exact_fp32
+
 
 class RandomProjectionQuantizer(nn.Module):
     def __init__(self, input_dim: int, codebook_size: int = 8192, codebook_dim: int = 16,
@@ -59,7 +61,7 @@ class RandomProjectionQuantizer(nn.Module):
         if self.input_layer_norm:
             flat = nn.functional.layer_norm(flat, (self.input_dim,))
         out = torch.empty(flat.shape[0], self.num_codebooks, dtype=torch.long, device=x.device)
-        with torch.autocast(x.device.type, enabled=False):  # bf16 would flip near-ties: targets stay fp32
+        with exact_fp32(x.device.type):  # bf16 or TF32 would flip near-ties: targets stay fp32
             self._assign(flat, out)
         return out.reshape(*lead, self.num_codebooks)
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask, stack_frames
+from ..precision import exact_fp32
 from .conformer import EncoderOutput, FeedForward, Packing, compiling
 from .dropout import Dropout, attention
 
@@ -103,14 +104,14 @@ class ConvLayer(nn.Module):
         scaling of the weights: no pass over the (B, C, T) output but the product itself,
         which at 3200 frames per second is the largest tensor of the model.
 
-        The statistics are fp32 whatever the autocast: for the high-pass filters a waveform
+        The statistics are exact fp32 whatever the autocast (or TF32): for the high-pass filters a waveform
         encoder learns, w^T Sigma w is a small difference of large terms, which bf16 turns
         into channels scaled several times off, or NaN (tests/test_wav2vec2.py).
         """
         c, _, k = self.conv.weight.shape
         frames = wave.unfold(1, k, self.conv.stride[0])  # (B, T, k), a view
         exact = torch.promote_types(frames.dtype, torch.float32)  # fp32, or fp64 for an fp64 model
-        with torch.autocast(wave.device.type, enabled=False):
+        with exact_fp32(wave.device.type):
             f32 = frames.to(exact)
             valid = (~padding_mask(lengths, f32.shape[1])).to(exact)[..., None]  # (B, T, 1)
             count = valid.sum(1).clamp(min=1)  # (B, 1)
@@ -136,7 +137,7 @@ def _masked_channel_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupN
     if bool((lengths >= t).all()):  # nothing padded: the fused kernel gives the same result
         return norm(x)
     dtype, exact = x.dtype, torch.promote_types(x.dtype, torch.float32)
-    with torch.autocast(x.device.type, enabled=False):
+    with exact_fp32(x.device.type):
         x = x.to(exact)
         valid = (~padding_mask(lengths, t)).to(exact)[:, :, None]  # (B, T, 1)
         count = valid.sum(1, keepdim=True).clamp(min=1)  # (B, 1, 1)

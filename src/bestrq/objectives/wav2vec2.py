@@ -34,6 +34,7 @@ from ..masking import MaskSpec, span_mask
 from ..models.conformer import EncoderOutput
 from ..models.dropout import Dropout
 from ..models.wav2vec2 import ConvFeatureEncoder, FbankFeatureEncoder, FeatureProjection
+from ..precision import exact_fp32
 from .encoders import build_encoder, fbank_features
 
 
@@ -149,11 +150,11 @@ def contrastive_logits(context: torch.Tensor, quantized: torch.Tensor, utt: torc
     (B, M, M) with M the most masked frames of an utterance, and the n distractors are
     gathered from that: no (N, n, final_dim) copy of the targets.
 
-    fp32 whatever the autocast, as fairseq computes them: a bf16 product errs by up to ~0.01
+    Exact fp32 whatever the autocast (or TF32), as fairseq computes them: a bf16 product errs by up to ~0.01
     in a cosine, 0.1 in a logit at kappa 0.1.
     """
     exact = torch.promote_types(context.dtype, torch.float32)
-    with torch.autocast(context.device.type, enabled=False):
+    with exact_fp32(context.device.type):
         c = F.normalize(context.to(exact), dim=-1, eps=1e-8)
         q = F.normalize(quantized.to(exact), dim=-1, eps=1e-8)
         m = int(pos.max().item()) + 1 if pos.numel() else 0

@@ -23,8 +23,9 @@ from ..config import PretrainConfig, load_config
 from ..export.api import load_checkpoint
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask
 from ..models.conformer import EncoderOutput
+from ..precision import PRECISIONS, autocast
 from ..train.checkpoint import run_of
-from ..train.distributed import PRECISIONS, autocast, require_device
+from ..train.distributed import require_device
 from ..train.loop import read_metrics
 
 

@@ -42,17 +42,6 @@ def require_device(device: str, what: str) -> torch.device:
     return dev
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast of a run's ``train.precision``: training, validation and hidden-state
-    extraction all use it, so a bf16 model is validated and probed on the numbers it trains on."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def setup(device: str = "auto", timeout_minutes: float = 10.0) -> Context:
     """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); NCCL on GPUs, gloo on CPU.
 

@@ -49,6 +49,7 @@ from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import ManifestError, atomic_path, list_splits, load_split
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 from ..objectives import build_model, min_samples
+from ..precision import autocast, use_tf32
 from . import checkpoint, distributed
 from .optim import build_optimizer, lr_at
 
@@ -177,7 +178,7 @@ def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, d
         batch = loader.dataset[cuts]
         if len(batch) == 0:
             continue
-        with distributed.autocast(device, cfg.train.precision):
+        with autocast(device, cfg.train.precision):
             out = model(batch.waveforms.to(device), batch.lengths.to(device),
                         _mask_generator(device, cfg.train.seed, 7, i, rank), step)
         meter.add(out, float(batch.lengths.sum()) / model.sample_rate)
@@ -389,7 +390,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
         model.encoder.compile(dynamic=True)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if ctx.distributed else model
-    autocast = distributed.autocast(device, t.precision)
+    step_autocast = autocast(device, t.precision)
+    use_tf32(device, t.tf32)
 
     writer, metrics_file = None, out_dir / "metrics.jsonl"
     if ctx.is_main:
@@ -457,7 +459,7 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
             last = micro == cfg.optim.grad_accum - 1
             sync = contextlib.nullcontext() if last or not ctx.distributed else ddp.no_sync()
             with sync:
-                with autocast:
+                with step_autocast:
                     out = ddp(waveforms, lengths, _mask_generator(device, t.seed, step, micro, ctx.rank), step)
                 (out.loss / cfg.optim.grad_accum).backward()
             seconds = float(batch.lengths.sum()) / model.sample_rate
