@@ -46,7 +46,8 @@ def command(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 
 def env(**faults: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests"), **faults}
+    paths = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])  # this checkout's code, whatever is installed
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": paths, **faults}
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:

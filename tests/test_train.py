@@ -274,7 +274,8 @@ def test_checkpoints_are_pruned_and_foreign_files_refused(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, tmp_path, caplog):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    paths = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])  # this checkout's code, whatever is installed
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": paths}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "ddp_worker.py"), str(corpus), str(tmp_path)]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=500)
