@@ -29,6 +29,6 @@ def write(path: Path, result) -> None:
 
 
 if __name__ == "__main__":
-    corpus, out = Path(sys.argv[1]), Path(sys.argv[2])
-    result = pretrain(small(corpus, out / "run", "train.steps=3", "data.max_batch_duration=10"))
+    corpus, out, extra = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]  # extra: --set items
+    result = pretrain(small(corpus, out / "run", "train.steps=3", "data.max_batch_duration=10", *extra))
     write(out / f"rank{os.environ['RANK']}.json", result)

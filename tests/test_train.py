@@ -274,10 +274,13 @@ def test_checkpoints_are_pruned_and_foreign_files_refused(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, tmp_path, caplog):
+    """With global feature statistics, the one kind of buffer that changes: DDP broadcasts no
+    buffer, and every rank still ends with the same weights and statistics (each batch's sums are
+    summed over the ranks)."""
     paths = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])  # this checkout's code, whatever is installed
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": paths}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(corpus), str(tmp_path)]
+           str(ROOT / "tests" / "ddp_worker.py"), str(corpus), str(tmp_path), "features.normalization=global"]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -287,11 +290,13 @@ def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, tmp_
     saved = checkpoint.load(checkpoint.latest(tmp_path / "run"))
     assert [s["rank"] for s in saved.state["loader"]] == [0, 1]  # both ranks' data positions kept
     assert digest_of(saved.weights) == digests[0]["weights"]
+    assert saved.weights["normalizer.count"] > 0  # the statistics, equal on both ranks, are in the digests
 
     # back on one process (a pre-empted job given fewer GPUs): the model and optimizer go on from
     # step 3, the data from the next epoch
     with caplog.at_level(logging.WARNING, logger="bestrq.train"):
-        result = pretrain(small(corpus, tmp_path / "run", "train.steps=5", "data.max_batch_duration=10"))
+        result = pretrain(small(corpus, tmp_path / "run", "train.steps=5", "data.max_batch_duration=10",
+                                "features.normalization=global"))
     assert result.step == 5
     assert "written by 2 process(es), this run has 1" in caplog.text
     resumed = checkpoint.load(checkpoint.latest(tmp_path / "run"))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 NORMALIZATIONS = ("utterance", "global", "none")
@@ -131,7 +132,8 @@ class FeatureNormalizer(nn.Module):
     ``SeamlessM4TFeatureExtractor`` (so exported models see the same input).
     ``global``: by running corpus statistics, accumulated in training mode from the first
     ``global_frames`` valid frames and then frozen; kept in buffers, so they are saved in the
-    checkpoint and, under DistributedDataParallel, broadcast from rank 0 (identical everywhere).
+    checkpoint. Under torch.distributed, each batch's sums are summed over the ranks before
+    they are added: every rank holds the same statistics, of every rank's frames.
     ``none``: unchanged.
     """
 
@@ -156,9 +158,13 @@ class FeatureNormalizer(nn.Module):
             var = ((feats - mean).square() * valid).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)
             return (feats - mean) * torch.rsqrt(var + self.eps) * valid
         if self.training and self.count < self.global_frames:
-            self.count += valid.sum().double()
-            self.sum += (feats * valid).sum(dim=(0, 1)).double()
-            self.sum_sq += (feats.square() * valid).sum(dim=(0, 1)).double()
+            sums = torch.cat([valid.sum().double()[None], (feats * valid).sum(dim=(0, 1)).double(),
+                              (feats.square() * valid).sum(dim=(0, 1)).double()])
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(sums)  # every rank adds every rank's frames: the same statistics
+            self.count += sums[0]
+            self.sum += sums[1 : 1 + self.sum.shape[0]]
+            self.sum_sq += sums[1 + self.sum.shape[0] :]
         if self.count == 0:
             raise RuntimeError("global feature normalisation has no statistics yet: run it in training mode "
                                "on some data first (or load a checkpoint that has them)")

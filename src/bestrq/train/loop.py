@@ -388,8 +388,10 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
 
     if t.compile:
         model.encoder.compile(dynamic=True)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if ctx.distributed else model
+    # every buffer is identical on every rank by construction (the frozen quantizer and mel filters
+    # from their seeds, global feature statistics summed over all ranks): DDP need not broadcast them
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                  broadcast_buffers=False) if ctx.distributed else model
     step_autocast = autocast(device, t.precision)
     use_tf32(device, t.tf32)
 
