@@ -126,3 +126,63 @@ def test_gradients_flow_only_from_masked_frames():
     mask = forward_mask(model, lengths, 5, captured["h"].shape[1])
     grad = captured["h"].grad.abs().sum(-1)
     assert torch.all(grad[~mask] == 0) and torch.all(grad[mask] > 0)
+
+
+# Where a training step waits for the device (a host sync on CUDA): each is needed, and listed
+# here so that a new one is a decision, not an accident (docs/implementation.md, "Host syncs").
+#   packing      models/conformer.py: whether the batch has padding, and its valid frames' rows
+#   masked rows  the masked frames' rows, found once per step and gathered by index after
+#   distractors  wav2vec 2.0: the most masked frames of an utterance, sizing the (B, M, M) cosines
+HOST_SYNCS = {
+    "bestrq_tiny": {("__bool__", "models/conformer.py"), ("nonzero", "models/conformer.py"),
+                    ("nonzero", "objectives/bestrq.py")},
+    "wav2vec2_tiny": {("__bool__", "models/conformer.py"), ("nonzero", "models/conformer.py"),
+                      ("nonzero", "objectives/wav2vec2.py"), ("item", "objectives/wav2vec2.py")},
+}
+
+
+def _host_syncs(model, *inputs) -> list[tuple[str, str]]:
+    """The calls of one forward and backward that make the host wait for the device: reading a
+    value (item, bool, int, tolist), a data-dependent size (nonzero, a boolean index), or a copy
+    from the host (torch.tensor); as (function, file) pairs, files relative to the package."""
+    import traceback
+
+    from torch.overrides import TorchFunctionMode
+
+    reads = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+             torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero,
+             torch.masked_select, torch.Tensor.masked_select, torch.tensor, torch.as_tensor, torch.Tensor.cpu}
+    seen = []
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            index = args[1] if func is torch.Tensor.__getitem__ else None
+            parts = index if isinstance(index, tuple) else (index,)
+            boolean = any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
+            if func in reads or boolean:
+                ours = [f for f in traceback.extract_stack()[:-1] if "/src/bestrq/" in f.filename]
+                if ours:
+                    seen.append((func.__name__, ours[-1].filename.split("/src/bestrq/")[1]))
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        out = model(*inputs)
+        out.loss.backward()
+    return seen
+
+
+def test_a_training_step_waits_for_the_device_only_where_it_must():
+    """On CUDA every host sync stalls the queue of kernels; the step's syncs are the listed ones
+    (a CPU-only path, the quantizer's NumPy argmax, aside)."""
+    from bestrq.objectives import build_model
+
+    small = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64"]
+    waves = 0.1 * torch.randn(3, 32000, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([32000, 24000, 16000])  # padded: the packed path
+    for name, expected in HOST_SYNCS.items():
+        torch.manual_seed(0)
+        model = build_model(load_config(name, small)).train()
+        seen = _host_syncs(model, waves, lengths, torch.Generator().manual_seed(1), 0)
+        found = {s for s in seen if s[1] != "quantizer.py"}  # NumPy's argmax: on CPU only
+        assert found == expected, (name, sorted(found))
+        assert len([s for s in seen if s[1] != "quantizer.py"]) == len(expected), (name, seen)  # each once

@@ -118,8 +118,11 @@ class BestRQ(nn.Module):
         feats = whole_groups(feats, self.stack)  # (B, T, F), T a multiple of stack
         stacked, target_lengths = stack_frames(feats, frame_lengths, self.stack)  # (B, T4, stack*F)
         mask = span_mask(target_lengths, stacked.shape[1], self.mask_spec, generator)  # (B, T4)
+        # the masked frames' rows of the flattened batch: found once (the step's one host sync for
+        # them), then gathered by index wherever they are read
+        rows = mask.flatten().nonzero().squeeze(1)  # (N,)
         # targets from the clean features, for the masked frames only: nothing else reads them
-        targets = self.quantizer(stacked[mask])  # (N, K)
+        targets = self.quantizer(stacked.flatten(0, 1).index_select(0, rows))  # (N, K)
         # each masked 40 ms target frame masks its `stack` 10 ms input frames
         input_mask = mask.repeat_interleave(self.stack, dim=1)  # (B, T)
         noise = torch.randn(feats.shape, generator=generator, device=feats.device) * self.noise_std
@@ -127,7 +130,8 @@ class BestRQ(nn.Module):
 
         hidden = self.encoder(feats, frame_lengths).last  # (B, T4, D)
         # the heads see masked frames only: (N, K, V) logits instead of (B, T4, K, V)
-        logits = self.heads(hidden[mask]).unflatten(-1, (self.quantizer.num_codebooks, -1))
+        masked = hidden.flatten(0, 1).index_select(0, rows)  # (N, D)
+        logits = self.heads(masked).unflatten(-1, (self.quantizer.num_codebooks, -1))
         loss, accuracy = masked_prediction_loss(logits, targets)
         usage, entropy, histogram = code_statistics(targets, self.quantizer.codebook_size)
         return Output(loss, accuracy, mask.sum(), target_lengths.sum(), usage, entropy, histogram)

@@ -123,8 +123,8 @@ class GumbelQuantizer(nn.Module):
         return Quantized(vectors, codes, perplexity(soft_dist), perplexity(hard_dist).detach())
 
 
-def sample_negatives(mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_negatives(mask: torch.Tensor, num_negatives: int, generator: torch.Generator | None = None,
+                     rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Distractor positions for every masked frame, from its own utterance's other masked frames.
 
     mask (B, T) bool -> (utt (N,), pos (N,), neg (N, num_negatives)), in the row-major order
@@ -133,8 +133,10 @@ def sample_negatives(mask: torch.Tensor, num_negatives: int, generator: torch.Ge
     single masked frame (no distractor exists); the loss ignores those.
     """
     counts = mask.sum(dim=1)  # (B,)
-    utt = mask.nonzero()[:, 0]  # (N,)
-    pos = (mask.long().cumsum(dim=1) - 1)[mask]  # (N,)
+    if rows is None:  # the masked frames' rows of the flattened (B, T) mask, if not given
+        rows = mask.flatten().nonzero().squeeze(1)
+    utt = torch.div(rows, mask.shape[1], rounding_mode="floor")  # (N,)
+    pos = (mask.long().cumsum(dim=1) - 1).flatten().index_select(0, rows)  # (N,)
     others = (counts[utt] - 1).clamp(min=0)  # choices that are not the frame itself
     u = torch.rand(utt.shape[0], num_negatives, generator=generator, device=mask.device)
     neg = (u * others[:, None]).floor().long()  # uniform on 0 .. others-1
@@ -167,8 +169,8 @@ def contrastive_logits(context: torch.Tensor, quantized: torch.Tensor, utt: torc
 
 
 def contrastive_loss(context: torch.Tensor, targets: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
-                     num_negatives: int, kappa: float, generator: torch.Generator | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     num_negatives: int, kappa: float, generator: torch.Generator | None = None,
+                     rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy of picking each masked frame's target among its distractors, accuracy and chance.
 
     context, targets (N, final) and codes (N, G) of the N masked frames, in ``x[mask]`` order.
@@ -177,16 +179,17 @@ def contrastive_loss(context: torch.Tensor, targets: torch.Tensor, codes: torch.
     accuracy of scores that know nothing of the targets, 1 / (1 + distinct distractors kept),
     averaged over frames: 1/101 only when every frame has 100 distinct ones. Distractors are
     drawn with replacement from the utterance's other masked frames, so a short clip has few
-    distinct ones (a 2 s clip masks about 50 frames) and its chance is far higher.
+    distinct ones (a 2 s clip masks about 50 frames) and its chance is far higher. ``rows``:
+    ``mask.flatten().nonzero()``, if the caller has it.
     """
     if context.shape[0] == 0:  # nothing masked: a zero loss that still touches the graph
         zero = context.sum() * 0.0
         return zero, zero.detach(), zero.detach()
-    utt, pos, neg = sample_negatives(mask, num_negatives, generator)
+    utt, pos, neg = sample_negatives(mask, num_negatives, generator, rows)
     logits = contrastive_logits(context, targets, utt, pos, neg, mask.shape[0]).float() / kappa
     counts = mask.sum(dim=1)
-    rows = (counts.cumsum(dim=0) - counts)[utt][:, None] + neg  # each distractor's row in x[mask]
-    same = (codes[rows] == codes[:, None, :]).all(dim=-1) | (neg == pos[:, None])
+    drawn = (counts.cumsum(dim=0) - counts)[utt][:, None] + neg  # each distractor's row in x[mask]
+    same = (codes[drawn] == codes[:, None, :]).all(dim=-1) | (neg == pos[:, None])
     logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
     loss = F.cross_entropy(logits, logits.new_zeros(logits.shape[0], dtype=torch.long))
     # distractors are drawn with replacement: a repeated one scores as its first draw does
@@ -253,29 +256,32 @@ class Wav2Vec2(nn.Module):
                 step: int | None = None) -> Output:
         feats, frame_lengths = self.feature_extractor(waveforms, lengths)  # (B, T, C)
         t = feats.shape[1]
-        valid = ~padding_mask(frame_lengths, t)
-        if self.learned_features and valid.any():
-            penalty = feats.float().square().mean(dim=-1)[valid].mean()
-        else:  # no valid frame, or fixed (fbank) features that a penalty cannot move
+        valid = (~padding_mask(frame_lengths, t)).float()
+        if self.learned_features:  # the mean over valid frames; 0 if there is none (no host sync)
+            penalty = (feats.float().square().mean(dim=-1) * valid).sum() / valid.sum().clamp(min=1)
+        else:  # fixed (fbank) features that a penalty cannot move
             penalty = feats.sum() * 0.0
         x, normed = self.feature_projection(feats)  # (B, T, D), (B, T, C)
 
         mask = span_mask(frame_lengths, t, self.mask_spec, generator)  # (B, T)
         x = torch.where(mask[..., None], self.masked_spec_embed.to(x.dtype), x)
         hidden = self.encoder(x, frame_lengths).last  # (B, T, D)
-        context = self.project_hid(hidden[mask])  # (N, final)
+        rows = mask.flatten().nonzero().squeeze(1)  # the masked frames, found once: (N,)
+        context = self.project_hid(hidden.flatten(0, 1).index_select(0, rows))  # (N, final)
 
         temperature = self.temperature(step)
-        quantized = self.quantizer(self.dropout_features(normed[mask]), temperature, generator)
+        quantized = self.quantizer(self.dropout_features(normed.flatten(0, 1).index_select(0, rows)), temperature,
+                                   generator)
         targets = self.project_q(quantized.vectors.to(context.dtype))  # (N, final)
 
         contrastive, accuracy, chance = contrastive_loss(context, targets, quantized.codes, mask,
-                                                         self.num_negatives, self.logit_temperature, generator)
+                                                         self.num_negatives, self.logit_temperature, generator,
+                                                         rows=rows)
         diversity = diversity_loss(quantized.prob_perplexity, self.quantizer.num_groups, self.quantizer.num_entries)
         loss = contrastive + self.diversity_weight * diversity + self.feature_penalty_weight * penalty
         return Output(loss, accuracy, mask.sum(), frame_lengths.sum(), contrastive.detach(), diversity.detach(),
                       penalty.detach(), quantized.prob_perplexity.detach(), quantized.code_perplexity,
-                      torch.tensor(temperature, device=loss.device), chance)
+                      loss.new_full((), temperature), chance)  # a fill, not a copy from the host
 
 
 def mask_spec(cfg: PretrainConfig) -> MaskSpec:
