@@ -192,3 +192,17 @@ def test_an_epoch_with_no_usable_audio_stops_the_loader_instead_of_looping(train
     loader = _loader(CutSet.from_cuts([*missing, *train.subset(first=1)]), max_batch_duration=4.0)
     assert len(list(itertools.islice(iter(loader), 30))) == 30
 
+
+
+def test_a_batch_pins_its_tensors_for_the_dataloader(monkeypatch):
+    """With pin_memory (the loop sets it for CUDA) the DataLoader calls AudioBatch.pin_memory: both
+    tensors go to page-locked memory, ids and skips unchanged. (A CPU build cannot pin: the
+    pinning itself is stubbed.)"""
+    from bestrq.data.loader import AudioBatch
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self) or self.clone())
+    batch = AudioBatch(torch.zeros(2, 5), torch.tensor([5, 3]), ["a", "b"])
+    out = batch.pin_memory()
+    assert len(pinned) == 2 and pinned[0] is batch.waveforms and pinned[1] is batch.lengths
+    assert torch.equal(out.waveforms, batch.waveforms) and out.cut_ids == ["a", "b"] and out.skipped == []

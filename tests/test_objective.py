@@ -141,10 +141,10 @@ HOST_SYNCS = {
 }
 
 
-def _host_syncs(model, *inputs) -> list[tuple[str, str]]:
-    """The calls of one forward and backward that make the host wait for the device: reading a
-    value (item, bool, int, tolist), a data-dependent size (nonzero, a boolean index), or a copy
-    from the host (torch.tensor); as (function, file) pairs, files relative to the package."""
+def _host_syncs(step) -> list[tuple[str, str]]:
+    """The calls of ``step()`` that make the host wait for the device: reading a value (item,
+    bool, int, tolist), a data-dependent size (nonzero, a boolean index), or a copy from the host
+    (torch.tensor); as (function, file) pairs, files relative to the package."""
     import traceback
 
     from torch.overrides import TorchFunctionMode
@@ -166,8 +166,7 @@ def _host_syncs(model, *inputs) -> list[tuple[str, str]]:
             return func(*args, **(kwargs or {}))
 
     with Spy():
-        out = model(*inputs)
-        out.loss.backward()
+        step()
     return seen
 
 
@@ -175,6 +174,7 @@ def test_a_training_step_waits_for_the_device_only_where_it_must():
     """On CUDA every host sync stalls the queue of kernels; the step's syncs are the listed ones
     (a CPU-only path, the quantizer's NumPy argmax, aside)."""
     from bestrq.objectives import build_model
+    from bestrq.train.loop import Meter
 
     small = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64"]
     waves = 0.1 * torch.randn(3, 32000, generator=torch.Generator().manual_seed(0))
@@ -182,7 +182,15 @@ def test_a_training_step_waits_for_the_device_only_where_it_must():
     for name, expected in HOST_SYNCS.items():
         torch.manual_seed(0)
         model = build_model(load_config(name, small)).train()
-        seen = _host_syncs(model, waves, lengths, torch.Generator().manual_seed(1), 0)
-        found = {s for s in seen if s[1] != "quantizer.py"}  # NumPy's argmax: on CPU only
-        assert found == expected, (name, sorted(found))
-        assert len([s for s in seen if s[1] != "quantizer.py"]) == len(expected), (name, seen)  # each once
+        meter, outs = Meter(torch.device("cpu")), []
+
+        def step(model=model, meter=meter, outs=outs):
+            out = model(waves, lengths, torch.Generator().manual_seed(1), 0)
+            out.loss.backward()
+            meter.add(out, 2.5)  # the loop's running sums of the logged metrics: no sync until logged
+            outs.append(out)
+
+        seen = _host_syncs(step)
+        found = [s for s in seen if s[1] != "quantizer.py"]  # NumPy's argmax: on CPU only
+        assert set(found) == expected and len(found) == len(expected), (name, sorted(found))  # each once
+        assert meter.reduce()["audio_seconds"] == 2.5 and outs

@@ -15,7 +15,7 @@ import logging
 import random
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -43,6 +43,11 @@ class AudioBatch:
 
     def __len__(self) -> int:
         return len(self.cut_ids)
+
+    def pin_memory(self) -> AudioBatch:
+        """The batch in page-locked memory (the DataLoader calls this with ``pin_memory``), so that
+        its copy to a GPU with ``non_blocking=True`` overlaps the step under way."""
+        return replace(self, waveforms=self.waveforms.pin_memory(), lengths=self.lengths.pin_memory())
 
 
 def collate(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +108,7 @@ class AudioLoader:
 
     def __init__(self, cuts: CutSet, dataset: AudioDataset, *, max_batch_duration: float,
                  num_buckets: int = 10, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, drop_last: bool = True) -> None:
+                 world_size: int = 1, num_workers: int = 0, drop_last: bool = True, pin_memory: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.cuts = cuts
@@ -116,6 +121,7 @@ class AudioLoader:
         self.world_size = world_size
         self.num_workers = num_workers
         self.drop_last = drop_last
+        self.pin_memory = pin_memory
         self.epoch = 0
         self.position = 0
         # which cuts: a position means nothing in another split (a resumed run whose corpus changed)
@@ -161,7 +167,7 @@ class AudioLoader:
             self.dataset.set_epoch(self.epoch)
             loader = torch.utils.data.DataLoader(
                 self.dataset, sampler=self.epoch_batches(), batch_size=None,
-                num_workers=self.num_workers, persistent_workers=False,
+                num_workers=self.num_workers, persistent_workers=False, pin_memory=self.pin_memory,
                 # its own generator: a DataLoader otherwise draws its worker seed from the global
                 # RNG, which the trainer restores on resume (dropout) and must not share
                 generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),

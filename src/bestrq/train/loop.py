@@ -136,9 +136,8 @@ class Meter:
         m = out.masked_frames.double()
         values = [out.loss.detach().double() * m, out.accuracy.double() * m] + [
             scalars[name].double() for name in self.names]
-        self.sums += torch.stack(values + [
-            m, out.frames.double(), torch.tensor(audio_seconds, dtype=torch.float64, device=m.device),
-            torch.ones((), dtype=torch.float64, device=m.device)])
+        self.sums += torch.stack(values + [  # fills, not copies from the host: no sync on a GPU
+            m, out.frames.double(), m.new_full((), audio_seconds), m.new_ones(())])
 
     def reduce(self) -> dict[str, float]:
         if self.sums is None:
@@ -333,7 +332,8 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
         return AudioLoader(kept, dataset,
                            max_batch_duration=cfg.data.max_batch_duration, num_buckets=cfg.data.num_buckets,
                            shuffle=train, seed=t.seed, rank=ctx.rank, world_size=ctx.world_size,
-                           num_workers=cfg.data.num_workers if train else 0, drop_last=train)
+                           num_workers=cfg.data.num_workers if train else 0, drop_last=train,
+                           pin_memory=train and device.type == "cuda")  # so non_blocking copies overlap
 
     loader = make_loader(cfg.data.train_split, train=True)
     valid_loader = make_loader(cfg.data.valid_split, train=False) if cfg.data.valid_split else None
