@@ -11,7 +11,9 @@ included, so a trained encoder exports there without retraining:
 
 Attention runs through ``scaled_dot_product_attention``. ``relative_key`` adds a learned
 bias per query and clipped distance (-64..+8 frames by default, as transformers' default
-for this model), computed as q . E[distance] with one small matmul and a gather.
+for this model), computed as q . E[distance] with one small matmul and a gather. Clips of
+more than ``relative_attention.BLOCK`` frames (in eager mode) take the query-block path of
+models/relative_attention.py instead, which never holds the (B, H, T, T) bias.
 ``rotary`` rotates queries and keys (RoFormer); it does not export to transformers, whose
 rotary variant rotates the layer input instead.
 
@@ -42,6 +44,7 @@ from torch import nn
 from torch.torch_version import TorchVersion
 
 from ..features import padding_mask
+from . import relative_attention
 from .dropout import Dropout, attention
 
 
@@ -55,6 +58,12 @@ def exporting() -> bool:
 def compiling() -> bool:
     """Whether torch.compile (not export) is tracing this call."""
     return torch.compiler.is_compiling() and not exporting()
+
+
+def _static() -> bool:
+    """Whether compile, export or tracing is at work: their graphs want static shapes and no
+    Python loop over the data's length."""
+    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 # the first torch release seen to train every encoder here compiled once for all batch lengths
@@ -98,9 +107,7 @@ class Packing:
         """A packing of this batch's valid frames, or None to keep the padded layout: when disabled,
         when there is no padding, or when compiling, exporting or tracing (their graphs want static
         shapes, and the packed N depends on the data)."""
-        static = (torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
-                  or torch.jit.is_scripting())
-        return cls(pad) if enabled and not static and bool(pad.any()) else None
+        return cls(pad) if enabled and not _static() and bool(pad.any()) else None
 
 
 @dataclass(frozen=True)
@@ -162,12 +169,17 @@ class SelfAttention(nn.Module):
         unpack = packing.unpack if packing is not None else (lambda y: y)
         q, k, v = (unpack(lin(x)).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
                    for lin in (self.linear_q, self.linear_k, self.linear_v))  # (B, H, T, hd)
+        p = self.dropout if self.training else 0.0
         if self.position == "rotary":
             q, k = _rotate(q, *rotary), _rotate(k, *rotary)
-            mask = ~key_padding[:, None, None, :]  # (B, 1, 1, T) True = attend
+            out = attention(q, k, v, ~key_padding[:, None, None, :], p)  # (B, 1, 1, T) True = attend
+        elif t > relative_attention.BLOCK and not _static():  # long clips: no (B, H, T, T) bias
+            out = relative_attention.relative_key_attention(q, k, v, self.distance_embedding.weight, key_padding,
+                                                            self.left_context, self.right_context, p)
         else:
             mask = self._relative_key_bias(q).masked_fill(key_padding[:, None, None, :], float("-inf"))
-        out = attention(q, k, v, mask, self.dropout if self.training else 0.0).transpose(1, 2)  # (B, T, H, hd)
+            out = attention(q, k, v, mask, p)
+        out = out.transpose(1, 2)  # (B, T, H, hd)
         out = packing.pack(out) if packing is not None else out.reshape(b, t, d)
         return self.linear_out(out)
 
