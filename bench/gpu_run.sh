@@ -6,7 +6,9 @@
 #   bash bench/gpu_run.sh OUT_DIR [MINUTES_PER_RUN, default 3] [TOTAL_MINUTES, default 9]
 # The first two runs stop after MINUTES_PER_RUN; the last (--compile, whose first steps compile)
 # has what is left of TOTAL_MINUTES, counted from the start of this script, and is skipped on a
-# torch older than 2.12 (see dynamic_compile_works in models/conformer.py).
+# torch older than 2.12 (see dynamic_compile_works in models/conformer.py). Before them, the
+# attention table (bench/attention_memory.py: one base-size layer, materialised bias against
+# query blocks, 5/20/40 s clips) takes about a minute.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_run.sh OUT_DIR [MINUTES_PER_RUN] [TOTAL_MINUTES]}
 minutes=${2:-3}
@@ -34,6 +36,8 @@ bench() {  # SECONDS NAME ARGS...: one benchmark run, stopped after SECONDS (or 
     --precision bf16 --sizes tiny paper --json "$out/$name.json" "$@" ${BENCH_EXTRA:-} 2>&1 | tee -a "$out/$name.txt"
   echo "exit ${PIPESTATUS[0]}" | tee -a "$out/$name.txt"
 }
+echo "== attention: bench/attention_memory.py --device ${BENCH_DEVICE:-cuda}" | tee "$out/attention.txt"
+timeout 300 python3 bench/attention_memory.py --device "${BENCH_DEVICE:-cuda}" --batch 8 2>&1 | tee -a "$out/attention.txt"
 bench "$((minutes * 60))" bf16
 bench "$((minutes * 60))" bf16_bucketed --batching bucketed
 old_torch=$(python3 -c "import torch; from bestrq.models.conformer import DYNAMIC_COMPILE_TORCH as v, \
