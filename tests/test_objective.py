@@ -174,7 +174,7 @@ def test_a_training_step_waits_for_the_device_only_where_it_must():
     """On CUDA every host sync stalls the queue of kernels; the step's syncs are the listed ones
     (a CPU-only path, the quantizer's NumPy argmax, aside)."""
     from bestrq.objectives import build_model
-    from bestrq.train.loop import Meter
+    from bestrq.train.loop import Meter, _any_ranks
 
     small = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64"]
     waves = 0.1 * torch.randn(3, 32000, generator=torch.Generator().manual_seed(0))
@@ -188,6 +188,7 @@ def test_a_training_step_waits_for_the_device_only_where_it_must():
             out = model(waves, lengths, torch.Generator().manual_seed(1), 0)
             out.loss.backward()
             meter.add(out, 2.5)  # the loop's running sums of the logged metrics: no sync until logged
+            outs.append(_any_ranks([False, True], torch.device("cpu")))  # the stop flags: one process
             outs.append(out)
 
         seen = _host_syncs(step)

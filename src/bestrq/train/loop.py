@@ -545,7 +545,9 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def _any_ranks(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag OR-ed over the ranks, in one all-reduce."""
+    """Each flag OR-ed over the ranks, in one all-reduce (one process: the flags, with no device round trip)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [bool(f) for f in flags]
     total = distributed.all_reduce_sum(torch.tensor([float(f) for f in flags], device=device))
     return [bool(v > 0) for v in total.tolist()]
 
