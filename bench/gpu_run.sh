@@ -38,7 +38,8 @@ bench() {  # SECONDS NAME ARGS...: one benchmark run, stopped after SECONDS (or 
 }
 echo "== attention: bench/attention_memory.py --device ${BENCH_DEVICE:-cuda}" | tee "$out/attention.txt"
 timeout 300 python3 bench/attention_memory.py --device "${BENCH_DEVICE:-cuda}" --batch 8 2>&1 | tee -a "$out/attention.txt"
-bench "$((minutes * 60))" bf16
+# the first run also times our BEST-RQ computing its padded frames: does skipping them pay on a GPU?
+bench "$((minutes * 60))" bf16 --models bestrq-ours bestrq-padded wav2vec2-ours wav2vec2-hf bestrq-sb
 bench "$((minutes * 60))" bf16_bucketed --batching bucketed
 old_torch=$(python3 -c "import torch; from bestrq.models.conformer import DYNAMIC_COMPILE_TORCH as v, \
 dynamic_compile_works as works; print('' if works() else f'torch {torch.__version__} < {v}')")

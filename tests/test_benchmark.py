@@ -38,7 +38,7 @@ def _tensors(obj) -> list[torch.Tensor]:
     return []
 
 
-@pytest.mark.parametrize("name", benchmark.MODELS)
+@pytest.mark.parametrize("name", benchmark.MODELS + benchmark.EXTRA_MODELS)
 def test_every_runner_steps_on_a_batch_on_its_own_device(name):
     """What ``prepare`` hands the timed step lives on the model's device.
 
@@ -181,3 +181,16 @@ def test_a_run_stopped_in_its_second_size_keeps_the_first_sizes_table_and_rows(m
     assert rows[0]["mfu"] == pytest.approx(0.5)
     printed = capsys.readouterr().out
     assert "the table so far (next: paper)" in printed and "| tiny | BEST-RQ (ours) |" in printed
+
+
+def test_the_padded_variant_is_our_bestrq_computing_its_padding_with_the_same_loss():
+    """`bestrq-padded` measures what skipping padded frames gains on a device: the same model and
+    loss as `bestrq-ours` (the packed path is exact), only with the padded layout throughout."""
+    ours = benchmark.build("bestrq-ours", benchmark.SIZES["tiny"], torch.device("cpu"), False)
+    padded = benchmark.build("bestrq-padded", benchmark.SIZES["tiny"], torch.device("cpu"), False)
+    assert ours.model.encoder.skip_padding and not padded.model.encoder.skip_padding
+    waves = 0.1 * torch.randn(2, 3 * 16000, generator=torch.Generator().manual_seed(0))
+    batch = benchmark.Batch(waves, torch.tensor([3 * 16000, 2 * 16000]))
+    for runner in (ours, padded):
+        runner.model.eval()  # no dropout: the two layouts compute the same numbers
+    assert torch.allclose(ours.loss(ours.prepare(batch)), padded.loss(padded.prepare(batch)), atol=1e-4)
