@@ -113,3 +113,25 @@ def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_
     path.write_text(json.dumps({"config": {**older, "layer": 2}, "sheets": {}, "encoder": record}))
     assert not _done(path, cfg, record)
     assert not _done(path, cfg, {**record, "seed": 2})
+
+
+def test_a_sigterm_while_audio_is_read_stops_the_study_instead_of_counting_a_bad_clip(tmp_path, monkeypatch):
+    """The study's SIGTERM arrives as an exception in whatever runs; while a clip is decoded, lhotse
+    and our loader skip a clip whose decoding raises an Exception, as bad audio. A run stopped there
+    once recorded a good clip as unreadable in its hidden-state cache. The stop must pass through."""
+    import soundfile as sf
+    from conftest import tone, write_audio
+    from lhotse import CutSet, Recording
+
+    from bestrq.data.loader import AudioDataset
+    from bestrq.study import Stopped
+
+    cut = Recording.from_file(write_audio(tmp_path / "a.flac", tone(220, 0.5))).to_cut()
+
+    def stopped(*args, **kwargs):
+        raise Stopped(15)
+
+    monkeypatch.setattr(sf, "read", stopped)
+    monkeypatch.setattr(sf, "SoundFile", stopped)
+    with pytest.raises(Stopped):
+        AudioDataset(sample_rate=16000, min_duration=0.0)[CutSet.from_cuts([cut])]

@@ -200,8 +200,10 @@ def finished_step(run: Path) -> int:
     return int(last.name.split("-")[1]) if last else 0
 
 
-class Stopped(Exception):
-    """SIGTERM outside pre-training (which handles it itself, saving a checkpoint)."""
+class Stopped(BaseException):
+    """SIGTERM outside pre-training (which handles it itself, saving a checkpoint). A BaseException, as
+    KeyboardInterrupt is: code that skips what fails with an Exception (a clip that will not decode,
+    which lhotse and our loader count as bad audio) must not swallow it."""
 
 
 _OWNER = [0]  # the pid that installed the handler: processes forked from it (synth's pool) die as by default
