@@ -214,6 +214,11 @@ def test_blockwise_relative_key_attention_computes_the_materialised_bias_attenti
     x = torch.randn(3, 120, 80, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     lengths = torch.tensor([120, 97, 50])
 
+    monkeypatch.setattr(relative_attention, "CPU_BLOCKS", 1)  # above one block, as on a GPU
+    calls, blocks_path = [], relative_attention.relative_key_attention
+    monkeypatch.setattr(relative_attention, "relative_key_attention",
+                        lambda *a, **k: calls.append(1) or blocks_path(*a, **k))
+
     def run(block):
         monkeypatch.setattr(relative_attention, "BLOCK", block)
         enc.zero_grad()
@@ -223,8 +228,20 @@ def test_blockwise_relative_key_attention_computes_the_materialised_bias_attenti
         return out.last[valid].detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
 
     materialised, grads = run(10_000)
+    assert not calls
     blocks, block_grads = run(7)  # 30 frames after subsampling: 5 blocks, the last short
+    assert len(calls) == 3  # every layer
     assert torch.allclose(blocks, materialised, atol=1e-10)
     assert grads.keys() == block_grads.keys() and any("distance_embedding" in n for n in grads)
     for name, g in grads.items():
         assert torch.allclose(block_grads[name], g, atol=1e-10), name
+
+
+def test_the_query_block_path_takes_long_clips_only():
+    """Above one block on a GPU; on a CPU, where its extra passes cost time and memory is rarely the
+    limit, above CPU_BLOCKS blocks only."""
+    from bestrq.models import relative_attention as ra
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not ra.applies(ra.BLOCK, cuda) and ra.applies(ra.BLOCK + 1, cuda)
+    assert not ra.applies(ra.BLOCK * ra.CPU_BLOCKS, cpu) and ra.applies(ra.BLOCK * ra.CPU_BLOCKS + 1, cpu)

@@ -11,8 +11,8 @@ included, so a trained encoder exports there without retraining:
 
 Attention runs through ``scaled_dot_product_attention``. ``relative_key`` adds a learned
 bias per query and clipped distance (-64..+8 frames by default, as transformers' default
-for this model), computed as q . E[distance] with one small matmul and a gather. Clips of
-more than ``relative_attention.BLOCK`` frames (in eager mode) take the query-block path of
+for this model), computed as q . E[distance] with one small matmul and a gather. Long clips
+(in eager mode; ``relative_attention.applies``) take the query-block path of
 models/relative_attention.py instead, which never holds the (B, H, T, T) bias.
 ``rotary`` rotates queries and keys (RoFormer); it does not export to transformers, whose
 rotary variant rotates the layer input instead.
@@ -173,7 +173,7 @@ class SelfAttention(nn.Module):
         if self.position == "rotary":
             q, k = _rotate(q, *rotary), _rotate(k, *rotary)
             out = attention(q, k, v, ~key_padding[:, None, None, :], p)  # (B, 1, 1, T) True = attend
-        elif t > relative_attention.BLOCK and not _static():  # long clips: no (B, H, T, T) bias
+        elif relative_attention.applies(t, q.device) and not _static():  # long clips: no (B, H, T, T) bias
             out = relative_attention.relative_key_attention(q, k, v, self.distance_embedding.weight, key_padding,
                                                             self.left_context, self.right_context, p)
         else:
