@@ -23,6 +23,7 @@ from .masking import MODES
 from .models.conformer import DYNAMIC_COMPILE_TORCH, POSITIONS
 from .models.frontend import FRONTENDS
 from .models.wav2vec2 import CONV_NORMS, FEATURE_ENCODERS
+from .precision import PRECISIONS
 
 OBJECTIVES = ("bestrq", "wav2vec2")
 ENCODERS = ("conformer", "transformer")
@@ -271,7 +272,7 @@ class PretrainConfig:
         check(self.optim.schedule in ("noam", "cosine", "constant"), "optim.schedule",
               "must be noam, cosine or constant")
         check(len(self.optim.betas) == 2, "optim.betas", "must be two numbers")
-        check(self.train.precision in ("fp32", "bf16"), "train.precision", "must be fp32 or bf16")
+        check(self.train.precision in PRECISIONS, "train.precision", "must be fp32 or bf16")
         check(self.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
         check(self.encoder.kind != "transformer" or self.encoder.d_model % self.encoder.pos_conv_groups == 0,
               "encoder.pos_conv_groups",

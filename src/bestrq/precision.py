@@ -4,7 +4,7 @@
                                  hidden-state extraction all run under (bf16 or off)
     use_tf32(device)             fp32 matmuls on CUDA in TF32 (train.tf32): Ampere and later run them
                                  several times faster
-    exact_fp32(device)           autocast off and full-precision fp32 matmuls, for the few statistics
+    exact_fp32(device_type)      autocast off and full-precision fp32 matmuls, for the few statistics
                                  that low precision breaks: the quantizer's nearest-code search,
                                  wav2vec 2.0's conv channel norms and contrastive cosines
 
