@@ -8,11 +8,28 @@ A probe's test metric is a function of per-item outcomes, which every probe resu
     eer         {"scores": [...], "labels": [1|0, ...]}      equal error rate over the trials
     macro_f1    {"pred": [...], "target": [...]}             mean F1 over the classes
 
-A model probed with several seeds has one sheet per seed, over the same test items. Its value
-is the mean over seeds of the whole-test metric; its 95% interval comes from replicates that
-each draw a seed at random and a resample of the test items with replacement, so it holds the
-variance of both the test sample and the probe's training. A difference between two models
-resamples the same items for both (a paired bootstrap) and draws each model's seed on its own.
+A model probed with k seeds has one sheet per seed, over the same test items. Its value is the
+mean over the seeds of the whole-test metric, and its 95% interval is that of this k-seed mean.
+Items and seeds are crossed (every seed scores every item), so the mean varies with three
+things: the test items drawn, the seeds' overall effect (one probe run better than another on
+every item), and each seed's item-by-item luck. The interval holds all three:
+
+- Each replicate resamples the test items with replacement and takes the mean over the seeds
+  of the metric on them. The spread of these draws holds the items' variance and the seeds'
+  item-by-item part, once.
+- The seeds' overall effect is added to each draw: sqrt(s_seed^2 / k) times a Student t draw
+  with k - 1 degrees of freedom (s_seed^2 comes from k values, so a normal draw would make the
+  interval too narrow). s_seed^2 is the seeds' variance net of their item-by-item part:
+  var(seed values) - (mean over seeds of each one's item-bootstrap variance - the mean's)
+  * k / (k - 1), floored at 0. Resampling both seeds and items instead would count the
+  item-by-item part twice, and with a handful of seeds resampling them is coarse.
+
+One seed gives an interval over items only. In simulations with 3 seeds and 300 items (tests/
+test_stats.py) the intervals cover the true value 93-95% of the time, whether the seeds'
+effect is nil or twice the test sample's standard error.
+
+A difference between two models resamples the same items for both (a paired bootstrap) and
+adds each model's seed effect, drawn on its own (Welch-Satterthwaite degrees of freedom).
 """
 
 from __future__ import annotations
@@ -25,6 +42,16 @@ import numpy as np
 from .metrics import equal_error_rate, macro_f1
 
 LOWER_IS_BETTER = {"cer", "wer", "eer"}
+BOUNDS = {"accuracy": (0.0, 1.0), "eer": (0.0, 1.0), "macro_f1": (0.0, 1.0), "cer": (0.0, np.inf), "wer": (0.0, np.inf)}
+
+
+def _interval(metric: str, draws: np.ndarray, difference: bool = False) -> tuple[float, float]:
+    """The 95% percentile interval of ``draws``, kept within what the metric (or a difference of it) can be."""
+    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
+    low, high = BOUNDS[metric]
+    if difference:
+        low, high = low - high, high - low
+    return float(np.clip(lo, low, high)), float(np.clip(hi, low, high))
 
 
 def _metric_of(metric: str, sheet: dict[str, np.ndarray], idx: np.ndarray) -> float:
@@ -67,6 +94,31 @@ class Estimate:
     n: int  # test items (trials for the EER)
 
 
+def _draws(metric: str, arrays: list[dict[str, np.ndarray]], items: np.ndarray) -> tuple[np.ndarray, float]:
+    """Each replicate's k-seed mean over the resampled ``items`` (rows), and the seeds' effect variance.
+
+    ``items`` holds one resample of item indices a row; replicates where the metric is undefined
+    (an EER over trials of one kind) come out as NaN."""
+    per = np.array([[_metric_of(metric, a, idx) for a in arrays] for idx in items])  # replicate x seed
+    k = len(arrays)
+    means = per.mean(axis=1)
+    if k == 1:
+        return means, 0.0
+    whole = np.arange(len(next(iter(arrays[0].values()))))
+    seed_values = np.array([_metric_of(metric, a, whole) for a in arrays])
+    ok = ~np.isnan(per).any(axis=1)
+    within = (per[ok].var(axis=0, ddof=1).mean() - means[ok].var(ddof=1)) * k / (k - 1)
+    seed_var = float(seed_values.var(ddof=1) - within)
+    return means, seed_var / k if seed_var > 1e-12 else 0.0  # seeds that agree up to rounding: none
+
+
+def _welch_df(*parts: tuple[float, int]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of (variance, seeds) parts; 1 at least."""
+    num = sum(v for v, _ in parts) ** 2
+    den = sum(v * v / (k - 1) for v, k in parts if k > 1)
+    return max(num / den, 1.0) if den > 0 else 1.0
+
+
 def estimate(metric: str, sheets: Sequence[dict], replicates: int = 1000, seed: int = 0) -> Estimate:
     """The metric with its 95% interval from one model's sheets (one per probe seed)."""
     arrays = [_arrays(s) for s in sheets]
@@ -76,10 +128,9 @@ def estimate(metric: str, sheets: Sequence[dict], replicates: int = 1000, seed: 
     whole = np.arange(n)
     per_seed = [_metric_of(metric, a, whole) for a in arrays]
     rng = np.random.default_rng(seed)
-    draws = np.array([_metric_of(metric, arrays[rng.integers(len(arrays))], rng.integers(n, size=n))
-                      for _ in range(replicates)])
-    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
-    return Estimate(float(np.mean(per_seed)), (float(lo), float(hi)), per_seed, n)
+    means, seed_var = _draws(metric, arrays, rng.integers(n, size=(replicates, n)))
+    draws = means + np.sqrt(seed_var) * rng.standard_t(max(len(arrays) - 1, 1), size=replicates)
+    return Estimate(float(np.mean(per_seed)), _interval(metric, draws), per_seed, n)
 
 
 def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: int = 1000, seed: int = 0
@@ -95,13 +146,12 @@ def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: in
     value = float(np.mean([_metric_of(metric, x, whole) for x in arrays_a])
                   - np.mean([_metric_of(metric, y, whole) for y in arrays_b]))
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(replicates):
-        idx = rng.integers(n, size=n)
-        x, y = arrays_a[rng.integers(len(arrays_a))], arrays_b[rng.integers(len(arrays_b))]
-        draws.append(_metric_of(metric, x, idx) - _metric_of(metric, y, idx))
-    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
-    return Estimate(value, (float(lo), float(hi)), per_seed, n)
+    items = rng.integers(n, size=(replicates, n))
+    means_a, var_a = _draws(metric, arrays_a, items)
+    means_b, var_b = _draws(metric, arrays_b, items)
+    df = _welch_df((var_a, len(arrays_a)), (var_b, len(arrays_b)))
+    draws = means_a - means_b + np.sqrt(var_a + var_b) * rng.standard_t(df, size=replicates)
+    return Estimate(value, _interval(metric, draws, difference=True), per_seed, n)
 
 
 def separated(a: tuple[float, float], b: tuple[float, float], metric: str) -> bool:

@@ -161,8 +161,9 @@ def markdown(r: dict) -> str:
                 lines.append(f"`{p['config']}` ({name}, {p['steps']} updates, timed only) took "
                              f"**{p['seconds_per_update'] / b:.2f}x** BEST-RQ's time per update.")
     lines += ["", "![pre-training curves](pretraining.png)", "", "## Downstream tasks (frozen encoders)", "",
-              ("Each value is the mean over the probe seeds; the 95% interval is a bootstrap over test items "
-               "(trials for the EER) combined with the seed spread. Percent."), ""]
+              ("Each value is the mean over the probe seeds, with the 95% interval of that mean: a bootstrap "
+               "over test items (trials for the EER) combined with the seeds' spread (see "
+               "`src/bestrq/probes/stats.py`). Percent."), ""]
     models = list(dict.fromkeys(m for t in r["tasks"].values() for m in t["models"]))
     lines += ["| task (metric, test items) | " + " | ".join(LABELS.get(m, m) for m in models) + " |",
               "|---|" + "---:|" * len(models)]
