@@ -3,7 +3,7 @@
 The sampler is lhotse's DynamicBucketingSampler (cuts of similar duration share a batch,
 each batch holds at most ``max_batch_duration`` seconds of audio, every rank gets its own
 disjoint batches); collation is separate, in :class:`AudioDataset`, which receives a
-whole batch of cuts (STYLE.md #10). :class:`AudioLoader` ties them together across
+whole batch of cuts, so that padding is decided once per batch, not per item. :class:`AudioLoader` ties them together across
 epochs and counts the batches it has handed out, so its ``state_dict`` is exact whatever
 the number of prefetching workers.
 """
