@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from test_train import small
+from helpers import small
 
 from bestrq.train.loop import pretrain
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import small
+from helpers import small
 
 import bestrq
 from bestrq.config import load_config

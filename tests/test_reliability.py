@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import tone, write_audio
+from helpers import SMALL, small
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_train import SMALL, small
 
 from bestrq.config import ConfigError, load_config
 from bestrq.data.importers import prepare

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMALL, small
 
 from bestrq.config import ConfigError, load_config
 from bestrq.train import checkpoint
@@ -18,16 +19,6 @@ from bestrq.train.loop import pretrain
 from bestrq.train.optim import lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64",
-         "quantizer.codebook_size=64", "data.max_batch_duration=20", "data.num_workers=0",
-         "data.valid_max_batches=2", "train.device=cpu", "train.progress=false", "train.tensorboard=false",
-         "train.valid_every=0", "optim.warmup_steps=2", "optim.lr=1e-3"]
-
-
-def small(corpus: Path, out: Path, *extra: str):
-    return load_config("bestrq_tiny", [*SMALL, f"data.corpus={corpus}", f"train.out_dir={out}", *extra])
-
-
 def test_unknown_keys_are_rejected_with_the_valid_ones_listed():
     with pytest.raises(ConfigError, match=r"unknown key encoder\.d_modle.*d_model, num_layers"):
         load_config(None, ["encoder.d_modle=3"])
