@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .features import NORMALIZATIONS
+from .files import is_number
 from .masking import MODES
 from .models.conformer import DYNAMIC_COMPILE_TORCH, POSITIONS
 from .models.frontend import FRONTENDS
@@ -45,16 +46,6 @@ def setting(default: Any, help: str, *, ge: float | None = None, gt: float | Non
 
 
 _f = setting  # the short name the declarations below use
-
-
-def is_number(value: Any) -> bool:
-    """An int or float, not a bool (which Python counts as an int)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_count(value: Any) -> bool:
-    """A whole number >= 0 (a step, a number of frames), not a bool."""
-    return is_number(value) and isinstance(value, int) and value >= 0
 
 
 _BOUND_TESTS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),

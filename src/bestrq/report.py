@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import is_number
+from .files import is_number
 from .probes.encoders import same_encoder
 from .probes.tasks import MAIN_METRIC, TASKS
 from .train.checkpoint import run_of

@@ -42,8 +42,9 @@ from pathlib import Path
 
 from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
 
+from ..files import atomic_path
 from .audio import MISSING, audio_source, by_kind, length_problem, rate_problem
-from .manifest import ManifestError, atomic_path, list_splits, save_split
+from .manifest import ManifestError, list_splits, save_split
 
 log = logging.getLogger("bestrq.data")
 

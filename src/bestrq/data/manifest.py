@@ -15,11 +15,12 @@ import gzip
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from lhotse import CutSet
 from lhotse.cut.set import deserialize_cut
+
+from ..files import atomic_path
 
 CUTS = "cuts_{split}.jsonl.gz"
 RECORDINGS = "recordings_{split}.jsonl.gz"
@@ -126,18 +127,6 @@ def load_split(folder: str | os.PathLike, split: str) -> CutSet:
         have = ", ".join(list_splits(folder)) or "none"
         raise ManifestError(f"{path}: no manifest for split {split!r} (splits in {folder}: {have})")
     return load_cuts(path)
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path with the same suffixes that replaces ``path`` only once written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_split(folder: str | os.PathLike, split: str, cuts: CutSet) -> Path:

@@ -25,10 +25,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import is_count
 from ..data.audio import load_mono
 from ..data.loader import AudioDataset, collate
-from ..data.manifest import atomic_path
+from ..files import atomic_path, is_count
 from .encoders import Encoder
 
 CACHE_FORMAT = "bestrq-hidden-states/1"

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from ..data.audio import BadAudio, load_mono
-from ..data.manifest import atomic_path, list_splits, load_split
+from ..data.manifest import list_splits, load_split
+from ..files import atomic_path
 from ..train.distributed import require_device
 from .cache import encode_cuts, extract, output_frames
 from .encoders import Encoder, load_encoder, same_encoder

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, check_bounds, load_config, setting
-from ..data.manifest import atomic_path
+from ..files import atomic_path
 
 log = logging.getLogger(__name__)
 MODELS = ("bestrq", "wav2vec2", "random", "fbank")

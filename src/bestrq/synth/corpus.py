@@ -36,7 +36,8 @@ from lhotse.audio import AudioSource
 from tqdm import tqdm
 
 from ..data.audio import SAMPLE_RATE
-from ..data.manifest import atomic_path, save_split
+from ..data.manifest import save_split
+from ..files import atomic_path
 from .text import INTENTS, SentenceGenerator, make_command
 from .voices import EMOTIONS, Rendering, Speaker, make_speakers, plan_rendering, render
 

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import is_count
+from ..files import is_count
 
 FORMAT = "bestrq-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{8,})$")

@@ -43,10 +43,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import ConfigError, PretrainConfig, is_count, is_number, to_dict
+from ..config import ConfigError, PretrainConfig, to_dict
 from ..data.audio import by_kind
 from ..data.loader import AudioDataset, AudioLoader
-from ..data.manifest import ManifestError, atomic_path, list_splits, load_split
+from ..data.manifest import ManifestError, list_splits, load_split
+from ..files import atomic_path, is_count, is_number
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 from ..objectives import build_model, min_samples
 from ..precision import autocast, use_tf32
