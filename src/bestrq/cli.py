@@ -79,7 +79,7 @@ def _probe_out(checkpoint: str) -> Path:
     path = Path(checkpoint)
     if checkpoint == "fbank" or checkpoint.startswith("random:"):
         return Path("runs/probes") / checkpoint.replace(":", "-").replace("/", "_")
-    from .export.hf import BESTRQ_CONFIG
+    from .loading import BESTRQ_CONFIG
     from .train.checkpoint import run_of
 
     if (path / BESTRQ_CONFIG).is_file():  # an export: kept as transformers loads it, no cache inside

@@ -5,116 +5,26 @@
     feats.hidden_states[-1]                               # (B, T, D), 25 frames per second for BEST-RQ
     model.upstream()(list_of_wavs)["hidden_states"]       # the s3prl upstream contract
 
-Checkpoints load without unpickling code (see train/checkpoint.py); a checkpoint whose
-weights do not fit the model its own config describes is refused, naming the keys.
+Any bestrq folder loads through :func:`bestrq.loading.load_checkpoint`, which training's
+``--init-from`` uses too.
 """
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError, PretrainConfig, from_dict
 from ..data.audio import resample
 from ..data.loader import collate
+from ..loading import Loaded, load_checkpoint
 from ..models.conformer import EncoderOutput
 from ..objectives import min_samples
-from ..train import checkpoint as ckpt_io
-from ..train.distributed import require_device
-
-
-@dataclass
-class Loaded:
-    """An objective module rebuilt from a checkpoint, with its config and where it came from."""
-
-    module: nn.Module
-    config: PretrainConfig
-    step: int
-    folder: Path  # the checkpoint or exported folder
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
-    """A run folder (its newest complete checkpoint), a checkpoint folder or a folder that
-    ``bestrq export --to hf`` wrote -> the model, in eval mode, frozen."""
-    from ..objectives import build_model
-    from .hf import BESTRQ_CONFIG, WEIGHTS, is_export, read_export
-
-    device = require_device(str(device), "device")
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run, checkpoint or export folder")
-    if path.is_file():
-        raise ckpt_io.CheckpointError(f"{path}: a file; give a bestrq run, checkpoint or export folder")
-    source = None  # for an export: the checkpoint it was made from
-    if is_export(path):
-        folder = path
-        config, step, weights, source = read_export(path)
-    else:
-        if (path / BESTRQ_CONFIG).is_file():
-            raise ckpt_io.CheckpointError(f"{path}: an export folder without its {WEIGHTS} (the encoder's weights)")
-        if _is_transformers_folder(path):
-            raise ckpt_io.CheckpointError(
-                f"{path}: a transformers model folder without {path.name}/bestrq_config.json; bestrq loads "
-                "its own checkpoints and the folders `bestrq export --to hf` writes")
-        is_run = (path / "checkpoints").exists() or (path / "metrics.jsonl").is_file()  # a run before its first save too
-        folder = ckpt_io.latest(path) if is_run else path
-        if folder == path and not ckpt_io.is_checkpoint_name(path.name) and not any(
-                (path / name).exists() for name in ckpt_io.FILES):
-            raise ckpt_io.CheckpointError(f"{path}: not a bestrq run, checkpoint or export folder (it holds no "
-                                          "checkpoints/ folder, model.safetensors or bestrq_config.json)")
-        if folder is None:
-            raise ckpt_io.CheckpointError(f"{path}: a run folder without any complete checkpoint (a run writes its "
-                                          "first at step train.checkpoint_every)")
-        try:
-            ckpt = ckpt_io.load(folder)
-        except ckpt_io.CheckpointError as e:
-            if folder == path:
-                raise
-            raise ckpt_io.CheckpointError(f"{e}. {_older_checkpoint(path)}") from None
-        config, step, weights = ckpt.config, ckpt.step, ckpt.weights
-    try:
-        cfg = from_dict(PretrainConfig, config).validate()
-    except ConfigError as e:
-        raise ckpt_io.CheckpointError(f"{folder}: not a usable model config: {e}") from None
-    model = build_model(cfg)
-    ckpt_io.fit_weights(model, weights, folder, f"a {cfg.objective} model of its own config")
-    stat = (folder / WEIGHTS).stat()
-    info = {"objective": cfg.objective, "step": step, "checkpoint": str(folder),
-            "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}"}  # a new run with the same steps differs
-    if source:
-        info["exported_from"] = source
-    return Loaded(model.to(device).eval().requires_grad_(False), cfg, step, folder, info)
-
-
-def _older_checkpoint(run: Path) -> str:
-    """Where to turn when a run's newest checkpoint is damaged: never silently to an older step."""
-    try:
-        older, _ = ckpt_io.latest_loadable(run, warn=False)
-    except ckpt_io.CheckpointError:  # none loads
-        older = None
-    if older is None:
-        return "It is the run's newest checkpoint, and no older one loads"
-    return f"It is the run's newest checkpoint; the newest that loads is {older}: name it to use that one"
-
-
-def _is_transformers_folder(path: Path) -> bool:
-    """A folder whose config.json is a transformers model config (ours carry a ``format`` instead)."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "model_type" in config
-
 
 Audio = torch.Tensor | np.ndarray
 

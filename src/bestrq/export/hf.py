@@ -22,8 +22,8 @@ frames only (features.stack_frames). The two agree, batched or not, on clips of 
 frames (``clip[:whole_frames(len(clip))]``); on other clips transformers may add one last,
 partly padded 40 ms frame, which every other frame then attends to.
 
-``read_export(folder)`` reads such a folder back into our state-dict layout, without
-transformers, so ``bestrq.load`` and ``--init-from`` take exports as well as checkpoints.
+``bestrq.loading.read_export(folder)`` reads such a folder back into our state-dict layout,
+without transformers, so ``bestrq.load`` and ``--init-from`` take exports as well as checkpoints.
 """
 
 from __future__ import annotations
@@ -35,16 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..config import PretrainConfig, to_dict
 from ..features import num_frames
-from ..train.checkpoint import CheckpointError
+from ..loading import BESTRQ_CONFIG, EXTRAS, WEIGHTS, to_hf_names
 
-BESTRQ_CONFIG = "bestrq_config.json"
-EXTRAS = "bestrq.safetensors"
-WEIGHTS = "model.safetensors"
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, used by every norm of the encoder
 
 
@@ -88,32 +84,6 @@ def hf_config_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
         "hidden_dropout": e.dropout, "activation_dropout": e.dropout, "attention_dropout": e.dropout,
         "feat_proj_dropout": e.dropout, "conformer_conv_dropout": e.dropout,
         "architectures": ["Wav2Vec2BertModel"]}
-
-
-# our encoder's prefixes -> Wav2Vec2BertModel's; the rest of the names are the same
-_PREFIXES = (("frontend.", "feature_projection."), ("layers.", "encoder.layers."))
-
-
-def to_hf_names(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our encoder's state dict (keys relative to the encoder) -> Wav2Vec2BertModel's."""
-    out = {}
-    for key, value in encoder_state.items():
-        prefix = next((p for p in _PREFIXES if key.startswith(p[0])), None)
-        if prefix is None:
-            raise ValueError(f"encoder weight {key!r} has no place in Wav2Vec2BertModel")
-        out[prefix[1] + key[len(prefix[0]):]] = value
-    return out
-
-
-def from_hf_names(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Wav2Vec2BertModel's weights -> our encoder's state dict (``masked_spec_embed`` is dropped)."""
-    out = {}
-    for key, value in hf_state.items():
-        key = key.removeprefix("wav2vec2_bert.")  # saved from a model with a head (e.g. ForCTC)
-        prefix = next((p for p in _PREFIXES if key.startswith(p[1])), None)
-        if prefix is not None:
-            out[prefix[0] + key[len(prefix[1]):]] = value
-    return out
 
 
 def export_hf(loaded, out: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -189,30 +159,3 @@ The extractor counts a last, partly padded {10 * cfg.features.stack} ms frame as
 frames only. Outputs are the same for clips of whole frames:
 `clip[:bestrq.export.whole_frames(len(clip))]`.
 """
-
-
-def is_export(folder: Path) -> bool:
-    return (folder / BESTRQ_CONFIG).is_file() and (folder / WEIGHTS).is_file()
-
-
-def read_export(folder: Path) -> tuple[dict[str, Any], int, dict[str, torch.Tensor], str | None]:
-    """An exported folder -> (our config as a dict, its step, our full state dict, the checkpoint
-    folder it was exported from, as recorded then)."""
-    try:
-        config = json.loads((folder / BESTRQ_CONFIG).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder / BESTRQ_CONFIG}: unreadable ({e})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{folder / BESTRQ_CONFIG}: not a mapping of config sections")
-    if not (folder / EXTRAS).is_file():
-        raise CheckpointError(f"{folder}: an export folder without its {EXTRAS} (the feature normaliser, "
-                              "quantizer and heads that `bestrq export` writes beside the encoder)")
-    try:
-        state = {"encoder." + k: v for k, v in from_hf_names(load_file(str(folder / WEIGHTS))).items()}
-        state.update(load_file(str(folder / EXTRAS)))
-        with safe_open(str(folder / EXTRAS), "pt") as f:
-            meta = f.metadata() or {}
-        step = int(meta.get("step", 0))
-    except (OSError, ValueError, SafetensorError) as e:
-        raise CheckpointError(f"{folder}: unreadable weights ({e})") from None
-    return config, step, state, meta.get("source")

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..config import PretrainConfig, load_config
-from ..export.api import load_checkpoint
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask
+from ..loading import load_checkpoint
 from ..models.conformer import EncoderOutput
 from ..precision import PRECISIONS, autocast
 from ..train.checkpoint import run_of

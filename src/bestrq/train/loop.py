@@ -48,6 +48,7 @@ from ..data.audio import by_kind
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import ManifestError, list_splits, load_split
 from ..files import atomic_path, is_count, is_number
+from ..loading import BESTRQ_CONFIG, load_checkpoint
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 from ..objectives import build_model, min_samples
 from ..precision import autocast, use_tf32
@@ -226,9 +227,6 @@ _INIT_FREE = frozenset({"encoder.dropout", "quantizer.seed"} | {
 
 def _init_from(model: torch.nn.Module, cfg: PretrainConfig, source: str):
     """Copy a trained model's weights and frozen buffers into ``model``; its settings must describe the same model."""
-    from ..export.api import load_checkpoint
-    from ..export.hf import BESTRQ_CONFIG
-
     try:
         loaded = load_checkpoint(source)
     except (checkpoint.CheckpointError, FileNotFoundError, NotADirectoryError) as e:
