@@ -123,7 +123,7 @@ def test_a_probed_export_is_named_after_itself_and_timed_by_the_run_it_came_from
     from bestrq.cli import _probe_out
     from bestrq.probes.encoders import load_encoder
     from bestrq.report import collect
-    from bestrq.train.loop import read_metrics
+    from bestrq.train.run import read_metrics
 
     run, export = load_encoder(str(trained)), load_encoder(str(exported))
     assert export.name == "bestrq-tiny (step 30)"  # it took the name of the folder two levels up

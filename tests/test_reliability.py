@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from bestrq.config import ConfigError, load_config
 from bestrq.data.importers import prepare
 from bestrq.data.manifest import ManifestError, load_cuts, load_split, save_split
-from bestrq.train import checkpoint, loop
+from bestrq.train import checkpoint, loop, run
 from bestrq.train.loop import TrainingDiverged, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def assert_all_checkpoints_whole(out: Path) -> None:
 
 
 def logged_steps(out: Path) -> int:
-    return max((r["step"] for r in loop.read_metrics(out / "metrics.jsonl") if r["split"] == "train"), default=0)
+    return max((r["step"] for r in run.read_metrics(out / "metrics.jsonl") if r["split"] == "train"), default=0)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(co
     assert "removed .tmp-step" in proc.stderr  # the leftovers were cleared, and said so
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     assert_same(final_weights(out), reference)
-    steps = [r["step"] for r in loop.read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    steps = [r["step"] for r in run.read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, STEPS + 1))  # each step logged once: the resumes rewrote the tail
 
 
@@ -205,7 +205,7 @@ def test_a_full_disk_during_a_save_leaves_no_partial_files_and_the_run_resumes(c
 def test_a_second_process_on_a_live_run_folder_is_refused_and_touches_nothing(corpus, tmp_path):
     writing = tmp_path / "checkpoints" / ".tmp-step-00000004-999"  # the live run's checkpoint, half written
     writing.mkdir(parents=True)
-    with loop._run_lock(tmp_path):  # held by the live run (the same command started twice, say)
+    with run.lock(tmp_path):  # held by the live run (the same command started twice, say)
         with pytest.raises(OSError, match=r"in use by bestrq pretrain \(pid \d+ on .+\): wait for it to end, or "
                                           r"pick another train\.out_dir") as refused:
             pretrain(small(corpus, tmp_path, "train.steps=1"))
@@ -252,7 +252,7 @@ def test_non_finite_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch)
     monkeypatch.setattr(loop, "build_model", nan_model(bad_calls={2, 3}))
     result = pretrain(small(corpus, tmp_path, "train.steps=4", "train.log_every=1"))
     assert result.step == 4 and result.bad_steps == 2
-    records = [r for r in loop.read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    records = [r for r in run.read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     assert sum(r["bad_steps"] for r in records) == 2
     assert all(math.isfinite(r["loss"]) for r in records)  # a skipped step's NaN is not averaged in
     saved = checkpoint.load(checkpoint.latest(tmp_path))
@@ -480,10 +480,10 @@ def test_damaged_metrics_lines_are_skipped_counted_and_dropped_on_resume(tmp_pat
     path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in [good[0], *damaged[:2], good[1], *damaged[2:]])
                      + b'\xff\xfe{"step": 2}\n' + json.dumps(good[2]).encode() + b'\n{"step": 4, "spl')
     with caplog.at_level("WARNING", logger="bestrq.train"):
-        assert loop.read_metrics(path) == good
+        assert run.read_metrics(path) == good
     assert f"{path}: skipped 5 damaged lines" in caplog.text
     assert _pretraining_record(tmp_path, 2) == {"pretrain_seconds": 2.0, "pretrain_audio_hours": 20.0 / 3600}
-    loop._truncate_metrics(path, 2)  # what a resume from step 2 does
+    run.truncate_metrics(path, 2)  # what a resume from step 2 does
     assert path.read_text().splitlines() == [json.dumps(r) for r in good[:2]]
 
 

@@ -19,7 +19,7 @@ from .files import is_number
 from .probes.encoders import same_encoder
 from .probes.tasks import MAIN_METRIC, TASKS
 from .train.checkpoint import run_of
-from .train.loop import read_metrics
+from .train.run import read_metrics
 
 log = logging.getLogger(__name__)
 COLUMNS = [("asr", "wer", "ASR WER %", True), ("asr", "cer", "ASR CER %", True),

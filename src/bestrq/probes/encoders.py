@@ -26,7 +26,7 @@ from ..models.conformer import EncoderOutput
 from ..precision import PRECISIONS, autocast
 from ..train.checkpoint import run_of
 from ..train.distributed import require_device
-from ..train.loop import read_metrics
+from ..train.run import read_metrics
 
 
 class FbankEncoder(nn.Module):

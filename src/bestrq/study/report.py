@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..probes.stats import LOWER_IS_BETTER, Estimate, difference, estimate, separated
-from ..train.loop import read_metrics
+from ..train.run import read_metrics
 
 # study task -> (probe task, metric)
 TASKS = {"asr": ("asr", "cer"), "speaker_id": ("speaker", "accuracy"), "speaker_eer": ("speaker", "eer"),

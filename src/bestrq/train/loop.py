@@ -1,4 +1,6 @@
-"""The pre-training loop: one readable function, the same on a laptop CPU and on many GPUs.
+"""The pre-training loop, the same on a laptop CPU and on many GPUs: :func:`_train` is one step after
+another (batch, mask, forward, loss, backward, update, log, validate, save); :func:`_pretrain`
+sets it up. What a run keeps on disk, and how it resumes from it, is run.py's.
 
 Launch one process (``bestrq pretrain``) or many (``torchrun --nproc_per_node N -m bestrq
 pretrain``); each process reads its rank from torchrun's environment, draws its own
@@ -25,13 +27,9 @@ Faults a long run survives:
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
 import math
-import os
 import signal
-import socket
 import threading
 import time
 import typing
@@ -44,21 +42,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import ConfigError, PretrainConfig, to_dict
-from ..data.audio import by_kind
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import ManifestError, list_splits, load_split
-from ..files import atomic_path, is_count, is_number
 from ..loading import BESTRQ_CONFIG, load_checkpoint
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 from ..objectives import build_model, min_samples
 from ..precision import autocast, use_tf32
-from . import checkpoint, distributed
+from . import checkpoint, distributed, run
 from .optim import build_optimizer, lr_at
 
 log = logging.getLogger("bestrq.train")
-
-# config sections that define the model: a checkpoint resumes only into the same ones
-MODEL_SECTIONS = ("objective", "features", "quantizer", "encoder", "wav2vec2")
 
 
 @dataclass(frozen=True)
@@ -110,12 +103,6 @@ def _usable(batches, skipped: dict[str, dict]):
             entry["times"] += 1
         if len(batch):  # else every clip of the batch was bad
             yield batch
-
-
-def skipped_summary(skipped: dict[str, dict]) -> str:
-    """One line per kind of problem: how many files, and an example."""
-    kinds = by_kind((entry["path"], entry["reason"]) for entry in skipped.values())
-    return "\n".join(f"  {kind}: {len(paths)} file(s), e.g. {paths[0]}" for kind, paths in kinds.items())
 
 
 class Meter:
@@ -190,34 +177,6 @@ def validate(model: torch.nn.Module, loader: AudioLoader, cfg: PretrainConfig, d
     return metrics
 
 
-def _model_differences(saved: dict, cfg: PretrainConfig, sections: tuple[str, ...] = MODEL_SECTIONS,
-                       free: frozenset[str] = frozenset()) -> list[str]:
-    """``section.key: X there, Y here`` for each model setting of ``cfg`` that a saved config
-    (a dict) does not share; settings named in ``free`` may differ."""
-    now, differ = to_dict(cfg), []
-    for section in sections:
-        ours, theirs = now[section], saved.get(section)
-        if not isinstance(ours, dict):
-            if ours != theirs:
-                differ.append(f"{section}: {theirs!r} there, {ours!r} here")
-            continue
-        theirs = theirs if isinstance(theirs, dict) else {}
-        for key in [*ours, *(k for k in theirs if k not in ours)]:
-            name = f"{section}.{key}"
-            if name not in free and ours.get(key) != theirs.get(key):
-                differ.append(f"{name}: {theirs.get(key)!r} there, {ours.get(key)!r} here")
-    return differ
-
-
-def _check_resumable(saved: dict, cfg: PretrainConfig, path: Path) -> None:
-    differ = _model_differences(saved, cfg)
-    if differ:
-        sections = dict.fromkeys(d.split(":")[0].split(".")[0] for d in differ)
-        raise checkpoint.CheckpointError(
-            f"{path} was trained with a different {', '.join(sections)} config ({'; '.join(differ)}): "
-            f"pick a new train.out_dir or the same model settings")
-
-
 # settings that may differ between a run and the model it starts from (--init-from)
 _INIT_FREE = frozenset({"encoder.dropout", "quantizer.seed"} | {
     f"wav2vec2.{k}" for k in ("feature_grad_mult", "temperature", "num_negatives", "logit_temperature",
@@ -231,8 +190,8 @@ def _init_from(model: torch.nn.Module, cfg: PretrainConfig, source: str):
         loaded = load_checkpoint(source)
     except (checkpoint.CheckpointError, FileNotFoundError, NotADirectoryError) as e:
         raise type(e)(f"train.init_from: {e}") from None  # the setting that named it: a --set, a YAML key or --init-from
-    sections = tuple(s for s in MODEL_SECTIONS if s != "wav2vec2" or cfg.objective == "wav2vec2")
-    differ = _model_differences(to_dict(loaded.config), cfg, sections, _INIT_FREE)
+    sections = tuple(s for s in run.MODEL_SECTIONS if s != "wav2vec2" or cfg.objective == "wav2vec2")
+    differ = run.model_differences(to_dict(loaded.config), cfg, sections, _INIT_FREE)
     if differ:
         config_file = loaded.folder / BESTRQ_CONFIG
         config_file = config_file if config_file.is_file() else loaded.folder / "config.json"
@@ -241,45 +200,6 @@ def _init_from(model: torch.nn.Module, cfg: PretrainConfig, source: str):
             f"config: --config {config_file}")
     model.load_state_dict(loaded.module.state_dict())
     return loaded
-
-
-def pretrain(cfg: PretrainConfig) -> RunResult:
-    """Train (or resume training of) the model ``cfg`` describes; returns the final metrics."""
-    ctx = distributed.setup(cfg.train.device, timeout_minutes=cfg.train.dist_timeout_minutes)
-    try:
-        with _StopSignals() as signals, contextlib.ExitStack() as held:
-            return _pretrain(cfg, ctx, signals, held)
-    finally:
-        distributed.teardown()
-
-
-@contextlib.contextmanager
-def _run_lock(out_dir: Path) -> typing.Iterator[None]:
-    """One training process per run folder: a second one (the same command in another shell)
-    would interleave its checkpoints and metrics with the first's. The lock is the kernel's
-    (flock), so a process that dies holds nothing; where the file system has no locks, none."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system
-        yield
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "another process"
-            raise OSError(errno.EBUSY, f"in use by {owner}: wait for it to end, or pick another train.out_dir",
-                          str(out_dir)) from None
-        except OSError:  # no locks on this file system
-            yield
-            return
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"bestrq pretrain (pid {os.getpid()} on {socket.gethostname()})\n")
-        fh.flush()
-        yield
 
 
 def _check_splits(cfg: PretrainConfig) -> None:
@@ -297,9 +217,20 @@ def _check_splits(cfg: PretrainConfig) -> None:
                 + ("; name another, or data.valid_split='' to train without validation" if "valid" in key else ""))
 
 
+def pretrain(cfg: PretrainConfig) -> RunResult:
+    """Train (or resume training of) the model ``cfg`` describes; returns the final metrics."""
+    ctx = distributed.setup(cfg.train.device, timeout_minutes=cfg.train.dist_timeout_minutes)
+    try:
+        with _StopSignals() as signals, contextlib.ExitStack() as held:
+            return _pretrain(cfg, ctx, signals, held)
+    finally:
+        distributed.teardown()
+
+
 def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals,
               held: contextlib.ExitStack) -> RunResult:
-    t, device = cfg.train, ctx.device
+    """Set up (model, optimizer, data, resume or --init-from), then train."""
+    t = cfg.train
     if t.compile and not dynamic_compile_works():
         raise ConfigError(
             f"train.compile: torch {torch.__version__} does not train these encoders compiled for batches of "
@@ -308,235 +239,197 @@ def _pretrain(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSigna
     if t.threads:
         torch.set_num_threads(t.threads)
     _check_splits(cfg)
-    out_dir = Path(t.out_dir)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    model = build_model(cfg).to(device)
+    model = build_model(cfg).to(ctx.device)
     optimizer = build_optimizer(model, cfg.optim)
     torch.manual_seed(t.seed + 1 + ctx.rank)  # dropout differs across ranks
+    loader = _make_loader(cfg, ctx, model, cfg.data.train_split, train=True)
+    valid_loader = _make_loader(cfg, ctx, model, cfg.data.valid_split, train=False) if cfg.data.valid_split else None
 
-    # data.min_duration, or one frame of the encoder (55 ms for BEST-RQ) if that is longer
-    shortest = max(cfg.data.min_duration, min_samples(model) / model.sample_rate)
-    why = f"data.min_duration={cfg.data.min_duration:g}s" if shortest == cfg.data.min_duration else \
-        f"{shortest:g}s, one frame of the encoder"
-
-    def make_loader(split: str, train: bool) -> AudioLoader:
-        dataset = AudioDataset(max_duration=cfg.data.max_duration, min_duration=shortest, seed=t.seed)
-        cuts = load_split(cfg.data.corpus, split)
-        # too-short clips are dropped up front from the manifest's durations, once, not warned per batch
-        kept = cuts.filter(lambda c: c.duration >= shortest).to_eager()
-        if ctx.is_main and len(kept) < len(cuts):
-            log.warning("%s: left out %d of %d cuts shorter than %s", split, len(cuts) - len(kept), len(cuts), why)
-        if len(kept) == 0:
-            raise ValueError(f"{cfg.data.corpus}: split {split!r} has no cut of at least {shortest:g}s")
-        return AudioLoader(kept, dataset,
-                           max_batch_duration=cfg.data.max_batch_duration, num_buckets=cfg.data.num_buckets,
-                           shuffle=train, seed=t.seed, rank=ctx.rank, world_size=ctx.world_size,
-                           num_workers=cfg.data.num_workers if train else 0, drop_last=train,
-                           pin_memory=train and device.type == "cuda")  # so non_blocking copies overlap
-
-    loader = make_loader(cfg.data.train_split, train=True)
-    valid_loader = make_loader(cfg.data.valid_split, train=False) if cfg.data.valid_split else None
-
-    step, bad_steps, skipped, trained_before = 0, 0, {}, 0.0
     if ctx.is_main:
-        held.enter_context(_run_lock(out_dir))  # before recover(), which would clear a live run's writes
-        checkpoint.recover(out_dir)  # a write cut short by a kill: restore or remove its leftovers
-    distributed.barrier()
-    resume_from, ckpt = checkpoint.latest_loadable(out_dir)
-    if ckpt is not None:
-        _check_resumable(ckpt.config, cfg, resume_from)
-        checkpoint.fit_weights(model, ckpt.weights, resume_from, "this run's model")
-        try:
-            optimizer.load_state_dict(ckpt.state["optimizer"])
-            saved_world = len(ckpt.state["loader"])
-            same_cuts = all(s.get("cuts", loader.fingerprint) == loader.fingerprint for s in ckpt.state["loader"])
-            if saved_world == ctx.world_size and same_cuts:  # data position, random states: as if never stopped
-                loader.load_state_dict(ckpt.state["loader"][ctx.rank])
-                torch.set_rng_state(ckpt.state["rng"][ctx.rank]["torch"])
-                if device.type == "cuda" and ckpt.state["rng"][ctx.rank].get("cuda") is not None:
-                    torch.cuda.set_rng_state(ckpt.state["rng"][ctx.rank]["cuda"])
-            else:
-                # another number of processes (a pre-empted job back on fewer or more GPUs), or a training
-                # split that changed: the model and optimizer continue exactly; a position in the old
-                # epoch means nothing in the new one, so the next epoch starts
-                epoch = max(int(s["epoch"]) for s in ckpt.state["loader"]) + 1
-                loader.load_state_dict({**loader.state_dict(), "epoch": epoch, "position": 0})
-                torch.manual_seed(t.seed * 1_000_003 + ckpt.step * 1009 + ctx.rank)
-                if ctx.is_main:
-                    why = (f"was written by {saved_world} process(es), this run has {ctx.world_size}"
-                           if saved_world != ctx.world_size else
-                           f"read another {cfg.data.train_split} split (its cuts changed since)")
-                    log.warning("%s %s: the model and optimizer continue exactly; the data starts epoch %d, "
-                                "sharded anew, and random states are re-seeded", resume_from, why, epoch)
-            step = ckpt.step
-            bad_steps = int(ckpt.state.get("bad_steps", 0))
-            trained_before = float(ckpt.state.get("train_seconds", 0.0))  # max_minutes and `elapsed` go on from it
-            skipped = {k: dict(v) for k, v in ckpt.state.get("skipped_audio", {}).items()}
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-            # a state.pt that unpickles but whose contents do not fit: damaged, or not written by this loop
-            raise checkpoint.CheckpointError(
-                f"{resume_from / 'state.pt'}: damaged or not this run's training state ({type(e).__name__}: {e}); "
-                f"move {resume_from} aside to resume from the checkpoint before it") from None
-        if ctx.is_main:
-            log.warning("resuming from %s (step %d)", resume_from, step)
-    elif t.init_from:
-        source = _init_from(model, cfg, t.init_from)
-        if ctx.is_main:
-            log.warning("initialised from %s (step %d): weights, quantizer and heads; fresh optimizer",
-                        source.folder, source.step)
-
+        held.enter_context(run.lock(Path(t.out_dir)))  # before resume() repairs a write cut short
+    progress = run.resume(cfg, ctx, model, optimizer, loader)
+    if progress is None:
+        progress = run.Progress()
+        if t.init_from:
+            source = _init_from(model, cfg, t.init_from)
+            if ctx.is_main:
+                log.warning("initialised from %s (step %d): weights, quantizer and heads; fresh optimizer",
+                            source.folder, source.step)
     if t.compile:
         model.encoder.compile(dynamic=True)
     # every buffer is identical on every rank by construction (the frozen quantizer and mel filters
     # from their seeds, global feature statistics summed over all ranks): DDP need not broadcast them
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+    ddp = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                                   broadcast_buffers=False) if ctx.distributed else model
-    step_autocast = autocast(device, t.precision)
-    use_tf32(device, t.tf32)
-
-    writer, metrics_file = None, out_dir / "metrics.jsonl"
+    use_tf32(ctx.device, t.tf32)
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(to_dict(cfg), indent=2))
-        _truncate_metrics(metrics_file, step)
-        if t.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        run.write_config(Path(t.out_dir), cfg)
+    return _train(cfg, ctx, signals, model, ddp, optimizer, loader, valid_loader, progress)
 
-            writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step)
 
-    def record(split: str, values: dict[str, float]) -> None:
-        if not ctx.is_main:
-            return
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        if writer is not None:
-            for name, value in values.items():
-                writer.add_scalar(f"{split}/{name}", value, step)
-
-    def save() -> None:
-        states = {"loader": loader.state_dict(), "skipped": skipped, "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}}
-        gathered = [None] * ctx.world_size
-        if ctx.distributed:
-            dist.all_gather_object(gathered, states)
-        else:
-            gathered = [states]
-        if ctx.is_main:
-            merged = {}
-            for g in gathered:  # each rank reads its own batches: one list for the run
-                merged.update(g["skipped"])
-            checkpoint.save(out_dir, step, model.state_dict(), {
-                "optimizer": optimizer.state_dict(),
-                "loader": [g["loader"] for g in gathered], "rng": [g["rng"] for g in gathered],
-                "bad_steps": bad_steps, "skipped_audio": merged, "train_seconds": time.monotonic() - started,
-            }, to_dict(cfg), keep=t.keep_checkpoints)
-            if merged:
-                with atomic_path(out_dir / "skipped_audio.json") as tmp:
-                    tmp.write_text(json.dumps(merged, indent=2))
-        distributed.barrier()
-
-    meter = Meter(device)
-    bad_in_a_row, bad_since_log = 0, 0
+def _train(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals, model: torch.nn.Module,
+           ddp: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: AudioLoader,
+           valid_loader: AudioLoader | None, progress: run.Progress) -> RunResult:
+    """The training loop, from ``progress.step`` to ``train.steps`` (or a signal, or ``train.max_minutes``)."""
+    t, opt, device = cfg.train, cfg.optim, ctx.device
+    metrics = run.MetricsLog(Path(t.out_dir), progress.step, write=ctx.is_main, tensorboard=t.tensorboard)
+    meter, clock, bad = Meter(device), _Clock(progress.trained_before), _BadSteps(progress, t, ctx)
     train_metrics: dict[str, float] = {}
     valid_metrics: dict[str, float] = {}
-    batches = _usable(iter(loader), skipped)
-    window_start, window_audio = time.monotonic(), 0.0
-    started = window_start - trained_before  # the run's training time, across resumes
-    bar = tqdm(total=t.steps, initial=step, disable=not (ctx.is_main and t.progress), unit="step",
+    batches = _usable(iter(loader), progress.skipped)
+    bar = tqdm(total=t.steps, initial=progress.step, disable=not (ctx.is_main and t.progress), unit="step",
                dynamic_ncols=True)
+    step_autocast = autocast(device, t.precision)
     model.train()
-    out_of_time = signalled = False
-    while step < t.steps:
-        lr = lr_at(step, cfg.optim, t.steps)
+    signalled = out_of_time = False
+    while progress.step < t.steps:
+        step = progress.step
+        lr = lr_at(step, opt, t.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        # forward and backward over grad_accum micro-batches; DDP syncs gradients on the last one
         outputs, finite = [], torch.ones((), dtype=torch.bool, device=device)
-        for micro in range(cfg.optim.grad_accum):
+        for micro in range(opt.grad_accum):
             batch = next(batches)
             waveforms = batch.waveforms.to(device, non_blocking=True)
             lengths = batch.lengths.to(device, non_blocking=True)
-            last = micro == cfg.optim.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not ctx.distributed else ddp.no_sync()
-            with sync:
+            masks = _mask_generator(device, t.seed, step, micro, ctx.rank)  # masks and noise: from (seed, step)
+            last = micro == opt.grad_accum - 1
+            with contextlib.nullcontext() if last or not ctx.distributed else ddp.no_sync():
                 with step_autocast:
-                    out = ddp(waveforms, lengths, _mask_generator(device, t.seed, step, micro, ctx.rank), step)
-                (out.loss / cfg.optim.grad_accum).backward()
+                    out = ddp(waveforms, lengths, masks, step)  # the objective: mask, encode, predict, loss
+                (out.loss / opt.grad_accum).backward()
             seconds = float(batch.lengths.sum()) / model.sample_rate
             finite &= torch.isfinite(out.loss.detach())  # read once per step, with the norm: no extra sync
             outputs.append((out, seconds))
-            window_audio += seconds
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            clock.audio += seconds
+        clip = opt.grad_clip if opt.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        bad = not bool(finite & torch.isfinite(grad_norm))
-        if ctx.distributed:  # gradients are all-reduced before the norm, the loss is not: agree on every rank
-            bad = _any_rank(bad, device)
-        if bad:
-            bad_steps, bad_in_a_row, bad_since_log = bad_steps + 1, bad_in_a_row + 1, bad_since_log + 1
-            log.warning("step %d: non-finite %s, update skipped (%d in a row, %d in this run)", step,
-                        "gradient norm" if bool(finite) else "loss", bad_in_a_row, bad_steps)
+        if bad.skip(finite, grad_norm, step):  # a non-finite loss or gradient: no update, the next batch
             optimizer.zero_grad(set_to_none=True)
-            if bad_in_a_row >= t.max_bad_steps:
-                last = checkpoint.latest(out_dir)
-                raise TrainingDiverged(
-                    f"{bad_in_a_row} consecutive steps with a non-finite loss or gradient (train.max_bad_steps="
-                    f"{t.max_bad_steps}) at step {step}: stopping. The last checkpoint, "
-                    f"{last if last else 'none yet'}, is untouched; lower optim.lr, raise optim.warmup_steps "
-                    f"or use train.precision=fp32, then run the same command to resume from it")
-            continue  # the step is not taken: the same step number, the next batch
-        bad_in_a_row = 0
+            continue
         for out, seconds in outputs:
             meter.add(out, seconds)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        step += 1
+        progress.step = step = step + 1
         bar.update(1)
 
         if step % t.log_every == 0 or step == t.steps:
-            train_metrics = meter.reduce()
-            now = time.monotonic()
-            audio_rate = distributed.all_reduce_sum(torch.tensor([window_audio], device=device)).item() / max(
-                now - window_start, 1e-9)
-            window_start, window_audio = now, 0.0
-            train_metrics.update(lr=lr, grad_norm=float(grad_norm), audio_per_second=audio_rate,
-                                 elapsed=now - started, bad_steps=bad_since_log,
-                                 skipped_audio=float(len(skipped)))
-            bad_since_log = 0
-            record("train", train_metrics)
+            train_metrics = {**meter.reduce(), "lr": lr, "grad_norm": float(grad_norm),
+                             **clock.window(device), "bad_steps": bad.since_log(),
+                             "skipped_audio": float(len(progress.skipped))}
+            metrics.record(step, "train", train_metrics)
             bar.set_postfix(loss=f"{train_metrics['loss']:.3f}", acc=f"{train_metrics['accuracy']:.3f}",
-                            lr=f"{lr:.2e}", audio=f"{audio_rate:.0f}s/s")
-        timed_out = t.max_minutes > 0 and time.monotonic() - started > 60 * t.max_minutes
-        stop = _any_ranks([timed_out, signals.received is not None], device)  # every rank stops together
-        out_of_time, signalled = stop[0], stop[1]
+                            lr=f"{lr:.2e}", audio=f"{train_metrics['audio_per_second']:.0f}s/s")
+        timed_out = t.max_minutes > 0 and clock.trained() > 60 * t.max_minutes
+        out_of_time, signalled = _any_ranks([timed_out, signals.received is not None], device)  # all stop together
         if valid_loader is not None and ((t.valid_every and step % t.valid_every == 0) or step == t.steps
                                          or out_of_time):
             valid_metrics = validate(model, valid_loader, cfg, device, ctx.rank, step)
-            record("valid", valid_metrics)
+            metrics.record(step, "valid", valid_metrics)
             if ctx.is_main:
-                baseline = model.baseline_name
                 bar.write(f"step {step}: valid loss {valid_metrics['loss']:.3f}, masked accuracy "
-                          f"{valid_metrics['accuracy']:.4f} ({baseline} {valid_metrics['baseline_accuracy']:.4f})")
+                          f"{valid_metrics['accuracy']:.4f} ({model.baseline_name} "
+                          f"{valid_metrics['baseline_accuracy']:.4f})")
         if step % t.checkpoint_every == 0 or step == t.steps or out_of_time or signalled:
-            save()
-        if signalled:
+            run.save(cfg, ctx, model, optimizer, loader, progress, clock.trained())
+        if signalled or out_of_time:
             if ctx.is_main:
-                name = signal.Signals(signals.received).name if signals.received else "a signal on another rank"
-                bar.write(f"stopped by {name} at step {step} (checkpoint saved): run the same command to resume")
-            break
-        if out_of_time:
-            if ctx.is_main:
-                bar.write(f"stopping after {t.max_minutes} minutes at step {step} (checkpoint saved)")
+                bar.write(_stopped_message(signals, t.max_minutes, step, signalled))
             break
     bar.close()
-    if writer is not None:
-        writer.close()
-    if skipped and ctx.is_main:
-        log.warning("%d audio files were skipped (listed in %s):\n%s", len(skipped), out_dir / "skipped_audio.json",
-                    skipped_summary(skipped))
-    return RunResult(out_dir, step, train_metrics, valid_metrics, model,
-                     signal=(signals.received or signal.SIGTERM) if signalled else None, bad_steps=bad_steps,
-                     skipped_audio=skipped)
+    metrics.close()
+    if progress.skipped and ctx.is_main:
+        log.warning("%d audio files were skipped (listed in %s):\n%s", len(progress.skipped),
+                    Path(t.out_dir) / run.SKIPPED_AUDIO, run.skipped_summary(progress.skipped))
+    return RunResult(Path(t.out_dir), progress.step, train_metrics, valid_metrics, model,
+                     signal=(signals.received or signal.SIGTERM) if signalled else None,
+                     bad_steps=progress.bad_steps, skipped_audio=progress.skipped)
+
+
+def _make_loader(cfg: PretrainConfig, ctx: distributed.Context, model: torch.nn.Module, split: str,
+                 train: bool) -> AudioLoader:
+    """Batches of one split (or ``a+b``): clips shorter than the encoder's one frame (55 ms for BEST-RQ),
+    or than ``data.min_duration`` if that is longer, are left out up front, from the manifest."""
+    shortest = max(cfg.data.min_duration, min_samples(model) / model.sample_rate)
+    why = f"data.min_duration={cfg.data.min_duration:g}s" if shortest == cfg.data.min_duration else \
+        f"{shortest:g}s, one frame of the encoder"
+    dataset = AudioDataset(max_duration=cfg.data.max_duration, min_duration=shortest, seed=cfg.train.seed)
+    cuts = load_split(cfg.data.corpus, split)
+    kept = cuts.filter(lambda c: c.duration >= shortest).to_eager()  # once, not warned per batch
+    if ctx.is_main and len(kept) < len(cuts):
+        log.warning("%s: left out %d of %d cuts shorter than %s", split, len(cuts) - len(kept), len(cuts), why)
+    if len(kept) == 0:
+        raise ValueError(f"{cfg.data.corpus}: split {split!r} has no cut of at least {shortest:g}s")
+    return AudioLoader(kept, dataset,
+                       max_batch_duration=cfg.data.max_batch_duration, num_buckets=cfg.data.num_buckets,
+                       shuffle=train, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
+                       num_workers=cfg.data.num_workers if train else 0, drop_last=train,
+                       pin_memory=train and ctx.device.type == "cuda")  # so non_blocking copies overlap
+
+
+class _Clock:
+    """The run's training time across resumes, and the audio per second of each logging window."""
+
+    def __init__(self, trained_before: float) -> None:
+        self.window_start = time.monotonic()
+        self.started = self.window_start - trained_before
+        self.audio = 0.0  # seconds of audio trained on since the window started, this rank
+
+    def trained(self) -> float:
+        return time.monotonic() - self.started
+
+    def window(self, device: torch.device) -> dict[str, float]:
+        """``audio_per_second`` over all ranks since the last call, and ``elapsed``; starts a new window."""
+        now = time.monotonic()
+        audio = distributed.all_reduce_sum(torch.tensor([self.audio], device=device)).item()
+        rate = audio / max(now - self.window_start, 1e-9)
+        self.window_start, self.audio = now, 0.0
+        return {"audio_per_second": rate, "elapsed": now - self.started}
+
+
+class _BadSteps:
+    """A step whose loss or gradient norm is not finite: its update is skipped and counted; after
+    ``train.max_bad_steps`` in a row the run stops (:class:`TrainingDiverged`), its last checkpoint
+    (saved before the trouble) untouched."""
+
+    def __init__(self, progress: run.Progress, t, ctx: distributed.Context) -> None:
+        self.progress, self.limit, self.out_dir, self.ctx = progress, t.max_bad_steps, Path(t.out_dir), ctx
+        self.in_a_row, self.logged = 0, progress.bad_steps
+
+    def skip(self, finite_loss: torch.Tensor, grad_norm: torch.Tensor, step: int) -> bool:
+        bad = not bool(finite_loss & torch.isfinite(grad_norm))
+        if self.ctx.distributed:  # gradients are all-reduced before the norm, the loss is not: agree on every rank
+            bad = _any_rank(bad, self.ctx.device)
+        if not bad:
+            self.in_a_row = 0
+            return False
+        self.progress.bad_steps += 1
+        self.in_a_row += 1
+        log.warning("step %d: non-finite %s, update skipped (%d in a row, %d in this run)", step,
+                    "gradient norm" if bool(finite_loss) else "loss", self.in_a_row, self.progress.bad_steps)
+        if self.in_a_row >= self.limit:
+            last = checkpoint.latest(self.out_dir)
+            raise TrainingDiverged(
+                f"{self.in_a_row} consecutive steps with a non-finite loss or gradient (train.max_bad_steps="
+                f"{self.limit}) at step {step}: stopping. The last checkpoint, "
+                f"{last if last else 'none yet'}, is untouched; lower optim.lr, raise optim.warmup_steps "
+                f"or use train.precision=fp32, then run the same command to resume from it")
+        return True
+
+    def since_log(self) -> int:
+        """Bad steps since the last call: the ``bad_steps`` of a metrics record."""
+        count, self.logged = self.progress.bad_steps - self.logged, self.progress.bad_steps
+        return count
+
+
+def _stopped_message(signals: _StopSignals, max_minutes: float, step: int, signalled: bool) -> str:
+    if signalled:
+        name = signal.Signals(signals.received).name if signals.received else "a signal on another rank"
+        return f"stopped by {name} at step {step} (checkpoint saved): run the same command to resume"
+    return f"stopping after {max_minutes} minutes at step {step} (checkpoint saved)"
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
@@ -549,44 +442,3 @@ def _any_ranks(flags: list[bool], device: torch.device) -> list[bool]:
         return [bool(f) for f in flags]
     total = distributed.all_reduce_sum(torch.tensor([float(f) for f in flags], device=device))
     return [bool(v > 0) for v in total.tolist()]
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a run's metrics.jsonl (none if it is absent). A line that is not a record is
-    skipped: the last one cut short by a crash silently, any other (damaged) with a warning that counts them."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records, damaged = [], 0
-    lines = path.read_text(errors="replace").splitlines(keepends=True)
-    for n, line in enumerate(lines, 1):
-        record = _metrics_record(line)
-        if record is not None:
-            records.append(record)
-        elif line.strip() and (n < len(lines) or line.endswith("\n")):
-            damaged += 1
-    if damaged:
-        log.warning("%s: skipped %d damaged lines (each record needs a whole-number step, a split and numbers)",
-                    path, damaged)
-    return records
-
-
-def _metrics_record(line: str) -> dict | None:
-    """The record a metrics.jsonl line holds: a whole-number step, a split's name and numbers; else None."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not (isinstance(record, dict) and isinstance(record.get("split"), str) and is_count(record.get("step"))
-            and all(is_number(v) for k, v in record.items() if k != "split")):
-        return None
-    return record
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after ``step`` (by a run that crashed later): a resume rewrites them."""
-    if not path.exists():
-        return
-    kept = [rec for rec in read_metrics(path) if rec["step"] <= step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
