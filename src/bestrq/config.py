@@ -20,7 +20,7 @@ import yaml
 
 from .features import NORMALIZATIONS
 from .files import is_number
-from .masking import MODES
+from .masking import MODES, PRESETS
 from .models.conformer import DYNAMIC_COMPILE_TORCH, POSITIONS
 from .models.frontend import FRONTENDS
 from .models.wav2vec2 import CONV_NORMS, FEATURE_ENCODERS
@@ -28,6 +28,7 @@ from .precision import PRECISIONS
 
 OBJECTIVES = ("bestrq", "wav2vec2")
 ENCODERS = ("conformer", "transformer")
+SCHEDULES = ("noam", "cosine", "constant")  # learning-rate schedules, as train/optim.py's lr_at computes them
 
 
 class ConfigError(ValueError):
@@ -248,8 +249,8 @@ class PretrainConfig:
         check(w.mask_prob <= w.mask_span, "wav2vec2.mask_prob", "must be in (0, mask_span]")
         check(self.features.normalization in NORMALIZATIONS, "features.normalization",
               f"must be one of {', '.join(NORMALIZATIONS)}, not {self.features.normalization!r}")
-        check(self.masking.preset in ("speechbrain", "original"), "masking.preset",
-              f"must be speechbrain or original, not {self.masking.preset!r}")
+        check(self.masking.preset in PRESETS, "masking.preset",
+              f"must be {' or '.join(PRESETS)}, not {self.masking.preset!r}")
         check(self.masking.mode in ("", *MODES), "masking.mode",
               f"must be one of {', '.join(MODES)} (or '' for the preset's), not {self.masking.mode!r}")
         check(self.data.min_duration <= self.data.max_duration, "data.min_duration",
@@ -260,10 +261,9 @@ class PretrainConfig:
         check(self.encoder.d_model % self.encoder.num_heads == 0, "encoder.d_model",
               f"{self.encoder.d_model} is not divisible by num_heads {self.encoder.num_heads}")
         check(self.encoder.conv_kernel % 2 == 1, "encoder.conv_kernel", "must be odd")
-        check(self.optim.schedule in ("noam", "cosine", "constant"), "optim.schedule",
-              "must be noam, cosine or constant")
+        check(self.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {', '.join(SCHEDULES)}")
         check(len(self.optim.betas) == 2, "optim.betas", "must be two numbers")
-        check(self.train.precision in PRECISIONS, "train.precision", "must be fp32 or bf16")
+        check(self.train.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
         check(self.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
         check(self.encoder.kind != "transformer" or self.encoder.d_model % self.encoder.pos_conv_groups == 0,
               "encoder.pos_conv_groups",

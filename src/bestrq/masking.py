@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 MODES = ("aligned", "independent")
+PRESETS = ("speechbrain", "original")  # see preset()
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def preset(name: str, frames_per_target: int = 4) -> MaskSpec:
     if name == "original":
         # prob 0.01 per 10 ms frame, 400 ms spans (Chiu et al. 2022, section 3), on the target grid
         return MaskSpec("independent", 1.0 - 0.99**frames_per_target, max(1, 40 // frames_per_target))
-    raise ValueError(f"unknown masking preset {name!r}: choose speechbrain or original")
+    raise ValueError(f"unknown masking preset {name!r}: choose {' or '.join(PRESETS)}")
 
 
 def span_mask(lengths: torch.Tensor, num_frames: int, spec: MaskSpec,
