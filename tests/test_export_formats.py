@@ -134,7 +134,7 @@ def test_a_probed_export_is_named_after_itself_and_timed_by_the_run_it_came_from
     (tmp_path / "probe_emotion.json").write_text(json.dumps(
         {"test": {"accuracy": 0.5}, "curve": [{"epoch": 1, "dev_accuracy": 0.4}], "layer_weights": [1.0]}))
     (model,) = collect([tmp_path])
-    assert model.pretraining and model.pretraining == read_metrics(trained / "metrics.jsonl")  # was none
+    assert model.pretraining and model.pretraining == read_metrics(trained / "metrics.jsonl")  # the run's curve
 
 
 def test_continued_pretraining_starts_from_the_export(corpus, trained, exported, tmp_path):

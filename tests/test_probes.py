@@ -174,10 +174,9 @@ def test_cached_and_uncached_states_give_the_same_probe_outputs(small_corpus, tm
 
 
 def test_a_damaged_cache_of_the_same_encoder_is_extracted_again_and_said_so(small_corpus, tmp_path, caplog):
-    """An index that still names this encoder but no longer fits its states file was read anyway: a narrower
-    shape gave wrong states, a range past the last frame a RuntimeError at probe time, a changed cut id lost
-    that cut as if its audio were bad, a null range a TypeError. Now each is extracted again, with a warning
-    naming the folder."""
+    """An index that still names this encoder but no longer fits its states file (a narrower shape, a range
+    past the last frame, a changed cut id, a null range) is not read: the split is extracted again, with a
+    warning naming the folder, and the states are those of a fresh extraction."""
     encoder = load_encoder("random:bestrq_tiny", seed=0)
     cuts = list(load_split(small_corpus, "dev"))[:4]
     good = tmp_path / "good"

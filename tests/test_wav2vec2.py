@@ -247,8 +247,8 @@ def test_only_masked_frames_carry_loss():
 def test_fits_one_batch_of_the_demo_corpus(corpus, preset):
     """The objective can be learned: on one fixed batch the contrastive accuracy leaves chance quickly.
 
-    (With PyTorch's default conv init the features vanish before the LayerNorm, every target
-    looks alike and this stays at chance: the regression it guards against.)
+    (With PyTorch's default conv init the features would vanish before the LayerNorm, every
+    target would look alike and the accuracy would stay at chance: this test would fail.)
     """
     from bestrq.data.manifest import load_split
 
