@@ -1,4 +1,5 @@
-"""Faults inflicted on pre-training: kills, signals, NaNs, bad audio, hostile files, a failing rank.
+"""Faults inflicted on pre-training: kills, signals, NaNs, bad audio, hostile files, a failing rank,
+and restarts that come at once after a crash.
 
 Every run here must either finish with the weights an uninterrupted run reaches, or stop
 with a clear message and a loadable last checkpoint; no checkpoint is ever lost or torn.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
+import multiprocessing
 import os
 import random
 import shutil
@@ -621,3 +624,50 @@ def test_a_failing_rank_ends_the_whole_torchrun_job(corpus, tmp_path, mode):
     else:
         assert "Signal 9 (SIGKILL)" in output or "SIGKILL" in output
     assert logged_steps(tmp_path / "run") < 50  # the other rank did not train on alone
+
+
+# restarts that come at once, as clusters make them
+
+
+def _hold_the_lock(folder: str, forked: bool, ready, grandchild) -> None:
+    """In a child process: take the run lock, optionally fork a process that outlives us, then wait."""
+    with run.lock(Path(folder)):
+        if forked:  # as a loader worker is: forked while the lock is held
+            worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+            worker.start()
+            grandchild.value = worker.pid
+        ready.set()
+        time.sleep(60)
+
+
+@pytest.mark.parametrize("forked", [False, True])
+def test_the_run_lock_names_its_live_holder_and_dies_with_it(tmp_path, caplog, forked):
+    """While its holder lives, the lock is refused with the holder's pid; once the holder is
+    SIGKILLed the next run takes it at once, even with a process the holder forked still alive
+    (a flock would be held by that process), and says that the last holder died."""
+    ctx = multiprocessing.get_context("fork")
+    ready, grandchild = ctx.Event(), ctx.Value("i", 0)
+    holder = ctx.Process(target=_hold_the_lock, args=(str(tmp_path), forked, ready, grandchild))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(OSError, match=rf"in use by bestrq pretrain \(pid {holder.pid} on .+\)"), \
+                run.lock(tmp_path):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+        if forked:
+            os.kill(grandchild.value, 0)  # still alive, and it was forked while the lock was held
+        with caplog.at_level(logging.WARNING, logger="bestrq.train"), run.lock(tmp_path):
+            assert f"pid {os.getpid()}" in (tmp_path / ".lock").read_text()
+        assert f"(pid {holder.pid} on" in caplog.text and "ended without releasing it" in caplog.text
+        assert (tmp_path / ".lock").read_text() == ""  # a clean end leaves no name behind
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bestrq.train"), run.lock(tmp_path):
+            pass
+        assert "ended without releasing" not in caplog.text
+    finally:
+        if holder.is_alive():
+            holder.kill()
+        if grandchild.value:
+            os.kill(grandchild.value, signal.SIGKILL)

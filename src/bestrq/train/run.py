@@ -41,33 +41,58 @@ METRICS = "metrics.jsonl"
 SKIPPED_AUDIO = "skipped_audio.json"
 
 
+_LOCKED: set[Path] = set()  # run folders this process holds: a POSIX lock does not exclude its own process
+
+
 @contextlib.contextmanager
 def lock(out_dir: Path) -> typing.Iterator[None]:
     """One training process per run folder: a second one (the same command in another shell)
-    would interleave its checkpoints and metrics with the first's. The lock is the kernel's
-    (flock), so a process that dies holds nothing; where the file system has no locks, none."""
+    would interleave its checkpoints and metrics with the first's.
+
+    The lock is a POSIX record lock (``fcntl.lockf``) on ``OUT/.lock``. The kernel drops it when
+    the process that took it ends, however it ends, and the processes it forks (loader workers)
+    do not inherit it: a restart right after a SIGKILL finds the folder free. (A ``flock`` would
+    be shared with forked workers, which outlive a killed trainer by seconds.) The file names the
+    holder while it runs and is emptied when it ends, so a run that finds a name in a free lock
+    says that its last holder died. Where the file system has no locks, none."""
     try:
         import fcntl
     except ImportError:  # not a POSIX system
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
+    key = out_dir.resolve()
     with open(out_dir / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "another process"
-            raise OSError(errno.EBUSY, f"in use by {owner}: wait for it to end, or pick another train.out_dir",
-                          str(out_dir)) from None
-        except OSError:  # no locks on this file system
-            yield
-            return
         fh.seek(0)
-        fh.truncate()
-        fh.write(f"bestrq pretrain (pid {os.getpid()} on {socket.gethostname()})\n")
-        fh.flush()
-        yield
+        owner = fh.read().strip()
+        if key in _LOCKED:
+            raise OSError(errno.EBUSY, f"in use by {owner or 'this process'}: wait for it to end, or pick "
+                                       "another train.out_dir", str(out_dir))
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):  # no locks on this file system
+                yield
+                return
+            raise OSError(errno.EBUSY, f"in use by {owner or 'another process'}: wait for it to end, or pick "
+                                       "another train.out_dir", str(out_dir)) from None
+        if owner:
+            log.warning("%s: its last process (%s) ended without releasing it (killed?); taking the run over",
+                        out_dir / ".lock", owner.removeprefix("bestrq pretrain "))
+        _write_owner(fh, f"bestrq pretrain (pid {os.getpid()} on {socket.gethostname()})\n")
+        _LOCKED.add(key)
+        try:
+            yield
+        finally:
+            _LOCKED.discard(key)
+            _write_owner(fh, "")  # a clean end: the next run takes the folder without a word
+
+
+def _write_owner(fh, text: str) -> None:
+    fh.seek(0)
+    fh.truncate()
+    fh.write(text)
+    fh.flush()
 
 
 def write_config(out_dir: Path, cfg: PretrainConfig) -> None:
