@@ -10,8 +10,10 @@ the number of prefetching workers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import os
 import random
 import warnings
 from collections.abc import Iterator
@@ -25,6 +27,26 @@ from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 from .audio import SAMPLE_RATE, BadAudio, load_mono
 
 log = logging.getLogger("bestrq.data")
+
+
+def die_with_parent(parent: int, worker_id: int = 0) -> None:
+    """In a loader worker: be killed as soon as the process that forked it dies (Linux).
+
+    A worker otherwise notices its trainer is gone only at its next status check, seconds
+    later, and holds the trainer's memory and open files until then."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl: the worker's own status check remains
+        return
+    if os.getppid() != parent:  # the trainer died before the line above: nothing will signal it now
+        os._exit(0)
 
 
 @dataclass
@@ -171,6 +193,7 @@ class AudioLoader:
                 # its own generator: a DataLoader otherwise draws its worker seed from the global
                 # RNG, which the trainer restores on resume (dropout) and must not share
                 generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
+                worker_init_fn=functools.partial(die_with_parent, os.getpid()),
             )
             yielded, usable, whole_epoch, example = 0, 0, self.position == 0, None
             for batch in loader:
