@@ -2,7 +2,9 @@
 
     FAULT_KILL_IN_SAVE=N     SIGKILL this process halfway through writing the N-th checkpoint
     FAULT_RANK=R FAULT_STEP=K FAULT_MODE=raise|kill
-                             rank R raises (or SIGKILLs itself) in its K-th training forward pass
+                             rank R raises (or SIGKILLs itself) in its K-th training forward pass;
+                             K1,K2,... under torchrun: the K of each restart in turn
+                             (TORCHELASTIC_RESTART_COUNT), none after the last
 """
 
 import os
@@ -56,5 +58,8 @@ if __name__ == "__main__":
     if "FAULT_KILL_IN_SAVE" in os.environ:
         kill_in_save(int(os.environ["FAULT_KILL_IN_SAVE"]))
     if "FAULT_RANK" in os.environ:
-        fail_at(int(os.environ["FAULT_RANK"]), int(os.environ["FAULT_STEP"]), os.environ.get("FAULT_MODE", "raise"))
+        steps = [int(k) for k in os.environ["FAULT_STEP"].split(",")]
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restart < len(steps):
+            fail_at(int(os.environ["FAULT_RANK"]), steps[restart], os.environ.get("FAULT_MODE", "raise"))
     sys.exit(cli.main(sys.argv[1:]))

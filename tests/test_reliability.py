@@ -1,5 +1,6 @@
 """Faults inflicted on pre-training: kills, signals, NaNs, bad audio, hostile files, a failing rank,
-and restarts that come at once after a crash.
+and restarts that come at once after a crash (a SIGKILL, torchrun's --max-restarts, a scheduler's
+SIGTERM then SIGKILL).
 
 Every run here must either finish with the weights an uninterrupted run reaches, or stop
 with a clear message and a loadable last checkpoint; no checkpoint is ever lost or torn.
@@ -671,3 +672,78 @@ def test_the_run_lock_names_its_live_holder_and_dies_with_it(tmp_path, caplog, f
             holder.kill()
         if grandchild.value:
             os.kill(grandchild.value, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_run_started_again_at_once_after_each_sigkill_resumes_to_the_uninterrupted_weights(
+        corpus, tmp_path, reference):
+    """5 SIGKILLs at random moments of a run with a loader worker, the same command started
+    again within 100 ms of each: every run starts, and the last ends as an uninterrupted run."""
+    out, rng = tmp_path / "run", random.Random(7)
+    cmd = command(corpus, out, "data.num_workers=1")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for kill in range(5):
+        target = logged_steps(out) + rng.randint(1, 3)
+        deadline = time.monotonic() + 240
+        while logged_steps(out) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))  # somewhere in a step, its checkpoint write or the next
+        assert proc.poll() is None, f"run {kill + 1} ended before its kill:\n{proc.stderr.read()[-3000:]}"
+        proc.kill()
+        proc.wait()
+        killed_at = time.monotonic()
+        proc.stderr.close()
+        proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert time.monotonic() - killed_at < 0.1
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert_all_checkpoints_whole(out)
+    assert_same(final_weights(out), reference)
+    steps = [r["step"] for r in run.read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == list(range(1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_within_the_grace_period_resumes_to_the_uninterrupted_weights(
+        corpus, tmp_path, reference):
+    """A scheduler's pre-emption with a grace period (0.2 s) shorter than a checkpoint write, 3 times."""
+    out, rng = tmp_path / "run", random.Random(3)
+    for _ in range(3):
+        proc = subprocess.Popen(command(corpus, out), env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        target = logged_steps(out) + rng.randint(2, 5)
+        deadline = time.monotonic() + 240
+        while logged_steps(out) < target and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        proc.kill()  # nothing if it has already ended, cleanly
+        proc.wait()
+        assert_all_checkpoints_whole(out)
+    proc = subprocess.run(command(corpus, out), check=False, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same(final_weights(out), reference)
+
+
+@pytest.mark.slow
+def test_torchrun_max_restarts_brings_a_job_with_a_killed_rank_to_the_uninterrupted_weights(corpus, tmp_path):
+    """Rank 1 SIGKILLs itself at two different steps (one in each of the first two attempts);
+    torchrun restarts the job, which resumes and ends by itself with exit 0, each step logged once,
+    as an uninterrupted 2-process run."""
+
+    def torchrun(out: Path, *extra: str, **faults: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra,
+               *command(corpus, out, "train.dist_timeout_minutes=1")[1:]]
+        return subprocess.run(cmd, check=False, env=env(**faults), capture_output=True, text=True, timeout=400)
+
+    straight = torchrun(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    restarted = torchrun(tmp_path / "restarted", "--max-restarts=3", FAULT_RANK="1", FAULT_STEP="9,4",
+                         FAULT_MODE="kill")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert restarted.stderr.count("resuming from") >= 2  # two restarts, each from a checkpoint
+    assert_same(final_weights(tmp_path / "restarted"), final_weights(tmp_path / "straight"))
+    steps = [r["step"] for r in run.read_metrics(tmp_path / "restarted" / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == list(range(1, STEPS + 1))
