@@ -10,8 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "bench" / "RESULTS.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FILES = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
-         if p.is_file() and not any(part.startswith(".") or part in ("runs", "data", "build")
-                                    for part in p.relative_to(ROOT).parts)]
+         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)
+         and p.relative_to(ROOT).parts[0] not in ("runs", "data", "build")]  # outputs, not the repository
 
 
 def anchors(doc: Path) -> set[str]:
