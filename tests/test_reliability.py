@@ -674,12 +674,32 @@ def test_the_run_lock_names_its_live_holder_and_dies_with_it(tmp_path, caplog, f
             os.kill(grandchild.value, signal.SIGKILL)
 
 
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` forked that are alive now (Linux's /proc; none elsewhere)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie awaiting its reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @pytest.mark.slow
 def test_a_run_started_again_at_once_after_each_sigkill_resumes_to_the_uninterrupted_weights(
         corpus, tmp_path, reference):
     """5 SIGKILLs at random moments of a run with a loader worker, the same command started
-    again within 100 ms of each: every run starts, and the last ends as an uninterrupted run."""
-    out, rng = tmp_path / "run", random.Random(7)
+    again within 100 ms of each: every run starts, and the last ends as an uninterrupted run.
+    The killed run's loader worker is gone within a second (Linux)."""
+    out, rng, orphans = tmp_path / "run", random.Random(7), []
     cmd = command(corpus, out, "data.num_workers=1")
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for kill in range(5):
@@ -689,12 +709,19 @@ def test_a_run_started_again_at_once_after_each_sigkill_resumes_to_the_uninterru
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.3))  # somewhere in a step, its checkpoint write or the next
         assert proc.poll() is None, f"run {kill + 1} ended before its kill:\n{proc.stderr.read()[-3000:]}"
+        workers = _children(proc.pid)
         proc.kill()
         proc.wait()
         killed_at = time.monotonic()
         proc.stderr.close()
         proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert time.monotonic() - killed_at < 0.1
+        orphans.append(workers)
+        if sys.platform.startswith("linux"):
+            while any(_alive(w) for w in workers) and time.monotonic() < killed_at + 1.0:
+                time.sleep(0.01)
+            assert not any(_alive(w) for w in workers), f"the loader worker of run {kill + 1} outlived it by 1 s"
+    assert sum(bool(w) for w in orphans) >= 3  # most kills found a worker to orphan
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     assert_all_checkpoints_whole(out)
