@@ -237,6 +237,29 @@ def test_blockwise_relative_key_attention_computes_the_materialised_bias_attenti
         assert torch.allclose(block_grads[name], g, atol=1e-10), name
 
 
+def test_blockwise_hidden_states_match_the_materialised_path_in_fp32(monkeypatch):
+    """As the encoder runs in training and extraction (fp32), every hidden state of the query-block
+    path is the materialised path's within 1e-5, padded frames left out."""
+    from bestrq.models import relative_attention
+
+    enc = encoder().eval()
+    x = torch.randn(3, 120, 80, generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([120, 97, 50])
+    monkeypatch.setattr(relative_attention, "CPU_BLOCKS", 1)
+    calls, blocks_path = [], relative_attention.relative_key_attention
+    monkeypatch.setattr(relative_attention, "relative_key_attention",
+                        lambda *a, **k: calls.append(1) or blocks_path(*a, **k))
+    outputs = []
+    for block in (10_000, 7):  # materialised, then 5 query blocks
+        monkeypatch.setattr(relative_attention, "BLOCK", block)
+        with torch.no_grad():
+            out = enc(x, lengths)
+        outputs.append([h[~out.padding_mask] for h in out.hidden_states])
+    assert len(calls) == 3  # every layer of the second run took the block path
+    for materialised, blocks in zip(*outputs):
+        assert torch.allclose(blocks, materialised, atol=1e-5, rtol=0)
+
+
 def test_the_query_block_path_takes_long_clips_only():
     """Above one block on a GPU; on a CPU, where its extra passes cost time and memory is rarely the
     limit, above CPU_BLOCKS blocks only."""
