@@ -94,21 +94,20 @@ class Estimate:
     n: int  # test items (trials for the EER)
 
 
-def _draws(metric: str, arrays: list[dict[str, np.ndarray]], items: np.ndarray) -> tuple[np.ndarray, float]:
+def _draws(metric: str, arrays: list[dict[str, np.ndarray]], seed_values: list[float], items: np.ndarray
+           ) -> tuple[np.ndarray, float]:
     """Each replicate's k-seed mean over the resampled ``items`` (rows), and the seeds' effect variance.
 
-    ``items`` holds one resample of item indices a row; replicates where the metric is undefined
-    (an EER over trials of one kind) come out as NaN."""
+    ``seed_values`` are the seeds' whole-test metrics; ``items`` holds one resample of item indices
+    a row; replicates where the metric is undefined (an EER over trials of one kind) come out as NaN."""
     per = np.array([[_metric_of(metric, a, idx) for a in arrays] for idx in items])  # replicate x seed
     k = len(arrays)
     means = per.mean(axis=1)
     if k == 1:
         return means, 0.0
-    whole = np.arange(len(next(iter(arrays[0].values()))))
-    seed_values = np.array([_metric_of(metric, a, whole) for a in arrays])
     ok = ~np.isnan(per).any(axis=1)
     within = (per[ok].var(axis=0, ddof=1).mean() - means[ok].var(ddof=1)) * k / (k - 1)
-    seed_var = float(seed_values.var(ddof=1) - within)
+    seed_var = float(np.var(seed_values, ddof=1) - within)
     return means, seed_var / k if seed_var > 1e-12 else 0.0  # seeds that agree up to rounding: none
 
 
@@ -128,7 +127,7 @@ def estimate(metric: str, sheets: Sequence[dict], replicates: int = 1000, seed: 
     whole = np.arange(n)
     per_seed = [_metric_of(metric, a, whole) for a in arrays]
     rng = np.random.default_rng(seed)
-    means, seed_var = _draws(metric, arrays, rng.integers(n, size=(replicates, n)))
+    means, seed_var = _draws(metric, arrays, per_seed, rng.integers(n, size=(replicates, n)))
     draws = means + np.sqrt(seed_var) * rng.standard_t(max(len(arrays) - 1, 1), size=replicates)
     return Estimate(float(np.mean(per_seed)), _interval(metric, draws), per_seed, n)
 
@@ -141,14 +140,14 @@ def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: in
     if _size(arrays_b) != n:
         raise ValueError(f"the two models were tested on different numbers of items ({n} and {_size(arrays_b)})")
     whole = np.arange(n)
-    per_seed = [_metric_of(metric, x, whole) - _metric_of(metric, y, whole)
-                for x, y in zip(arrays_a, arrays_b)]
-    value = float(np.mean([_metric_of(metric, x, whole) for x in arrays_a])
-                  - np.mean([_metric_of(metric, y, whole) for y in arrays_b]))
+    values_a = [_metric_of(metric, x, whole) for x in arrays_a]
+    values_b = [_metric_of(metric, y, whole) for y in arrays_b]
+    per_seed = [x - y for x, y in zip(values_a, values_b)]
+    value = float(np.mean(values_a) - np.mean(values_b))
     rng = np.random.default_rng(seed)
     items = rng.integers(n, size=(replicates, n))
-    means_a, var_a = _draws(metric, arrays_a, items)
-    means_b, var_b = _draws(metric, arrays_b, items)
+    means_a, var_a = _draws(metric, arrays_a, values_a, items)
+    means_b, var_b = _draws(metric, arrays_b, values_b, items)
     df = _welch_df((var_a, len(arrays_a)), (var_b, len(arrays_b)))
     draws = means_a - means_b + np.sqrt(var_a + var_b) * rng.standard_t(df, size=replicates)
     return Estimate(value, _interval(metric, draws, difference=True), per_seed, n)
