@@ -1,6 +1,6 @@
 """The run folder: everything a pre-training run keeps on disk, and how a run picks up from it.
 
-    OUT/.lock                 one training process per folder (the kernel's flock)
+    OUT/.lock                 one training process per folder (a POSIX lock, see lock())
     OUT/config.json           the run's whole config
     OUT/checkpoints/step-N/   complete checkpoints (checkpoint.py: weights, training state, config)
     OUT/metrics.jsonl         one JSON record a line: {"step": int, "split": str, NAME: number, ...}
@@ -65,17 +65,17 @@ def lock(out_dir: Path) -> typing.Iterator[None]:
     with open(out_dir / ".lock", "a+") as fh:
         fh.seek(0)
         owner = fh.read().strip()
+        busy = OSError(errno.EBUSY, f"in use by {owner or 'another process'}: wait for it to end, or pick "
+                                    "another train.out_dir", str(out_dir))
         if key in _LOCKED:
-            raise OSError(errno.EBUSY, f"in use by {owner or 'this process'}: wait for it to end, or pick "
-                                       "another train.out_dir", str(out_dir))
+            raise busy
         try:
             fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EAGAIN):  # no locks on this file system
                 yield
                 return
-            raise OSError(errno.EBUSY, f"in use by {owner or 'another process'}: wait for it to end, or pick "
-                                       "another train.out_dir", str(out_dir)) from None
+            raise busy from None
         if owner:
             log.warning("%s: its last process (%s) ended without releasing it (killed?); taking the run over",
                         out_dir / ".lock", owner.removeprefix("bestrq pretrain "))
