@@ -754,6 +754,39 @@ def test_sigterm_then_sigkill_within_the_grace_period_resumes_to_the_uninterrupt
     assert_same(final_weights(out), reference)
 
 
+def test_a_restarted_attempt_never_reads_the_addresses_the_attempt_before_left_in_torchruns_store(
+        monkeypatch, caplog):
+    """torchrun keeps one store for all attempts of a job; attempt 1 must not see attempt 0's keys
+    (a dead rank's address: "connectFullMesh failed ... Connection refused"). Across nodes the
+    restart count is no key, so there the set-up says what to do instead."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from bestrq.train import distributed
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    for name, value in {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(server.port), "GROUP_WORLD_SIZE": "1",
+                        "TORCHELASTIC_MAX_RESTARTS": "3"}.items():
+        monkeypatch.setenv(name, value)
+    stores = []
+    for attempt in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", attempt)
+        stores.append(distributed._attempt_store(2, timedelta(seconds=5)))
+    stores[0].set("rank_0", "address of attempt 0")
+    assert not stores[1].check(["rank_0"])
+    stores[1].set("rank_0", "address of attempt 1")
+    assert stores[0].get("rank_0") == b"address of attempt 0"
+    assert stores[1].get("rank_0") == b"address of attempt 1"
+
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    with caplog.at_level(logging.WARNING):
+        assert distributed._attempt_store(4, timedelta(seconds=5)) is None
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in caplog.text
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # each attempt has its own store
+    assert distributed._attempt_store(2, timedelta(seconds=5)) is None
+
+
 @pytest.mark.slow
 def test_torchrun_max_restarts_brings_a_job_with_a_killed_rank_to_the_uninterrupted_weights(corpus, tmp_path):
     """Rank 1 SIGKILLs itself at two different steps (one in each of the first two attempts);

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,35 @@ def setup(device: str = "auto", timeout_minutes: float = 10.0) -> Context:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=timeout,
+                                store=_attempt_store(world, timeout))
     return Context(rank, world, local, dev)
+
+
+def _attempt_store(world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """torchrun's store, seen through a prefix of this attempt, when torchrun restarts a one-node job.
+
+    torchrun (c10d rendezvous, the default of ``--standalone``) keeps one store for the whole job
+    and the workers of each attempt register their addresses in it under the same keys: a
+    restarted rank can read a dead rank's address from the attempt before and fail with
+    "connectFullMesh failed ... Connection refused" (NCCL: a wrong unique id). On one node the
+    restart count is the same for every worker, so it keys the attempt. Across nodes it is not
+    (a node restarted for another node's failure keeps its count): there, say what avoids it.
+    None (the default env:// set-up) outside torchrun or when torchrun gives each attempt its own store.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+            log.warning("torchrun shares one store between the attempts of this %s-node job: a restart can "
+                        "read the previous attempt's addresses and fail to connect; set "
+                        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun on every node",
+                        os.environ["GROUP_WORLD_SIZE"])
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"bestrq/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
