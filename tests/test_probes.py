@@ -521,6 +521,29 @@ def test_report_names_a_malformed_result_file_and_reads_past_bad_metric_lines(tm
         write_report([run / "metrics.jsonl"], tmp_path / "report")
 
 
+def test_the_probe_writes_only_results_its_readers_take_and_reads_back_what_it_wrote(tmp_path):
+    """One definition of probe_<task>.json and encoder.json serves the writer and the readers."""
+    from bestrq.probes.results import read_encoder, read_result, write_encoder, write_result
+    from bestrq.study import _done
+
+    good = {"test": {"accuracy": 0.5, "macro_f1": None}, "curve": [{"epoch": 1, "dev_accuracy": 0.4}],
+            "layer_weights": [0.6, 0.4], "sheets": {}, "config": {}, "encoder": {"name": "m"}}
+    for bad, problem in [({"curve": []}, "no 'test' scores"),
+                         ({**good, "curve": [{"epoch": 1, "dev_cer": 0.3}]}, "no 'curve' of epochs"),
+                         ({**good, "layer_weights": [0.5, "x"]}, "'layer_weights' is not a list of numbers")]:
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            write_result(tmp_path / "written", "emotion", bad)
+        assert not (tmp_path / "written" / "probe_emotion.json").exists()
+        (tmp_path / "probe_emotion.json").write_text(json.dumps(bad))  # as a damaged file would be
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            read_result(tmp_path / "probe_emotion.json", "emotion")
+        assert not _done(tmp_path / "probe_emotion.json", None, {"name": "m"})  # a study probes it again
+    assert read_result(write_result(tmp_path, "emotion", good), "emotion") == good
+    with pytest.raises(ValueError, match="its 'pretrain_seconds' is 'long', not a number"):
+        write_encoder(tmp_path, {"name": "m", "pretrain_seconds": "long"})
+    assert read_encoder(write_encoder(tmp_path, {"name": "m", "step": 3})) == {"name": "m", "step": 3}
+
+
 def test_report_says_which_tasks_were_tested_on_different_test_sets(tmp_path, caplog):
     from bestrq.report import write_report
 

@@ -106,11 +106,13 @@ def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_
     record = {"name": "fbank", "spec": "fbank", "seed": 1}
     path = tmp_path / "probe_emotion.json"
     older = {k: v for k, v in asdict(cfg).items() if k != "layer"}  # written before `layer` existed
-    path.write_text(json.dumps({"config": older, "sheets": {}, "encoder": record}))
+    scores = {"test": {"accuracy": 0.5}, "curve": [{"epoch": 1, "dev_accuracy": 0.4}], "layer_weights": [1.0],
+              "sheets": {}, "encoder": record}
+    path.write_text(json.dumps({"config": older, **scores}))
     assert _done(path, cfg, record)
-    path.write_text(json.dumps({"config": {**older, "epochs": cfg.epochs + 1}, "sheets": {}, "encoder": record}))
+    path.write_text(json.dumps({"config": {**older, "epochs": cfg.epochs + 1}, **scores}))
     assert not _done(path, cfg, record)
-    path.write_text(json.dumps({"config": {**older, "layer": 2}, "sheets": {}, "encoder": record}))
+    path.write_text(json.dumps({"config": {**older, "layer": 2}, **scores}))
     assert not _done(path, cfg, record)
     assert not _done(path, cfg, {**record, "seed": 2})
 

@@ -8,15 +8,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import is_number
 from .probes.encoders import same_encoder
+from .probes.results import ENCODER, read_encoder, read_result, result_path
 from .probes.tasks import MAIN_METRIC, TASKS
 from .train.checkpoint import run_of
 from .train.run import read_metrics
@@ -46,58 +45,18 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
         folder = p if list(p.glob("probe_*.json")) else p / "probes"
         if not list(folder.glob("probe_*.json")):
             raise FileNotFoundError(f"{p}: no probe results (probe_*.json) here or in {p / 'probes'}")
-        path = folder / "encoder.json"
-        encoder = _check_encoder(path, _read_json(path, "an encoder record")) if path.is_file() else {}
+        path = folder / ENCODER
+        encoder = read_encoder(path) if path.is_file() else {}
         results = {}
         for task in TASKS:
-            f = folder / f"probe_{task}.json"
+            f = result_path(folder, task)
             if f.is_file():
-                results[task] = _check_result(f, task, _read_json(f, "a probe result"))
+                results[task] = read_result(f, task)
         checkpoint, source = encoder.get("checkpoint"), encoder.get("exported_from")
         run = next(filter(None, (run_of(f) for f in (checkpoint, source) if isinstance(f, str))), None)
         pretraining = read_metrics(run / "metrics.jsonl") if run else []
         models.append(Model(encoder.get("name", p.name), folder, encoder, results, pretraining))
     return models
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not {what}: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not {what}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
-    return data
-
-
-def _number(v: object, missing_ok: bool = True) -> bool:
-    return (v is None and missing_ok) or is_number(v)
-
-
-def _check_encoder(path: Path, record: dict) -> dict:
-    """``record`` if what the report reads from an encoder record is of the right kind, else a ValueError naming it."""
-    for key, kind in (("name", "text"), ("objective", "text"), ("pretrain_seconds", "a number"),
-                      ("pretrain_audio_hours", "a number")):
-        value = record.get(key)
-        if key in record and not (isinstance(value, str) if kind == "text" else _number(value)):
-            raise ValueError(f"{path}: not an encoder record: its {key!r} is {value!r}, not {kind}")
-    return record
-
-
-def _check_result(path: Path, task: str, result: dict) -> dict:
-    """``result`` if it has what the report reads from a probe result of ``task``, else a ValueError naming it."""
-    metric = f"dev_{MAIN_METRIC[task]}"
-    test, curve, weights = result.get("test"), result.get("curve"), result.get("layer_weights", [])
-    if not isinstance(test, dict) or not all(map(_number, test.values())):
-        problem = "no 'test' scores"
-    elif not isinstance(curve, list) or not all(isinstance(c, dict) and _number(c.get("epoch"), False)
-                                                and _number(c.get(metric), False) for c in curve):
-        problem = f"no 'curve' of epochs with 'epoch' and '{metric}'"
-    elif not isinstance(weights, list) or not all(map(_number, weights)):
-        problem = "'layer_weights' is not a list of numbers"
-    else:
-        return result
-    raise ValueError(f"{path}: not a probe result of {task}: {problem}")
 
 
 def _scored(value: float | None) -> bool:

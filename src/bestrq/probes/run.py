@@ -3,12 +3,12 @@
     OUT/cache/<split>/          hidden states (see cache.py), shared by the tasks
     OUT/probe_<task>.json       metrics, best epoch, layer weights, curves, the encoder's record
     OUT/encoder.json            which encoder, and its pre-training time and audio
+                                (both defined in results.py)
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -18,27 +18,13 @@ from tqdm import tqdm
 
 from ..data.audio import BadAudio, load_mono
 from ..data.manifest import list_splits, load_split
-from ..files import atomic_path
 from ..train.distributed import require_device
 from .cache import encode_cuts, extract, output_frames
 from .encoders import Encoder, load_encoder, same_encoder
+from .results import encoder_of, write_encoder, write_result
 from .tasks import TASKS, ProbeConfig, read_trials, task_data, train_probe
 
 log = logging.getLogger(__name__)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
-
-
-def _encoder_of(path: Path) -> dict | None:
-    """The encoder record of a probe result file, if it has one."""
-    try:
-        encoder = json.loads(path.read_text()).get("encoder")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return encoder if isinstance(encoder, dict) else None
 
 
 def _long_enough(encoder: Encoder, cuts: list, split: str) -> list:
@@ -106,11 +92,11 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
     for path in sorted(out_dir.glob("probe_*.json")):  # results this run does not replace: of this encoder?
-        other = _encoder_of(path)
+        other = encoder_of(path)
         if path.stem.removeprefix("probe_") not in tasks and other is not None and not same_encoder(other, record):
             log.warning("%s is of another encoder (%s), not %s: the report flags it; give --out another folder "
                         "to keep each encoder's results apart", path, other.get("name"), encoder.name)
-    _write_json(out_dir / "encoder.json", record)
+    write_encoder(out_dir, record)
 
     splits = {s: _long_enough(encoder, cuts, s) for s, cuts in raw.items()}
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
@@ -160,7 +146,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
         test_ids = "\n".join(sorted(it.cut_id for it in data.test)).encode()
         result["data"] = {"folder": str(data_dir.resolve()), "test_items": len(data.test),
                           "test_ids": hashlib.sha1(test_ids).hexdigest()[:16]}
-        _write_json(out_dir / f"probe_{task}.json", result)
+        write_result(out_dir, task, result)
         results[task] = result
     return results
 

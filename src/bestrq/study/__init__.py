@@ -295,12 +295,13 @@ def _done(path: Path, cfg, record: dict) -> bool:
     from dataclasses import asdict
 
     from ..probes.encoders import same_encoder
+    from ..probes.results import read_result
 
     try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
+        result = read_result(path, path.stem.removeprefix("probe_"))
+    except ValueError:  # none yet, or unreadable: probed again
         return False
-    made = result.get("config") if isinstance(result, dict) else None
+    made = result.get("config")
     # a setting added since the result was written counts as its default: the result is not redone for it
     made = {**asdict(type(cfg)()), **made} if isinstance(made, dict) else None
     return (made == asdict(cfg) and "sheets" in result
@@ -310,6 +311,7 @@ def _done(path: Path, cfg, record: dict) -> bool:
 def probe_all(cfg: StudyConfig, out: Path, data: Path, session: Session, progress: bool) -> None:
     from ..probes import run_probes
     from ..probes.encoders import load_encoder
+    from ..probes.results import result_path
 
     p = cfg.probe
     for i, name in enumerate(p.models):
@@ -318,7 +320,7 @@ def probe_all(cfg: StudyConfig, out: Path, data: Path, session: Session, progres
         record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
         for seed in range(p.seeds):
             folder, pcfg = probe_folder(out, name, seed), probe_config(cfg, seed)
-            todo = [t for t in p.tasks if not _done(folder / f"probe_{t}.json", pcfg, record)]
+            todo = [t for t in p.tasks if not _done(result_path(folder, t), pcfg, record)]
             if not todo:
                 continue
             print(f"  seed {seed}: {', '.join(todo)}", flush=True)

@@ -61,6 +61,7 @@ def _reading(a: str, b: str, metric: str, d: Estimate) -> str:
 
 def gather(cfg, out: Path) -> tuple[dict, dict]:
     """Per study task: each model's estimate; and the differences between the pairs probed."""
+    from ..probes.results import read_result, result_path
     from . import probe_folder
 
     tasks, differences, sheets_of = {}, {}, {}
@@ -69,7 +70,7 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
             continue
         entry = {"metric": metric, "higher_is_better": metric not in LOWER_IS_BETTER, "n_test": 0, "models": {}}
         for name in cfg.probe.models:
-            results = [json.loads((probe_folder(out, name, s) / f"probe_{probe_task}.json").read_text())
+            results = [read_result(result_path(probe_folder(out, name, s), probe_task), probe_task)
                        for s in range(cfg.probe.seeds)]
             sheets = [r["sheets"][metric] for r in results if metric in r.get("sheets", {})]
             if not sheets:  # e.g. no verification trials in this corpus
