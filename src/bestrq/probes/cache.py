@@ -113,28 +113,48 @@ def _fingerprint(encoder: Encoder, cuts: list, dtype: str) -> dict:
     return key
 
 
+@dataclass(frozen=True)
+class CacheIndex:
+    """index.json: what the states were extracted with (``key``: encoder, weights, cuts, dtype),
+    their shape (frames, layers, width), each cut's frame range and the cuts left out."""
+
+    key: dict
+    shape: tuple[int, int, int]
+    ranges: dict[str, tuple[int, int]]
+    skipped: list[dict]
+
+    @classmethod
+    def from_json(cls, data: object, states_path: Path) -> CacheIndex:
+        """The index, once it and the states file beside it hold together; else a ValueError saying why."""
+        problem = _index_problem(data, states_path)
+        if problem:
+            raise ValueError(problem)
+        return cls(data["key"], tuple(data["shape"]), {k: (a, b) for k, (a, b) in data["ranges"].items()},
+                   data["skipped"])
+
+    def to_json(self) -> dict:
+        return {"format": CACHE_FORMAT, "key": self.key, "shape": list(self.shape), "ranges": self.ranges,
+                "skipped": self.skipped}
+
+
 def open_cache(folder: str | os.PathLike, index: object = None) -> HiddenStates:
     """A cache folder's states; a ValueError naming the file if its index or states do not hold together.
     ``index``: its index.json as already read, if it was (else it is read here)."""
     folder = Path(folder)
     index_path = folder / "index.json"
-    if index is None:
-        index = _read_index(index_path)
-    problem = _index_problem(index, folder / "states.bin")
-    if problem:
-        raise ValueError(f"{index_path}: {problem}")
-    n, num_layers, dim = index["shape"]
-    states = np.memmap(folder / "states.bin", dtype=DTYPES[index["key"]["dtype"]], mode="r",
-                       shape=(n, num_layers, dim))
-    ranges = {k: (a, b) for k, (a, b) in index["ranges"].items()}
-    return HiddenStates(folder, list(ranges), ranges, states, index["skipped"])
+    try:
+        found = CacheIndex.from_json(_read_index(index_path) if index is None else index, folder / "states.bin")
+    except ValueError as e:
+        raise ValueError(f"{index_path}: {e}") from None
+    states = np.memmap(folder / "states.bin", dtype=DTYPES[found.key["dtype"]], mode="r", shape=found.shape)
+    return HiddenStates(folder, list(found.ranges), found.ranges, states, found.skipped)
 
 
 def _read_index(path: Path) -> object:
     try:
         return json.loads(path.read_text())
     except ValueError as e:  # UnicodeDecodeError too
-        raise ValueError(f"{path}: not JSON ({e})") from None
+        raise ValueError(f"not JSON ({e})") from None
 
 
 def _index_problem(index: object, states_path: Path) -> str | None:
@@ -221,7 +241,7 @@ def extract(encoder: Encoder, cuts, folder: str | os.PathLike, *, device: torch.
                 offset += n
         if shape is None:
             raise ValueError(f"{folder}: no usable audio among {len(cuts)} cuts ({len(skipped)} skipped)")
-    index = {"format": CACHE_FORMAT, "key": key, "shape": [offset, *shape], "ranges": ranges, "skipped": skipped}
+    index = CacheIndex(key, (offset, *shape), ranges, skipped)
     with atomic_path(index_path) as tmp:
-        tmp.write_text(json.dumps(index))
-    return open_cache(folder)
+        tmp.write_text(json.dumps(index.to_json()))
+    return open_cache(folder)  # read back through the same checks
