@@ -18,7 +18,7 @@ from .probes.encoders import same_encoder
 from .probes.results import ENCODER, read_encoder, read_result, result_path
 from .probes.tasks import MAIN_METRIC, TASKS
 from .train.checkpoint import run_of
-from .train.run import read_metrics
+from .train.run import METRICS, read_metrics
 
 log = logging.getLogger(__name__)
 COLUMNS = [("asr", "wer", "ASR WER %", True), ("asr", "cer", "ASR CER %", True),
@@ -54,7 +54,7 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
                 results[task] = read_result(f, task)
         checkpoint, source = encoder.get("checkpoint"), encoder.get("exported_from")
         run = next(filter(None, (run_of(f) for f in (checkpoint, source) if isinstance(f, str))), None)
-        pretraining = read_metrics(run / "metrics.jsonl") if run else []
+        pretraining = read_metrics(run / METRICS) if run else []
         models.append(Model(encoder.get("name", p.name), folder, encoder, results, pretraining))
     return models
 

@@ -26,7 +26,7 @@ from ..models.conformer import EncoderOutput
 from ..precision import PRECISIONS, autocast
 from ..train.checkpoint import run_of
 from ..train.distributed import require_device
-from ..train.run import read_metrics
+from ..train.run import METRICS, read_metrics
 
 
 class FbankEncoder(nn.Module):
@@ -88,7 +88,7 @@ def same_encoder(a: dict, b: dict) -> bool:
 
 def _pretraining_record(run_dir: Path, step: int) -> dict[str, Any]:
     """Wall time and audio seen up to ``step``, from the run's metrics.jsonl (absent: empty)."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.is_file():
         return {}
     records = [r for r in read_metrics(path) if r["split"] == "train" and r["step"] <= step]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..probes.stats import LOWER_IS_BETTER, Estimate, difference, estimate, separated
-from ..train.run import read_metrics
+from ..train.run import METRICS, read_metrics
 
 # study task -> (probe task, metric)
 TASKS = {"asr": ("asr", "cer"), "speaker_id": ("speaker", "accuracy"), "speaker_eer": ("speaker", "eer"),
@@ -36,7 +36,7 @@ def pretraining_summary(run: Path) -> dict:
     """Updates, training time, audio seen and the last dev accuracy against its reference, from metrics.jsonl."""
     from . import finished_step
 
-    records = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    records = read_metrics(run / METRICS) if (run / METRICS).is_file() else []
     train = [r for r in records if r["split"] == "train"]
     valid = [r for r in records if r["split"] == "valid" and "accuracy" in r]
     steps = finished_step(run)
