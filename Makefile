@@ -80,6 +80,7 @@ bench: install
 	test -f $(DEMO_DIR)/cuts_train.jsonl.gz || $(VENV)/bin/bestrq synth --out $(DEMO_DIR) --hours $(DEMO_HOURS) --seed 0
 	$(PY) bench/bench_bestrq.py
 	$(BESTRQ) bench $(BENCH_ARGS)
+	$(PY) -m pytest -q --benchmarks -m benchmark
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info src/*.egg-info

@@ -21,6 +21,21 @@ settings.register_profile("explore", max_examples=5000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--benchmarks", action="store_true",
+                     help="also run the tests marked benchmark (minutes each; `make bench` does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` must end within the CI's 15 minutes: a test marked benchmark runs only with --benchmarks."""
+    if config.getoption("--benchmarks"):
+        return
+    skip = pytest.mark.skip(reason="a benchmark (minutes): `make bench` or pytest --benchmarks runs it")
+    for item in items:
+        if "benchmark" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """The 1-hour demo corpus (seed 0), made once per test session."""

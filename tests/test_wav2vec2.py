@@ -334,7 +334,7 @@ def test_fbank_targets_follow_the_spectrum_from_the_first_step(corpus):
     assert fbank_adjacent > 3 * fbank_random and fbank_adjacent > 2 * conv_adjacent, rates
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 def test_pretrain_with_the_fbank_preset_generalises_on_the_demo_corpus(corpus, tmp_path):
     """`bestrq pretrain` with a wav2vec 2.0 preset learns on the demo corpus, and what it learns holds on
     clips it never saw: after 300 steps of `wav2vec2_fbank_tiny` (about 2 CPU minutes) the contrastive
