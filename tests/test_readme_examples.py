@@ -86,7 +86,7 @@ def shorter(line: str, free_port: int) -> tuple[list[str], int]:
     code = code.replace("/data/", "fixtures/")
     code = re.sub(r"--nproc_per_node 8", "--nproc_per_node 1" if "--nnodes" in code else "--nproc_per_node 2", code)
     code = code.replace("node0", "127.0.0.1").replace("29500", str(free_port)).replace("--jobs 16", "--jobs 2")
-    code = re.sub(r"^timeout (.*?) 60 ", r"timeout \1 25 ", code)  # the pre-emption comes sooner
+    code = re.sub(r"^timeout (.*?) 60 ", r"timeout \1 15 ", code)  # the pre-emption comes sooner
     words = code.split()
     for key, extra in SHORTER.items():
         if key in code:
