@@ -206,3 +206,29 @@ def test_a_batch_pins_its_tensors_for_the_dataloader(monkeypatch):
     out = batch.pin_memory()
     assert len(pinned) == 2 and pinned[0] is batch.waveforms and pinned[1] is batch.lengths
     assert torch.equal(out.waveforms, batch.waveforms) and out.cut_ids == ["a", "b"] and out.skipped == []
+
+
+def test_a_lazily_opened_split_gives_its_first_batch_without_reading_it_whole(corpus, tmp_path, monkeypatch):
+    """A large corpus starts training after a buffer's worth of its manifest, not all of it."""
+    import gzip
+    import json
+
+    from bestrq.data import manifest
+
+    with gzip.open(corpus / "cuts_train.jsonl.gz", "rt") as f:
+        lines = [json.loads(line) for line in f]
+    n = 60_000
+    with gzip.open(tmp_path / "cuts_train.jsonl.gz", "wt", compresslevel=1) as f:
+        for i in range(n):
+            f.write(json.dumps({**lines[i % len(lines)], "id": f"c{i}"}) + "\n")
+    read, real = [0], manifest.deserialize_cut
+
+    def counted(raw):
+        read[0] += 1
+        return real(raw)
+
+    monkeypatch.setattr(manifest, "deserialize_cut", counted)
+    loader = _loader(manifest.open_split(tmp_path, "train"), identity=manifest.split_identity(tmp_path, "train"))
+    batch = next(iter(loader))
+    assert len(batch) > 0
+    assert read[0] <= 10_000 + 20_000 < n  # the bucket edges' 10k cuts and the sampler's buffer, not all

@@ -68,3 +68,33 @@ def test_splits_join_with_a_plus(corpus, tmp_path):
         load_split(corpus, "dev+dev")
     with pytest.raises(ManifestError, match="no manifest for split 'nope'"):
         load_split(corpus, "dev+nope")
+
+
+def test_a_split_opened_lazily_is_read_only_when_iterated_and_bad_lines_are_skipped_when_asked(
+        corpus, tmp_path, caplog):
+    import logging
+
+    from lhotse import CutSet
+
+    from bestrq.data.manifest import cuts_path, open_split, split_identity
+
+    cuts = list(load_split(corpus, "dev"))[:5]
+    save_split(tmp_path, "train", CutSet.from_cuts(cuts))
+    path = cuts_path(tmp_path, "train")
+    identity = split_identity(tmp_path, "train")
+    save_split(tmp_path, "train", CutSet.from_cuts(cuts))  # the same cuts written again: the same split
+    assert split_identity(tmp_path, "train") == identity
+    with gzip.open(path, "at") as f:  # a sixth line, bad, as a corpus grown by hand might have
+        f.write('{"id": "x"}\n')
+    assert split_identity(tmp_path, "train") != identity
+
+    lazy = open_split(tmp_path, "train")  # nothing is read yet
+    assert lazy.is_lazy
+    with pytest.raises(ManifestError, match=r"cuts_train\.jsonl\.gz:6: cut has no 'start' field"):
+        list(lazy)
+    skipping = open_split(tmp_path, "train", skip_bad=True)
+    with caplog.at_level(logging.WARNING, logger="bestrq.data"):
+        for _ in range(2):  # two epochs: the same cuts, the bad line named once
+            assert [c.id for c in skipping] == [c.id for c in cuts]
+    assert caplog.text.count("cuts_train.jsonl.gz:6: cut has no 'start' field; the line is left out") == 1
+    assert skipping.data.bad_lines == {f"{path}:6": "cut has no 'start' field"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
+from lhotse.utils import fastcopy
 
 from .audio import SAMPLE_RATE, BadAudio, load_mono
 
@@ -121,16 +124,27 @@ class AudioDataset(torch.utils.data.Dataset):
         return AudioBatch(waveforms, lengths, ids, skipped)
 
 
+WHOLE = "bestrq_whole_duration"  # in the custom field of a cut the sampler sees shortened
+BINS_FROM = 10_000  # cuts read to set the duration buckets' edges (lhotse's default)
+
+
 class AudioLoader:
     """Duration-bucketed batches over epochs for one rank; ``state_dict`` resumes exactly.
 
     Iterating yields AudioBatch objects forever (epoch after epoch); ``epoch`` and
-    ``position`` (batches handed out in this epoch) are the state.
+    ``position`` (batches handed out in this epoch) are the state. ``cuts`` may be lazy
+    (:func:`~bestrq.data.manifest.open_split`): the sampler then reads them as it goes, a
+    buffer at a time, and nothing here iterates them whole. Cuts shorter than ``min_duration``
+    are left out as they are read, and counted: at the end of an epoch rank 0 says how many.
+    ``identity`` names the cuts for a resume (a position means nothing in another split); by
+    default it is a hash of every cut's id and duration, which reads them all.
     """
 
     def __init__(self, cuts: CutSet, dataset: AudioDataset, *, max_batch_duration: float,
                  num_buckets: int = 10, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, drop_last: bool = True, pin_memory: bool = False) -> None:
+                 world_size: int = 1, num_workers: int = 0, drop_last: bool = True, pin_memory: bool = False,
+                 min_duration: float = 0.0, identity: str | None = None, name: str = "cuts",
+                 too_short: str = "") -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         self.cuts = cuts
@@ -144,32 +158,60 @@ class AudioLoader:
         self.num_workers = num_workers
         self.drop_last = drop_last
         self.pin_memory = pin_memory
+        self.min_duration = min_duration
+        self.name = name
+        self.too_short = too_short or f"{min_duration:g}s"
         self.epoch = 0
         self.position = 0
-        # which cuts: a position means nothing in another split (a resumed run whose corpus changed)
-        listing = "\n".join(f"{c.id} {c.duration}" for c in cuts).encode()
-        self.fingerprint = hashlib.sha1(listing).hexdigest()[:16]
-        # the sampler packs batches by the audio they will hold: a clip longer than the dataset's
-        # max_duration counts as max_duration, to which it is cropped, not as its whole length
-        cap = dataset.max_duration
-        long = cap is not None and any(c.duration > cap for c in cuts)
-        self._whole = {c.id: c for c in cuts} if long else None
-        self._sampled = CutSet.from_cuts(c.truncate(duration=cap, preserve_id=True) if c.duration > cap else c
-                                         for c in cuts) if long else cuts
+        self._told_short = False
+        if identity is None:
+            identity = hashlib.sha1("\n".join(f"{c.id} {c.duration}" for c in cuts).encode()).hexdigest()
+        self.fingerprint = hashlib.sha1(f"{identity} {min_duration} {dataset.max_duration}".encode()).hexdigest()[:16]
 
-    def _sampler(self, epoch: int) -> DynamicBucketingSampler | DynamicCutSampler:
+    def usable_cuts(self, counts: list[int] | None = None) -> CutSet:
+        """The cuts long enough to train on, as the sampler sees them: a clip longer than the dataset's
+        max_duration counts as max_duration, to which it is cropped, so that batches are packed by the
+        audio they will hold (:meth:`epoch_batches` gives the dataset the whole clip back).
+        ``counts``: [cuts read, cuts left out as too short], added to as the cuts are read."""
+        shortest, cap = self.min_duration, self.dataset.max_duration
+
+        def keep(cut) -> bool:
+            if counts is not None:
+                counts[0] += 1
+                counts[1] += cut.duration < shortest
+            return cut.duration >= shortest
+
+        def shorten(cut):  # the sampler runs in this process: a closure is fine (no pickling)
+            if cut.duration <= cap:
+                return cut
+            return fastcopy(cut, duration=cap, custom={**(cut.custom or {}), WHOLE: cut.duration})
+
+        usable = self.cuts.filter(keep)
+        return usable if cap is None else usable.map(shorten)
+
+    @staticmethod
+    def _whole(cut):
+        if not cut.custom or WHOLE not in cut.custom:
+            return cut
+        custom = {k: v for k, v in cut.custom.items() if k != WHOLE}
+        return fastcopy(cut, duration=cut.custom[WHOLE], custom=custom or None)
+
+    def _sampler(self, epoch: int, counts: list[int] | None = None) -> DynamicBucketingSampler | DynamicCutSampler:
         common = {"max_duration": self.max_batch_duration, "shuffle": self.shuffle, "drop_last": self.drop_last,
                   "seed": self.seed, "world_size": self.world_size, "rank": self.rank}
-        with warnings.catch_warnings():  # our manifests are small and read eagerly, on purpose
+        cuts = self.usable_cuts(counts)  # read once, by the sampler: the counts are the epoch's
+        first = list(itertools.islice(self.usable_cuts(), BINS_FROM))  # the buckets' edges, as lhotse finds them
+        with warnings.catch_warnings():  # a small split read into memory, on purpose
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
-            if len(self.cuts) < self.num_buckets:  # too few cuts to bucket
-                sampler = DynamicCutSampler(self._sampled, **common)
+            if len(first) < self.num_buckets:  # too few cuts to bucket
+                sampler = DynamicCutSampler(cuts, **common)
             else:
-                sampler = DynamicBucketingSampler(self._sampled, num_buckets=self.num_buckets, **common)
+                bins = estimate_duration_buckets(first, num_buckets=self.num_buckets)
+                sampler = DynamicBucketingSampler(cuts, duration_bins=bins, **common)
         sampler.set_epoch(epoch)
         return sampler
 
-    def epoch_batches(self) -> Iterator[CutSet]:
+    def epoch_batches(self, counts: list[int] | None = None) -> Iterator[CutSet]:
         """The cut batches of the current epoch for this rank, from ``position`` on."""
         # a generator driving the sampler with next() alone: lhotse's samplers are their own
         # iterators and restart whenever iter() is called on them (by the DataLoader, by
@@ -180,15 +222,21 @@ class AudioLoader:
                 if next(it, None) is None:
                     return
             while (batch := next(it, None)) is not None:  # the whole clips, for the dataset's random crop
-                yield batch if self._whole is None else CutSet.from_cuts(self._whole[c.id] for c in batch)
+                yield CutSet.from_cuts(self._whole(c) for c in batch)
 
-        return batches(self._sampler(self.epoch), self.position)
+        return batches(self._sampler(self.epoch, counts), self.position)
+
+    def _tell_short(self, counts: list[int]) -> None:
+        if counts[1] and self.rank == 0 and not self._told_short:
+            log.warning("%s: left out %d of %d cuts shorter than %s", self.name, counts[1], counts[0], self.too_short)
+            self._told_short = True
 
     def __iter__(self) -> Iterator[AudioBatch]:
         while True:
             self.dataset.set_epoch(self.epoch)
+            counts = [0, 0]  # the whole epoch's, a resumed one's too: the fast-forward reads its start
             loader = torch.utils.data.DataLoader(
-                self.dataset, sampler=self.epoch_batches(), batch_size=None,
+                self.dataset, sampler=self.epoch_batches(counts), batch_size=None,
                 num_workers=self.num_workers, persistent_workers=False, pin_memory=self.pin_memory,
                 # its own generator: a DataLoader otherwise draws its worker seed from the global
                 # RNG, which the trainer restores on resume (dropout) and must not share
@@ -202,19 +250,22 @@ class AudioLoader:
                 usable += len(batch) > 0
                 example = example or next(iter(batch.skipped), None)
                 yield batch
+            self._tell_short(counts)
             if whole_epoch and yielded and not usable:  # every clip bad: another epoch would only repeat it
-                raise ValueError(f"no usable audio in a whole epoch of {len(self.cuts)} cuts on rank {self.rank}: "
-                                 f"every clip was skipped, e.g. {example.path}: {example.reason.splitlines()[0]}")
+                raise ValueError(f"no usable audio in a whole epoch of {counts[0] - counts[1]} cuts on rank "
+                                 f"{self.rank}: every clip was skipped, e.g. {example.path}: "
+                                 f"{example.reason.splitlines()[0]}")
             # nothing at all this epoch, not merely a resumed one at its end
             if not yielded and next(iter(self._sampler(self.epoch)), None) is None:
+                kept = list(self.usable_cuts())  # this split fills no batch: it is small
                 if self.drop_last:  # too little audio for one full batch: keep the partial ones, from now on
                     log.warning("%d cuts (%.0f s of audio) fill no whole batch of max_batch_duration=%gs on "
-                                "rank %d of %d: using partial batches too", len(self.cuts),
-                                sum(c.duration for c in self.cuts), self.max_batch_duration, self.rank,
+                                "rank %d of %d: using partial batches too", len(kept),
+                                sum(c.duration for c in kept), self.max_batch_duration, self.rank,
                                 self.world_size)
                     self.drop_last = False
                     continue
-                raise ValueError(f"no batch in an epoch: {len(self.cuts)} cuts for rank {self.rank} of "
+                raise ValueError(f"no batch in an epoch: {len(kept)} cuts for rank {self.rank} of "
                                  f"{self.world_size} processes; a split needs at least one cut per process")
             self.epoch += 1
             self.position = 0

@@ -12,7 +12,9 @@ A malformed manifest fails at once, naming the file and the line.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,8 @@ CUTS = "cuts_{split}.jsonl.gz"
 RECORDINGS = "recordings_{split}.jsonl.gz"
 SUPERVISIONS = "supervisions_{split}.jsonl.gz"
 LABEL_KEYS = ("emotion", "intent")  # string labels in supervision.custom
+SKIP_WARNINGS = 10  # bad lines named one by one when they are skipped; the rest are counted
+log = logging.getLogger("bestrq.data")
 
 
 class ManifestError(ValueError):
@@ -77,8 +81,9 @@ def _check_cut(raw: object) -> str | None:
     return None
 
 
-def iter_checked(path: str | os.PathLike) -> Iterator[dict]:
-    """Parsed, checked cut dicts of a JSONL(.gz) manifest; ManifestError names file and line."""
+def iter_checked(path: str | os.PathLike, unique: bool = True) -> Iterator[dict]:
+    """Parsed, checked cut dicts of a JSONL(.gz) manifest; ManifestError names file and line.
+    ``unique``: also refuse a repeated cut id (which costs memory in proportion to the cuts)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest")
@@ -93,40 +98,113 @@ def iter_checked(path: str | os.PathLike) -> Iterator[dict]:
                 except json.JSONDecodeError as e:
                     raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
                 problem = _check_cut(raw)
-                if problem is None and raw["id"] in seen:
+                if problem is None and unique and raw["id"] in seen:
                     problem = f"duplicate cut id {raw['id']!r}"
                 if problem:
                     raise ManifestError(f"{path}:{lineno}: {problem}")
-                seen.add(raw["id"])
+                if unique:
+                    seen.add(raw["id"])
                 yield raw
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
 
 
+def _cuts_of(path: Path, unique: bool) -> Iterator:
+    for entry, raw in enumerate(iter_checked(path, unique), start=1):
+        try:
+            yield deserialize_cut(raw)
+        except Exception as e:  # lhotse raises many kinds on bad fields
+            raise ManifestError(f"{path}: cut {raw['id']!r} (entry {entry}): {type(e).__name__}: {e}") from None
+
+
 def load_cuts(path: str | os.PathLike) -> CutSet:
     """A cuts manifest, checked line by line (an error names the file and line)."""
-    cuts = []
-    for lineno, raw in enumerate(iter_checked(path), start=1):
-        try:
-            cuts.append(deserialize_cut(raw))
-        except Exception as e:  # lhotse raises many kinds on bad fields
-            raise ManifestError(f"{path}: cut {raw['id']!r} (entry {lineno}): {type(e).__name__}: {e}") from None
-    return CutSet.from_cuts(cuts)
+    return CutSet.from_cuts(list(_cuts_of(Path(path), unique=True)))
+
+
+class LazyCuts:
+    """The cuts of one or more manifests, read line by line at every iteration and never held whole:
+    what lhotse's samplers take as a lazy CutSet. Each line is checked as it is read; repeated ids
+    are not looked for, as that would hold every id.
+
+    A bad line raises ManifestError naming the file and line when the iteration reaches it, or,
+    with ``skip_bad`` (training, which may reach it hours in), is left out with a warning (the
+    first ten, once each) and counted in ``bad_lines``."""
+
+    def __init__(self, paths: list[Path], skip_bad: bool = False) -> None:
+        self.paths = paths
+        self.skip_bad = skip_bad
+        self.bad_lines: dict[str, str] = {}  # "path:line" -> the problem
+
+    def __iter__(self) -> Iterator:
+        for path in self.paths:
+            if not self.skip_bad:
+                yield from _cuts_of(path, unique=False)
+                continue
+            yield from self._skipping(path)
+
+    def _skipping(self, path: Path) -> Iterator:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                    problem = _check_cut(raw)
+                    cut = None if problem else deserialize_cut(raw)
+                except Exception as e:  # not JSON, or fields lhotse refuses
+                    problem, cut = f"{type(e).__name__}: {e}", None
+                if cut is not None:
+                    yield cut
+                    continue
+                where = f"{path}:{lineno}"
+                if where not in self.bad_lines and len(self.bad_lines) < SKIP_WARNINGS:
+                    log.warning("%s: %s; the line is left out", where, problem)
+                self.bad_lines[where] = problem
+
+
+def _split_paths(folder: str | os.PathLike, split: str) -> list[Path]:
+    paths = []
+    for part in split.split("+"):
+        path = cuts_path(folder, part)
+        if not path.is_file():
+            have = ", ".join(list_splits(folder)) or "none"
+            raise ManifestError(f"{path}: no manifest for split {part!r} (splits in {folder}: {have})")
+        paths.append(path)
+    if len(set(paths)) < len(paths):
+        raise ManifestError(f"{folder}: splits {split!r} share cut ids (one is named twice); list each split once")
+    return paths
 
 
 def load_split(folder: str | os.PathLike, split: str) -> CutSet:
-    """One split's cuts; ``a+b+c`` joins several (e.g. LibriSpeech's three training parts)."""
-    if "+" in split:
-        parts = [load_split(folder, s) for s in split.split("+")]
-        cuts = [c for part in parts for c in part]
-        if len({c.id for c in cuts}) < len(cuts):
-            raise ManifestError(f"{folder}: splits {split!r} share cut ids; list each split once")
-        return CutSet.from_cuts(cuts)
-    path = cuts_path(folder, split)
-    if not path.is_file():
-        have = ", ".join(list_splits(folder)) or "none"
-        raise ManifestError(f"{path}: no manifest for split {split!r} (splits in {folder}: {have})")
-    return load_cuts(path)
+    """One split's cuts, in memory; ``a+b+c`` joins several (e.g. LibriSpeech's three training parts)."""
+    paths = _split_paths(folder, split)
+    if len(paths) == 1:
+        return load_cuts(paths[0])
+    cuts = [c for path in paths for c in load_cuts(path)]
+    if len({c.id for c in cuts}) < len(cuts):
+        raise ManifestError(f"{folder}: splits {split!r} share cut ids; list each split once")
+    return CutSet.from_cuts(cuts)
+
+
+def open_split(folder: str | os.PathLike, split: str, skip_bad: bool = False) -> CutSet:
+    """One split's cuts (``a+b+c`` too) as a lazy CutSet: nothing is read until it is iterated, and
+    iterating holds one line at a time, whatever the size of the corpus. ``skip_bad``: see LazyCuts."""
+    return CutSet(LazyCuts(_split_paths(folder, split), skip_bad))
+
+
+def split_identity(folder: str | os.PathLike, split: str) -> str:
+    """What tells a split's manifests from others without reading them: each file's name, size
+    and first and last 64 KiB (a cut added, removed or changed changes the size or those bytes)."""
+    digest = hashlib.sha1()
+    for path in _split_paths(folder, split):
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            f.seek(max(size - (1 << 16), 0))
+            tail = f.read()
+        digest.update(f"{path.name}\0{size}\0".encode() + head + b"\0" + tail)
+    return digest.hexdigest()[:16]
 
 
 def save_split(folder: str | os.PathLike, split: str, cuts: CutSet) -> Path:

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, PretrainConfig, to_dict
 from ..data.loader import AudioDataset, AudioLoader
-from ..data.manifest import ManifestError, list_splits, load_split
+from ..data.manifest import ManifestError, list_splits, open_split, split_identity
 from ..loading import BESTRQ_CONFIG, load_checkpoint
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 from ..objectives import build_model, min_samples
@@ -357,17 +357,17 @@ def _make_loader(cfg: PretrainConfig, ctx: distributed.Context, model: torch.nn.
     why = f"data.min_duration={cfg.data.min_duration:g}s" if shortest == cfg.data.min_duration else \
         f"{shortest:g}s, one frame of the encoder"
     dataset = AudioDataset(max_duration=cfg.data.max_duration, min_duration=shortest, seed=cfg.train.seed)
-    cuts = load_split(cfg.data.corpus, split)
-    kept = cuts.filter(lambda c: c.duration >= shortest).to_eager()  # once, not warned per batch
-    if ctx.is_main and len(kept) < len(cuts):
-        log.warning("%s: left out %d of %d cuts shorter than %s", split, len(cuts) - len(kept), len(cuts), why)
-    if len(kept) == 0:
+    # read as the sampler goes: start-up and memory do not grow with the corpus
+    loader = AudioLoader(open_split(cfg.data.corpus, split, skip_bad=True), dataset,
+                         max_batch_duration=cfg.data.max_batch_duration, num_buckets=cfg.data.num_buckets,
+                         shuffle=train, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
+                         num_workers=cfg.data.num_workers if train else 0, drop_last=train,
+                         pin_memory=train and ctx.device.type == "cuda",  # so non_blocking copies overlap
+                         min_duration=shortest, identity=split_identity(cfg.data.corpus, split), name=split,
+                         too_short=why)
+    if next(iter(loader.usable_cuts()), None) is None:  # reads up to the first usable cut
         raise ValueError(f"{cfg.data.corpus}: split {split!r} has no cut of at least {shortest:g}s")
-    return AudioLoader(kept, dataset,
-                       max_batch_duration=cfg.data.max_batch_duration, num_buckets=cfg.data.num_buckets,
-                       shuffle=train, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
-                       num_workers=cfg.data.num_workers if train else 0, drop_last=train,
-                       pin_memory=train and ctx.device.type == "cuda")  # so non_blocking copies overlap
+    return loader
 
 
 class _Clock:
