@@ -324,3 +324,34 @@ def test_tables_whose_audio_is_missing_or_whose_text_is_not_utf8_are_named(tmp_p
     with pytest.raises(ManifestError, match=r"train.wrd:1: not UTF-8 text"):
         prepare("fairseq", fairseq, tmp_path / "out", jobs=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_is_imported_file_by_file_not_read_whole_first(tmp_path, monkeypatch):
+    """`prepare folder` on a large folder holds one chunk of recordings, never every file's: the
+    first cut is written after the first chunk of files (1024) is read, and the split is whole."""
+    from lhotse import Recording
+
+    from bestrq.data import importers
+    from bestrq.data.importers import ImportReport, from_folder
+
+    clip = tone(440, 0.05)
+    for i in range(1100):
+        folder = tmp_path / "audio" / f"d{i // 100}"
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"c{i:04d}.wav", clip, 16000)
+    read, real = [0], Recording.from_file
+
+    def counted(*args, **kwargs):
+        read[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(importers.Recording, "from_file", counted)
+    splits = from_folder(tmp_path / "audio", ImportReport(), dev_fraction=0.0)
+    assert read[0] == 0  # nothing read before the writer asks
+    train = iter(splits["train"])
+    next(train)
+    assert read[0] <= 1024
+    assert 1 + sum(1 for _ in train) == 1100 and read[0] == 1100
+    report = prepare("folder", tmp_path / "audio", tmp_path / "out", dev_fraction=0.0)
+    assert report.splits == {"train": 1100}
+    assert len(load_split(tmp_path / "out", "train")) == 1100

@@ -32,10 +32,11 @@ import ast
 import csv
 import hashlib
 import io
+import itertools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment,
 
 from ..files import atomic_path
 from .audio import MISSING, audio_source, by_kind, length_problem, rate_problem
-from .manifest import ManifestError, list_splits, save_split
+from .manifest import ManifestError, list_splits, write_split
 
 log = logging.getLogger("bestrq.data")
 
@@ -83,6 +84,13 @@ SKIP_WARNINGS = 10  # skipped files named one by one; the rest are counted
 def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jobs: int) -> dict[str, Recording]:
     """Recordings from (id, path) pairs, reading only headers (and each file's last sample); the files that
     are missing, unreadable, empty, truncated or of a sample rate outside MIN_RATE..MAX_RATE are skipped."""
+    return {rec.id: rec for rec in _stream_recordings(items, report, jobs)}
+
+
+def _stream_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jobs: int,
+                       chunk: int = 1024) -> Iterator[Recording]:
+    """As :func:`_read_recordings`, in the order given, ``chunk`` files at a time: a folder of any
+    size is read holding one chunk's recordings."""
 
     def one(item):
         rec_id, path = item
@@ -97,16 +105,16 @@ def _read_recordings(items: Iterable[tuple[str, Path]], report: ImportReport, jo
         why = rate_problem(rec.sampling_rate) or length_problem(str(path))
         return (str(path), why) if why else rec
 
-    out = {}
+    items = iter(items)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for result in pool.map(one, list(items)):
-            if isinstance(result, Recording):
-                out[result.id] = result
-            else:
+        while batch := list(itertools.islice(items, chunk)):
+            for result in pool.map(one, batch):
+                if isinstance(result, Recording):
+                    yield result
+                    continue
                 if len(report.skipped) < SKIP_WARNINGS:
                     log.warning("skipping %s: %s", *result)
                 report.skipped.append(result)
-    return out
 
 
 def from_librispeech(src: Path, report: ImportReport, jobs: int = 4, **_) -> dict[str, CutSet]:
@@ -141,19 +149,21 @@ def from_folder(src: Path, report: ImportReport, jobs: int = 4, max_duration: fl
         raise ValueError(f"dev_fraction must be in [0, 1), got {dev_fraction}")
     if not max_duration >= 0:
         raise ValueError(f"max_duration must be >= 0 seconds (0: never cut), got {max_duration}")
+    # the paths and ids of every file (strings), never their recordings or cuts all at once: each
+    # split is read and written file by file (prepare() writes what these generators yield)
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not files:
         raise ManifestError(f"{src}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
-    recs = _read_recordings(((str(p.relative_to(src).with_suffix("")), p) for p in files), report, jobs)
-    dev = held_out(recs, dev_fraction)  # whole files, so that no recording is on both sides
-    out = {}
-    for split, keep in (("train", lambda i: i not in dev), ("dev", lambda i: i in dev)):
-        cuts = CutSet.from_cuts(_cut(r, []) for i, r in recs.items() if keep(i))
-        if max_duration:
-            cuts = cuts.cut_into_windows(duration=max_duration).to_eager()
-        if len(cuts) or split == "train":
-            out[split] = cuts
-    return out
+    ids = [str(p.relative_to(src).with_suffix("")) for p in files]
+    dev = held_out(ids, dev_fraction)  # whole files, so that no recording is on both sides
+
+    def split_cuts(in_dev: bool) -> Iterator[MonoCut]:
+        items = ((i, p) for i, p in zip(ids, files) if (i in dev) == in_dev)
+        for rec in _stream_recordings(items, report, jobs):
+            cut = _cut(rec, [])
+            yield from (cut.cut_into_windows(duration=max_duration) if max_duration else [cut])
+
+    return {"train": split_cuts(False), "dev": split_cuts(True)}
 
 
 def _fairseq_labels(tsv: Path, n: int) -> list[str] | None:
@@ -411,7 +421,7 @@ def from_iemocap(src: Path, report: ImportReport, jobs: int = 4, test_session: i
     return {split: CutSet.from_cuts(cuts) for split, cuts in sorted(out.items())}
 
 
-IMPORTERS: dict[str, Callable[..., dict[str, CutSet]]] = {
+IMPORTERS: dict[str, Callable[..., dict[str, Iterable]]] = {  # split -> its cuts, or a generator of them
     "librispeech": from_librispeech,
     "folder": from_folder,
     "fairseq": from_fairseq,
@@ -440,13 +450,15 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
     out = Path(out)
     earlier = list_splits(out) if out.is_dir() else []  # from an earlier import into the same folder
     for split, cuts in IMPORTERS[fmt](src, report, **options).items():
-        if not len(cuts):
+        n, seconds = write_split(out, split, cuts)  # cut by cut: an importer may stream them
+        if not n:
+            if split == "dev" and fmt == "folder":  # dev_fraction of too few files
+                continue
             log.warning("%s: no usable cuts (it lists none, or all are " + UNUSABLE + "): the split is "
                         "not written", split)
             continue
-        save_split(out, split, cuts)
-        report.splits[split] = len(cuts)
-        report.hours[split] = round(sum(c.duration for c in cuts) / 3600, 4)
+        report.splits[split] = n
+        report.hours[split] = round(seconds / 3600, 4)
     if report.skipped:
         kinds = by_kind(report.skipped)  # "no such file: 10 (e.g. a.wav); unreadable: 2 (e.g. b.wav)"
         log.warning("skipped %d files: %s", len(report.skipped),

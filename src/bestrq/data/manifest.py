@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lhotse import CutSet
@@ -218,3 +219,44 @@ def save_split(folder: str | os.PathLike, split: str, cuts: CutSet) -> Path:
         with atomic_path(folder / name.format(split=split)) as tmp:
             manifest.to_file(tmp)
     return cuts_path(folder, split)
+
+
+def write_split(folder: str | os.PathLike, split: str, cuts: Iterable) -> tuple[int, float]:
+    """Write one split's three manifests from cuts as they come, holding one cut at a time (and the
+    ids of the recordings written); returns (cuts written, seconds of audio). Each file replaces the
+    old one only once whole; a split with no cut is not written."""
+    folder, cuts = Path(folder), iter(cuts)
+    first = next(cuts, None)
+    if first is None:  # nothing written, not even the folder
+        return 0, 0.0
+    cuts = itertools.chain([first], cuts)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {kind: folder / name.format(split=split) for kind, name in
+             (("cuts", CUTS), ("recordings", RECORDINGS), ("supervisions", SUPERVISIONS))}
+    tmps = {kind: path.with_name(f".tmp-{os.getpid()}-{path.name}") for kind, path in names.items()}
+    n, seconds, recordings, supervised = 0, 0.0, set(), False
+    try:
+        files = {kind: gzip.open(tmp, "wt", encoding="utf-8") for kind, tmp in tmps.items()}
+        try:
+            for cut in cuts:
+                files["cuts"].write(json.dumps(cut.to_dict(), ensure_ascii=False) + "\n")
+                if cut.recording.id not in recordings:
+                    recordings.add(cut.recording.id)
+                    files["recordings"].write(json.dumps(cut.recording.to_dict(), ensure_ascii=False) + "\n")
+                for sup in cut.supervisions:
+                    supervised = True
+                    files["supervisions"].write(json.dumps(sup.to_dict(), ensure_ascii=False) + "\n")
+                n += 1
+                seconds += cut.duration
+        finally:
+            for f in files.values():
+                f.close()
+        for kind in ("recordings", "supervisions", "cuts"):  # the cuts last: what every tool looks for
+            if kind == "supervisions" and not supervised:
+                names[kind].unlink(missing_ok=True)
+                continue
+            os.replace(tmps[kind], names[kind])
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+    return n, seconds
