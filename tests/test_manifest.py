@@ -36,6 +36,7 @@ def test_round_trip(corpus, tmp_path):
     (lambda rows: rows + [rows[0]], r":4: duplicate cut id"),
     (lambda rows: rows[:2] + ["[1, 2]"], r":3: expected a JSON object"),
     (lambda rows: [dict(rows[0], duration=-1.0)], r":1: .*'duration' must be a number >= 0"),
+    (lambda rows: rows[:1] + [dict(rows[1], supervisions=5)], r":2: .*'supervisions' must be a list"),
 ])
 def test_malformed_manifest_names_file_and_line(corpus, tmp_path, corrupt, message):
     path = _write(tmp_path / "cuts_bad.jsonl", corrupt(_lines(corpus)))

@@ -67,7 +67,10 @@ def _check_cut(raw: object) -> str | None:
         return f"cut {raw['id']}: 'recording' must be an object with a non-empty 'sources' list"
     if not isinstance(rec.get("sampling_rate"), int) or rec["sampling_rate"] <= 0:
         return f"cut {raw['id']}: recording 'sampling_rate' must be a positive integer"
-    for sup in raw.get("supervisions", []) or []:
+    sups = raw.get("supervisions") or []
+    if not isinstance(sups, list):
+        return f"cut {raw['id']}: 'supervisions' must be a list"
+    for sup in sups:
         if not isinstance(sup, dict) or "id" not in sup:
             return f"cut {raw['id']}: each supervision must be an object with an 'id'"
         for key in ("text", "speaker"):
@@ -82,30 +85,41 @@ def _check_cut(raw: object) -> str | None:
     return None
 
 
+def _checked_lines(path: Path, unique: bool) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, the cut's dict, None) for each good line of a manifest, (line number, None,
+    what is wrong) for each bad one; blank lines are passed over."""
+    seen: set[str] = set()
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, None, f"not valid JSON ({e.msg} at column {e.colno})"
+                continue
+            problem = _check_cut(raw)
+            if problem is None and unique and raw["id"] in seen:
+                problem = f"duplicate cut id {raw['id']!r}"
+            if problem:
+                yield lineno, None, problem
+                continue
+            if unique:
+                seen.add(raw["id"])
+            yield lineno, raw, None
+
+
 def iter_checked(path: str | os.PathLike, unique: bool = True) -> Iterator[dict]:
     """Parsed, checked cut dicts of a JSONL(.gz) manifest; ManifestError names file and line.
     ``unique``: also refuse a repeated cut id (which costs memory in proportion to the cuts)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest")
-    seen: set[str] = set()
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-                problem = _check_cut(raw)
-                if problem is None and unique and raw["id"] in seen:
-                    problem = f"duplicate cut id {raw['id']!r}"
-                if problem:
-                    raise ManifestError(f"{path}:{lineno}: {problem}")
-                if unique:
-                    seen.add(raw["id"])
-                yield raw
+        for lineno, raw, problem in _checked_lines(path, unique):
+            if problem:
+                raise ManifestError(f"{path}:{lineno}: {problem}")
+            yield raw
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
 
@@ -145,23 +159,19 @@ class LazyCuts:
             yield from self._skipping(path)
 
     def _skipping(self, path: Path) -> Iterator:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
+        for lineno, raw, problem in _checked_lines(path, unique=False):
+            if raw is not None:
                 try:
-                    raw = json.loads(line)
-                    problem = _check_cut(raw)
-                    cut = None if problem else deserialize_cut(raw)
-                except Exception as e:  # not JSON, or fields lhotse refuses
-                    problem, cut = f"{type(e).__name__}: {e}", None
-                if cut is not None:
+                    cut = deserialize_cut(raw)
+                except Exception as e:  # fields lhotse refuses
+                    problem = f"{type(e).__name__}: {e}"
+                else:
                     yield cut
                     continue
-                where = f"{path}:{lineno}"
-                if where not in self.bad_lines and len(self.bad_lines) < SKIP_WARNINGS:
-                    log.warning("%s: %s; the line is left out", where, problem)
-                self.bad_lines[where] = problem
+            where = f"{path}:{lineno}"
+            if where not in self.bad_lines and len(self.bad_lines) < SKIP_WARNINGS:
+                log.warning("%s: %s; the line is left out", where, problem)
+            self.bad_lines[where] = problem
 
 
 def _split_paths(folder: str | os.PathLike, split: str) -> list[Path]:
