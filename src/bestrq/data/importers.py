@@ -450,7 +450,9 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
     out = Path(out)
     earlier = list_splits(out) if out.is_dir() else []  # from an earlier import into the same folder
     for split, cuts in IMPORTERS[fmt](src, report, **options).items():
-        n, seconds = write_split(out, split, cuts)  # cut by cut: an importer may stream them
+        cuts = iter(cuts)  # cut by cut: an importer may stream them
+        first = next(cuts, None)  # a split with none is not written, nor is the folder made for it
+        n, seconds = write_split(out, split, itertools.chain([first], cuts)) if first is not None else (0, 0.0)
         if not n:
             if split == "dev" and fmt == "folder":  # dev_fraction of too few files
                 continue

@@ -11,9 +11,9 @@ A malformed manifest fails at once, naming the file and the line.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -127,9 +127,10 @@ def iter_checked(path: str | os.PathLike, unique: bool = True) -> Iterator[dict]
 def _cuts_of(path: Path, unique: bool) -> Iterator:
     for entry, raw in enumerate(iter_checked(path, unique), start=1):
         try:
-            yield deserialize_cut(raw)
+            cut = deserialize_cut(raw)
         except Exception as e:  # lhotse raises many kinds on bad fields
             raise ManifestError(f"{path}: cut {raw['id']!r} (entry {entry}): {type(e).__name__}: {e}") from None
+        yield cut  # outside the try: an error of the consumer's is not this line's
 
 
 def load_cuts(path: str | os.PathLike) -> CutSet:
@@ -219,54 +220,33 @@ def split_identity(folder: str | os.PathLike, split: str) -> str:
 
 
 def save_split(folder: str | os.PathLike, split: str, cuts: CutSet) -> Path:
-    """Write the cuts, recordings and supervisions manifests of one split, atomically."""
-    folder = Path(folder)
-    cuts = cuts.to_eager()
-    recordings, supervisions, _ = cuts.decompose()
-    for name, manifest in ((RECORDINGS, recordings), (SUPERVISIONS, supervisions), (CUTS, cuts)):
-        if manifest is None:  # no supervisions (unlabelled audio)
-            continue
-        with atomic_path(folder / name.format(split=split)) as tmp:
-            manifest.to_file(tmp)
+    """Write the cuts, recordings and supervisions manifests of one split, atomically (an empty
+    split too: its manifests are empty)."""
+    write_split(folder, split, cuts)
     return cuts_path(folder, split)
 
 
 def write_split(folder: str | os.PathLike, split: str, cuts: Iterable) -> tuple[int, float]:
     """Write one split's three manifests from cuts as they come, holding one cut at a time (and the
     ids of the recordings written); returns (cuts written, seconds of audio). Each file replaces the
-    old one only once whole; a split with no cut is not written."""
-    folder, cuts = Path(folder), iter(cuts)
-    first = next(cuts, None)
-    if first is None:  # nothing written, not even the folder
-        return 0, 0.0
-    cuts = itertools.chain([first], cuts)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = {kind: folder / name.format(split=split) for kind, name in
-             (("cuts", CUTS), ("recordings", RECORDINGS), ("supervisions", SUPERVISIONS))}
-    tmps = {kind: path.with_name(f".tmp-{os.getpid()}-{path.name}") for kind, path in names.items()}
+    old one only once whole, the cuts last; with no supervision, no supervisions manifest is left."""
+    folder = Path(folder)
     n, seconds, recordings, supervised = 0, 0.0, set(), False
-    try:
-        files = {kind: gzip.open(tmp, "wt", encoding="utf-8") for kind, tmp in tmps.items()}
-        try:
-            for cut in cuts:
-                files["cuts"].write(json.dumps(cut.to_dict(), ensure_ascii=False) + "\n")
-                if cut.recording.id not in recordings:
-                    recordings.add(cut.recording.id)
-                    files["recordings"].write(json.dumps(cut.recording.to_dict(), ensure_ascii=False) + "\n")
-                for sup in cut.supervisions:
-                    supervised = True
-                    files["supervisions"].write(json.dumps(sup.to_dict(), ensure_ascii=False) + "\n")
-                n += 1
-                seconds += cut.duration
-        finally:
-            for f in files.values():
-                f.close()
-        for kind in ("recordings", "supervisions", "cuts"):  # the cuts last: what every tool looks for
-            if kind == "supervisions" and not supervised:
-                names[kind].unlink(missing_ok=True)
-                continue
-            os.replace(tmps[kind], names[kind])
-    finally:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
+    with contextlib.ExitStack() as stack:  # on leaving: each file closed, then moved into place, the cuts last
+        files = {}
+        for kind, name in (("cuts", CUTS), ("recordings", RECORDINGS), ("supervisions", SUPERVISIONS)):
+            tmp = stack.enter_context(atomic_path(folder / name.format(split=split)))
+            files[kind] = stack.enter_context(gzip.open(tmp, "wt", encoding="utf-8"))
+        for cut in cuts:
+            files["cuts"].write(json.dumps(cut.to_dict(), ensure_ascii=False) + "\n")
+            if cut.recording.id not in recordings:
+                recordings.add(cut.recording.id)
+                files["recordings"].write(json.dumps(cut.recording.to_dict(), ensure_ascii=False) + "\n")
+            for sup in cut.supervisions:
+                supervised = True
+                files["supervisions"].write(json.dumps(sup.to_dict(), ensure_ascii=False) + "\n")
+            n += 1
+            seconds += cut.duration
+    if not supervised:  # unlabelled audio: no supervisions manifest, not an empty or an older one
+        (folder / SUPERVISIONS.format(split=split)).unlink(missing_ok=True)
     return n, seconds
