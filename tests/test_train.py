@@ -322,3 +322,33 @@ def test_a_bf16_run_is_validated_in_bf16_as_it_trains(corpus, tmp_path, monkeypa
     calls.clear()
     pretrain(small(corpus, tmp_path / "fp32", "train.steps=1", "train.valid_every=1", "data.valid_max_batches=1"))
     assert calls and not any(enabled for _, enabled, _ in calls)
+
+
+def _meter_on_rank(rank: int, init: str, out: str) -> None:
+    import datetime
+    import types
+
+    import torch.distributed as dist
+
+    from bestrq.train.loop import Meter
+
+    # a short timeout: a rank left alone in a collective fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=20))
+    meter = Meter(torch.device("cpu"))
+    if rank == 0:  # rank 1 meets no batch, as on a validation split of one clip for two processes
+        one = torch.tensor(1.0)
+        meter.add(types.SimpleNamespace(scalars=lambda: {"code_usage": one * 0.5}, masked_frames=one * 10,
+                                        loss=one * 2, accuracy=one * 0.25, frames=one * 40), 3.0)
+    metrics = meter.reduce()
+    dist.barrier()
+    dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(metrics))
+
+
+def test_metrics_are_reduced_when_a_rank_met_no_batch(tmp_path):
+    """Every rank joins the reduction, one with nothing to add too, and all get the same metrics
+    (a rank that returned early left the other in a collective it never joined)."""
+    torch.multiprocessing.spawn(_meter_on_rank, args=(f"file://{tmp_path / 'init'}", str(tmp_path)), nprocs=2)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0] == got[1]
+    assert got[0]["loss"] == 2.0 and got[0]["code_usage"] == 0.5 and got[0]["audio_seconds"] == 3.0

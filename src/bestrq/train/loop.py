@@ -129,8 +129,16 @@ class Meter:
             m, out.frames.double(), m.new_full((), audio_seconds), m.new_ones(())])
 
     def reduce(self) -> dict[str, float]:
-        if self.sums is None:
+        """The metrics over every rank's batches since the last call; every rank must call it, one that
+        added no batch (a validation split too small to give every rank one) too."""
+        size = 0 if self.sums is None else len(self.sums)
+        largest, smallest = distributed.all_reduce_max(torch.tensor([size, -size], device=self.device)).tolist()
+        if largest == 0:
             return {}
+        if smallest == 0:  # some rank added nothing: it sums zeros, under the names another rank has
+            self.names = next(names for names in distributed.all_gather_object(self.names) if names)
+            if self.sums is None:
+                self.sums = torch.zeros(largest, dtype=torch.float64, device=self.device)
         s = distributed.all_reduce_sum(self.sums.clone()).tolist()
         masked, frames, audio, batches = s[-4:]
         out = {"loss": s[0] / max(masked, 1), "accuracy": s[1] / max(masked, 1)}
