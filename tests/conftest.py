@@ -44,6 +44,17 @@ def corpus(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def sharded_corpus(corpus, tmp_path_factory) -> Path:
+    """The demo corpus with every split as shards of 50 cuts (train: 11 shards, dev: 2)."""
+    from bestrq.data.importers import prepare
+
+    out = tmp_path_factory.mktemp("sharded")
+    report = prepare("lhotse", corpus, out, shard_size=50, jobs=2)
+    assert report.splits["train"] == 513 and not report.skipped
+    return out
+
+
 @pytest.fixture
 def eager_and_compiled_forms(monkeypatch):
     """Run ``fn(x)`` as in eager mode and as torch.compile would trace it (``is_compiling()`` true,

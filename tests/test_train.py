@@ -125,7 +125,10 @@ def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(corpus, tmp_path):
+@pytest.mark.parametrize("kind", ["plain", "sharded"])
+def test_resume_continues_exactly(corpus, sharded_corpus, tmp_path, kind):
+    """On a plain and on a sharded corpus."""
+    corpus = sharded_corpus if kind == "sharded" else corpus
     straight = pretrain(small(corpus, tmp_path / "a", "train.steps=6", "train.checkpoint_every=3"))
     first = pretrain(small(corpus, tmp_path / "b", "train.steps=3", "train.checkpoint_every=3"))
     assert checkpoint.latest(tmp_path / "b").name == "step-00000003"
@@ -264,10 +267,12 @@ def test_checkpoints_are_pruned_and_foreign_files_refused(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, tmp_path, caplog):
+@pytest.mark.parametrize("kind", ["plain", "sharded"])
+def test_two_process_torchrun_keeps_identical_weights_and_quantizer(corpus, sharded_corpus, tmp_path, caplog, kind):
     """With global feature statistics, the one kind of buffer that changes: DDP broadcasts no
     buffer, and every rank still ends with the same weights and statistics (each batch's sums are
-    summed over the ranks)."""
+    summed over the ranks). On shards, each rank reads its own."""
+    corpus = sharded_corpus if kind == "sharded" else corpus
     paths = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])  # this checkout's code, whatever is installed
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": paths}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

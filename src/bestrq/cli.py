@@ -30,12 +30,12 @@ def _prepare(args: argparse.Namespace) -> int:
         options["test_session"] = args.test_session
     if args.format == "speechbrain" and args.data_root:
         options["data_root"] = args.data_root
-    report = prepare(args.format, args.src, args.out, **options)
+    report = prepare(args.format, args.src, args.out, shard_size=args.shard_size if args.shards else None, **options)
     for split, n in report.splits.items():
         print(f"{split}: {n} cuts, {report.hours[split]:.3f} h")
     if report.skipped:
         print(f"skipped {len(report.skipped)} files that are {UNUSABLE} (see the warnings above)")
-    print(f"manifests in {Path(args.out).resolve()}")
+    print(f"{'shards' if args.shards else 'manifests'} in {Path(args.out).resolve()}")
     return 0
 
 
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_synth)
 
     from .data.importers import IMPORTERS
+    from .data.shards import DEFAULT_SHARD_SIZE
 
     p = sub.add_parser("prepare", help="import an existing corpus into bestrq manifests")
     p.add_argument("format", choices=sorted(IMPORTERS), help="layout of SRC")
@@ -181,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-fraction", type=float, default=0.02,
                    help="folder: hold out this fraction of the files (at least one of ten or more) as "
                         "split dev, for validation (default 0.02; 0: none)")
+    p.add_argument("--shards", action="store_true",
+                   help="write each split as shards (lhotse Shar: tars of FLAC audio with their cuts), read "
+                        "in sequence, each process its own: for large corpora on network storage")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, metavar="N",
+                   help=f"with --shards: cuts per shard (default {DEFAULT_SHARD_SIZE}); give every training "
+                        "process several shards")
     p.add_argument("--data-root", default=None, help="speechbrain: value of $data_root in paths")
     p.add_argument("--test-session", type=int, default=5,
                    help="iemocap: the session held out as test (1-5, default 5); the one before it is dev")

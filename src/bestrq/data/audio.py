@@ -3,6 +3,9 @@ clear reason why not. Bad audio raises :class:`BadAudio`, which callers skip and
 
 from __future__ import annotations
 
+import io
+import os
+import tarfile
 from collections.abc import Iterable
 from fractions import Fraction
 from functools import lru_cache
@@ -50,6 +53,8 @@ def audio_source(cut) -> str:
     rec = getattr(cut, "recording", None)
     if rec is None or not rec.sources:
         return f"<cut {cut.id} without a recording>"
+    if rec.sources[0].type == SHARD:
+        return f"{rec.sources[0].source}:{rec.id}"
     return str(rec.sources[0].source)
 
 
@@ -106,21 +111,21 @@ def _why_unreadable(rec, path: str) -> str | None:
             "the file changed after the manifest was made")
 
 
-def load_mono(cut, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.ndarray:
-    """The cut's audio as a (S,) float32 array at ``sample_rate``: every channel of the
-    recording is averaged (down-mix) and other rates are resampled.
-
-    Raises BadAudio for unreadable files, sample rates outside MIN_RATE..MAX_RATE, empty audio,
-    non-finite samples and clips shorter than ``min_samples`` after resampling.
-    """
+def decode(cut) -> tuple[np.ndarray, int]:
+    """The cut's audio as a (S,) float32 array at its recording's rate, every channel averaged
+    (down-mix), and that rate. Raises BadAudio for unreadable files, sample rates outside
+    MIN_RATE..MAX_RATE, empty audio and non-finite samples."""
     path = audio_source(cut)
     rec = cut.recording
     if why := rate_problem(rec.sampling_rate):
         raise BadAudio(path, why)
-    try:
-        audio = rec.load_audio(offset=cut.start, duration=cut.duration)  # (C, S), all channels
-    except Exception as e:  # any decoder failure means the same thing here: unusable audio
-        raise BadAudio(path, _why_unreadable(rec, path) or f"unreadable ({type(e).__name__}: {e})") from e
+    if rec.sources[0].type == SHARD:  # a cut of a sharded split: its own member of a tar
+        audio = shard_audio(rec.sources[0].source, cut)
+    else:
+        try:
+            audio = rec.load_audio(offset=cut.start, duration=cut.duration)  # (C, S), all channels
+        except Exception as e:  # any decoder failure means the same thing here: unusable audio
+            raise BadAudio(path, _why_unreadable(rec, path) or f"unreadable ({type(e).__name__}: {e})") from e
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 2:
         audio = audio.mean(axis=0)
@@ -128,7 +133,65 @@ def load_mono(cut, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.n
         raise BadAudio(path, "empty audio (0 samples)")
     if not np.isfinite(audio).all():
         raise BadAudio(path, "non-finite samples (NaN or inf)")
-    audio = resample(audio, rec.sampling_rate, sample_rate)
+    return audio, rec.sampling_rate
+
+
+def load_mono(cut, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> np.ndarray:
+    """The cut's audio as a (S,) float32 array at ``sample_rate``: every channel of the
+    recording is averaged (down-mix) and other rates are resampled.
+
+    Raises BadAudio as :func:`decode` does, and for clips shorter than ``min_samples`` after resampling.
+    """
+    audio, rate = decode(cut)
+    audio = resample(audio, rate, sample_rate)
     if audio.shape[-1] < min_samples:
-        raise BadAudio(path, f"too short ({audio.shape[-1]} samples < {min_samples})")
+        raise BadAudio(audio_source(cut), f"too short ({audio.shape[-1]} samples < {min_samples})")
     return audio
+
+
+# --- sharded splits: each cut's audio is a member of a tar (lhotse's Shar layout) --------------
+
+SHARD = "shar"  # the audio source type of a cut whose audio lives in a shard
+
+
+@lru_cache(maxsize=32)
+def _members(tar: str, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    """A tar's audio members: key (the name without its extension) -> (offset, size) of the data.
+    Only the headers are read, one seek apart; a process keeps the last 32 shards' tables."""
+    members = {}
+    with tarfile.open(tar, "r:") as f:
+        for m in f:
+            key, ext = m.name.rsplit(".", 1) if "." in m.name else (m.name, "")
+            if m.isfile() and ext not in ("json", "nodata", "nometa"):
+                members[key] = (m.offset_data, m.size)
+    return members
+
+
+def shard_audio(tar: str, cut) -> np.ndarray:
+    """The (C, S) audio of a sharded cut, from its member of ``tar``, named by its recording's id (the
+    id of the cut as it was written, which a copy of the cut under another id keeps). The member is
+    the whole cut as it was written; a cropped cut reads a part of it, from ``cut.start``."""
+    where = audio_source(cut)
+    if not tar:
+        raise BadAudio(f"<cut {cut.id}>", "a shard's cut read without its shard (open the split with "
+                       "bestrq.data.manifest.open_split or load_split)")
+    try:
+        stat = os.stat(tar)
+        offset, size = _members(tar, stat.st_size, stat.st_mtime_ns)[cut.recording.id]
+    except FileNotFoundError:
+        raise BadAudio(tar, MISSING) from None
+    except KeyError:
+        raise BadAudio(where, "not in its shard (the shard's tar has no audio of this cut)") from None
+    except (OSError, tarfile.TarError) as e:
+        raise BadAudio(tar, f"unreadable shard ({type(e).__name__}: {e})") from None
+    try:
+        with open(tar, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        with sf.SoundFile(io.BytesIO(data)) as snd:
+            start = round(cut.start * snd.samplerate)
+            snd.seek(min(start, snd.frames))
+            frames = round(cut.duration * snd.samplerate) if cut.duration is not None else -1
+            return snd.read(frames, dtype="float32", always_2d=True).T
+    except Exception as e:  # any decoder failure means the same thing here: unusable audio
+        raise BadAudio(where, f"unreadable ({type(e).__name__}: {e})") from e

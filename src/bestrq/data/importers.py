@@ -36,16 +36,19 @@ import itertools
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet, load_manifest
+from tqdm import tqdm
 
 from ..files import atomic_path
 from .audio import MISSING, audio_source, by_kind, length_problem, rate_problem
-from .manifest import ManifestError, list_splits, write_split
+from .manifest import ManifestError, is_sharded, list_splits, write_split
+from .shards import write_shards
 
 log = logging.getLogger("bestrq.data")
 
@@ -437,8 +440,10 @@ _ROOT_HINT = {"speechbrain": "--data-root replaces $data_root in the table",
 EXTRA_FILES = ("sv_trials.txt",)  # files beside the manifests that an importer may write
 
 
-def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options) -> ImportReport:
-    """Import ``src`` in format ``fmt`` and write one manifest per split into ``out``."""
+def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, shard_size: int | None = None,
+            **options) -> ImportReport:
+    """Import ``src`` in format ``fmt`` and write one manifest per split into ``out``; with ``shard_size``,
+    each split as shards of that many cuts, audio included (:func:`~bestrq.data.shards.write_shards`)."""
     if fmt not in IMPORTERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
     src = Path(src)
@@ -452,7 +457,16 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options)
     for split, cuts in IMPORTERS[fmt](src, report, **options).items():
         cuts = iter(cuts)  # cut by cut: an importer may stream them
         first = next(cuts, None)  # a split with none is not written, nor is the folder made for it
-        n, seconds = write_split(out, split, itertools.chain([first], cuts)) if first is not None else (0, 0.0)
+        n, seconds = 0, 0.0
+        if first is not None and shard_size:
+            with tqdm(desc=f"shards of {split}", unit="cut", disable=None) as bar:
+                n, seconds = write_shards(out, split, itertools.chain([first], cuts), shard_size,
+                                          jobs=options.get("jobs", 1), skipped=report.skipped,
+                                          progress=lambda _: bar.update())
+        elif first is not None:
+            n, seconds = write_split(out, split, itertools.chain([first], cuts))
+            if n and is_sharded(out / split):  # the split's shards from an earlier import, now replaced
+                shutil.rmtree(out / split)
         if not n:
             if split == "dev" and fmt == "folder":  # dev_fraction of too few files
                 continue

@@ -138,6 +138,12 @@ class AudioLoader:
     are left out as they are read, and counted: at the end of an epoch rank 0 says how many.
     ``identity`` names the cuts for a resume (a position means nothing in another split); by
     default it is a hash of every cut's id and duration, which reads them all.
+
+    A sharded split (at least as many shards as processes) is read by shard: in each epoch every
+    rank reads its own shards, in an order drawn from (seed, epoch), and samples them alone. The
+    ranks' epochs then hold different numbers of batches; each rank goes on to its next epoch
+    when its own ends. With fewer shards than processes, every rank reads them all and takes
+    its share of the batches, as for a plain split.
     """
 
     def __init__(self, cuts: CutSet, dataset: AudioDataset, *, max_batch_duration: float,
@@ -168,11 +174,20 @@ class AudioLoader:
             identity = hashlib.sha1("\n".join(f"{c.id} {c.duration}" for c in cuts).encode()).hexdigest()
         self.fingerprint = hashlib.sha1(f"{identity} {min_duration} {dataset.max_duration}".encode()).hexdigest()[:16]
 
-    def usable_cuts(self, counts: list[int] | None = None) -> CutSet:
-        """The cuts long enough to train on, as the sampler sees them: a clip longer than the dataset's
-        max_duration counts as max_duration, to which it is cropped, so that batches are packed by the
-        audio they will hold (:meth:`epoch_batches` gives the dataset the whole clip back).
-        ``counts``: [cuts read, cuts left out as too short], added to as the cuts are read."""
+    def _rank_cuts(self, epoch: int) -> tuple[CutSet, int, int]:
+        """(the cuts this rank's sampler reads in ``epoch``, the sampler's world size and rank): this
+        rank's own shards alone, or every cut, shared out by the sampler."""
+        data = self.cuts.data
+        own = data.for_rank(self.rank, self.world_size, epoch, self.seed if self.shuffle else None) \
+            if hasattr(data, "for_rank") else None
+        return (self.cuts, self.world_size, self.rank) if own is None else (CutSet(own), 1, 0)
+
+    def usable_cuts(self, counts: list[int] | None = None, epoch: int | None = None) -> CutSet:
+        """The cuts long enough to train on, as this rank's sampler sees them in ``epoch`` (default: the
+        current one): a clip longer than the dataset's max_duration counts as max_duration, to which it is
+        cropped, so that batches are packed by the audio they will hold (:meth:`epoch_batches` gives the
+        dataset the whole clip back). ``counts``: [cuts read, cuts left out as too short], added to as the
+        cuts are read."""
         shortest, cap = self.min_duration, self.dataset.max_duration
 
         def keep(cut) -> bool:
@@ -186,7 +201,7 @@ class AudioLoader:
                 return cut
             return fastcopy(cut, duration=cap, custom={**(cut.custom or {}), WHOLE: cut.duration})
 
-        usable = self.cuts.filter(keep)
+        usable = self._rank_cuts(self.epoch if epoch is None else epoch)[0].filter(keep)
         return usable if cap is None else usable.map(shorten)
 
     @staticmethod
@@ -197,10 +212,11 @@ class AudioLoader:
         return fastcopy(cut, duration=cut.custom[WHOLE], custom=custom or None)
 
     def _sampler(self, epoch: int, counts: list[int] | None = None) -> DynamicBucketingSampler | DynamicCutSampler:
+        _, world_size, rank = self._rank_cuts(epoch)
         common = {"max_duration": self.max_batch_duration, "shuffle": self.shuffle, "drop_last": self.drop_last,
-                  "seed": self.seed, "world_size": self.world_size, "rank": self.rank}
-        cuts = self.usable_cuts(counts)  # read once, by the sampler: the counts are the epoch's
-        first = list(itertools.islice(self.usable_cuts(), BINS_FROM))  # the buckets' edges, as lhotse finds them
+                  "seed": self.seed, "world_size": world_size, "rank": rank}
+        cuts = self.usable_cuts(counts, epoch)  # read once, by the sampler: the counts are the epoch's
+        first = list(itertools.islice(self.usable_cuts(epoch=epoch), BINS_FROM))  # the buckets' edges, as lhotse finds them
         with warnings.catch_warnings():  # a small split read into memory, on purpose
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
             if len(first) < self.num_buckets:  # too few cuts to bucket

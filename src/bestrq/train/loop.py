@@ -373,6 +373,11 @@ def _make_loader(cfg: PretrainConfig, ctx: distributed.Context, model: torch.nn.
                          pin_memory=train and ctx.device.type == "cuda",  # so non_blocking copies overlap
                          min_duration=shortest, identity=split_identity(cfg.data.corpus, split), name=split,
                          too_short=why)
+    shards = loader.cuts.data.sources if loader.cuts.data.sharded else []
+    if train and ctx.is_main and 0 < len(shards) < ctx.world_size:
+        log.warning("%s: %d shards for %d processes: each process reads them all and takes its share of the "
+                    "batches; for each to read its own, write more shards (bestrq prepare --shard-size)",
+                    split, len(shards), ctx.world_size)
     if next(iter(loader.usable_cuts()), None) is None:  # reads up to the first usable cut
         raise ValueError(f"{cfg.data.corpus}: split {split!r} has no cut of at least {shortest:g}s")
     return loader
