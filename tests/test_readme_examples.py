@@ -30,6 +30,7 @@ from lhotse import CutSet
 
 from bestrq.data.manifest import load_split, save_split
 from bestrq.export.onnx import torch_exports_onnx
+from bestrq.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -49,9 +50,9 @@ SHORTER = {
 }
 
 
-def blocks() -> list[tuple[str | None, str, str]]:
-    """(marker, language, code) of every fenced block of the README, in order."""
-    return BLOCK.findall(README.read_text())
+def blocks(doc: Path = README) -> list[tuple[str | None, str, str]]:
+    """(marker, language, code) of every fenced block of ``doc`` (the README), in order."""
+    return BLOCK.findall(doc.read_text())
 
 
 def test_every_block_of_the_readme_is_marked_and_there_are_no_indented_ones():
@@ -86,6 +87,7 @@ def shorter(line: str, free_port: int) -> tuple[list[str], int]:
     code = code.replace("/data/", "fixtures/")
     code = re.sub(r"--nproc_per_node 8", "--nproc_per_node 1" if "--nnodes" in code else "--nproc_per_node 2", code)
     code = code.replace("node0", "127.0.0.1").replace("29500", str(free_port)).replace("--jobs 16", "--jobs 2")
+    code = code.replace("--shard-size 1000", "--shard-size 4")  # several shards of the look-alike's windows
     code = re.sub(r"^timeout (.*?) 60 ", r"timeout \1 15 ", code)  # the pre-emption comes sooner
     words = code.split()
     for key, extra in SHORTER.items():
@@ -144,11 +146,8 @@ def look_alike_corpora(corpus: Path, fixtures: Path) -> None:
         sf.write(target, audio, 16000)
 
 
-@pytest.mark.slow
-def test_every_command_of_the_readme_runs(corpus, tmp_path):
-    smaller_demo(corpus, tmp_path / "data" / "demo")
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
-    look_alike_corpora(corpus, tmp_path / "fixtures")
+def run_blocks(doc: Path, cwd: Path) -> str:
+    """Run the tested blocks of ``doc`` in ``cwd`` as the module's docstring says; their output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONWARNINGS": "ignore"}
     outputs = []
@@ -159,38 +158,45 @@ def test_every_command_of_the_readme_runs(corpus, tmp_path):
                                            f"{out[-2000:]}\n{err[-4000:]}")
         outputs.append(out + err)
 
-    for marker, language, code in blocks():
-        if marker == "make":
+    for marker, language, code in blocks(doc):
+        if marker not in ("tested", "tested: together"):
             continue
         if language == "python":
             if "onnxruntime" in code and not ONNX:
                 continue
-            done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+            done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
                                   timeout=600, check=False)
             check(done, ["python", code[:60]], 0, done.stdout, done.stderr)
             continue
         port = free_port()
         lines = [shorter(line, port) for line in commands(code)]
         if marker == "tested: together":
-            procs = [subprocess.Popen(c, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            procs = [subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True) for c, _ in lines]
             for proc, (command, expect) in zip(procs, lines, strict=True):
                 out, err = proc.communicate(timeout=600)
                 check(proc, command, expect, out, err)
             continue
         for command, expect in lines:
-            done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+            done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
                                   check=False)
             check(done, command, expect, done.stdout, done.stderr)
+    return "\n".join(outputs)
 
-    text = "\n".join(outputs)
+
+@pytest.mark.slow
+def test_every_command_of_the_readme_runs(corpus, tmp_path):
+    smaller_demo(corpus, tmp_path / "data" / "demo")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    look_alike_corpora(corpus, tmp_path / "fixtures")
+    text = run_blocks(README, tmp_path)
     # own audio: a dev split held out, trained on
     assert (tmp_path / "data" / "mine" / "cuts_dev.jsonl.gz").exists()
     assert (tmp_path / "runs" / "mine" / "checkpoints").is_dir()
     # LibriSpeech and Libri-Light: every part, then bestrq_base on one, two and 1 + 1 processes
     assert {p.name for p in (tmp_path / "data" / "librispeech").glob("cuts_*")} == {
         f"cuts_{p}.jsonl.gz" for p in ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean")}
-    assert (tmp_path / "data" / "librilight" / "cuts_dev.jsonl.gz").exists()
+    assert (tmp_path / "data" / "librilight" / "train" / "cuts.000001.jsonl.gz").exists()  # as shards
     assert "written by 1 process(es), this run has 2" in text  # the torchrun run went on from the 1-GPU run
     assert (tmp_path / "runs" / "librilight" / "checkpoints").is_dir()
     # pre-emption: a checkpoint saved on SIGTERM, then the same command resumed from it
@@ -208,3 +214,15 @@ def test_every_command_of_the_readme_runs(corpus, tmp_path):
         assert "exporting to ONNX needs torch >= 2.6" in text
     assert "after: dev CER" in text and (tmp_path / "runs" / "continued" / "checkpoints").is_dir()
     assert "BEST-RQ (ours)" in text  # the benchmark's table
+
+
+@pytest.mark.slow
+def test_the_libri_light_recipe_of_reproduce_md_runs_on_a_look_alike(corpus, tmp_path):
+    """docs/reproduce.md's tested block: Libri-Light as shards, then bestrq_base on 2 processes."""
+    look_alike_corpora(corpus, tmp_path / "fixtures")
+    text = run_blocks(ROOT / "docs" / "reproduce.md", tmp_path)
+    shards = sorted((tmp_path / "data" / "librilight" / "train").glob("recording.*.tar"))
+    assert len(shards) >= 4 and (tmp_path / "data" / "librilight" / "dev" / "cuts.000000.jsonl.gz").is_file()
+    assert "shards for" not in text  # no warning that the processes share them
+    saved = checkpoint.load(checkpoint.latest(tmp_path / "runs" / "librilight"))
+    assert [s["rank"] for s in saved.state["loader"]] == [0, 1]  # each process's own position
