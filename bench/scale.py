@@ -3,8 +3,12 @@
 For corpora of 10k, 100k and 1M cuts (the demo corpus's training clips under new ids, so
 the audio is the same and only the manifest grows), one ``bestrq pretrain`` of one step
 (``bestrq_tiny``, one loader worker, no validation): its wall time from start to end and the
-peak resident memory of its main process and of its loader worker. Then ``bestrq prepare
-folder`` on a folder of small audio files: its time and peak memory.
+peak resident memory of its main process and of its loader worker. The same for sharded
+corpora of those sizes (lhotse Shar, 1000 cuts per shard, as ``bestrq prepare --shards``
+writes them): the first shard is written from 1000 demo clips, the others are copies of it
+(the tar hard-linked, the same cuts), so that 1M cuts need no 1M clips of audio. Then
+``bestrq prepare folder`` on a folder of small audio files, plain and ``--shards``: its time
+and peak memory.
 
 Nothing else should run beside it: the times are wall-clock. Results: bench/RESULTS.md.
 """
@@ -88,6 +92,31 @@ def grow(demo: Path, out: Path, n: int) -> Path:
     return target
 
 
+def grow_shards(demo: Path, out: Path, n: int, shard_size: int = 1000) -> Path:
+    """A corpus folder whose train split is ``n`` cuts in shards of ``shard_size``: one written
+    from the demo's clips, renamed, then copies of it (cut ids repeat from shard to shard)."""
+    from lhotse.utils import fastcopy
+
+    from bestrq.data.manifest import SHARD_AUDIO, SHARD_CUTS, load_split
+    from bestrq.data.shards import write_shards
+
+    target = out / f"shards_{n}"
+    split = target / "train"
+    if (target / "done").is_file():
+        return target
+    subprocess.run(["rm", "-rf", str(target)], check=True)
+    clips = list(load_split(demo, "train"))
+    cuts = (fastcopy(clips[i % len(clips)], id=f"{clips[i % len(clips)].id}-{i // len(clips)}")
+            for i in range(min(n, shard_size)))
+    write_shards(target, "train", cuts, shard_size=shard_size, jobs=2)
+    first_cuts, first_tar = split / SHARD_CUTS.format(0), split / SHARD_AUDIO.format(0)
+    for k in range(1, -(-n // shard_size)):
+        os.link(first_tar, split / SHARD_AUDIO.format(k))
+        os.link(first_cuts, split / SHARD_CUTS.format(k))
+    (target / "done").write_text(str(n))
+    return target
+
+
 def pretrain(corpus: Path, out: Path) -> list[str]:
     sets = [f"data.corpus={corpus}", "data.valid_split=", "train.steps=1", "train.progress=false",
             "train.tensorboard=false", "data.num_workers=1", "train.log_every=1"]
@@ -121,20 +150,22 @@ def main() -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     rows = ["| input | cuts | seconds, start to end | peak main (MiB) | peak worker (MiB) |",
             "|---|---:|---:|---:|---:|"]
-    for n in args.sizes:
-        corpus = grow(demo, out, n)
-        run = out / f"run_{n}"
-        subprocess.run(["rm", "-rf", str(run)], check=True)
-        seconds, main_mib, worker_mib, _ = measure(pretrain(corpus, run), env)
-        rows.append(f"| plain folder | {n:,} | {seconds:.1f} | {main_mib} | {worker_mib} |")
-        print(rows[-1], flush=True)
+    for label, make, runs in (("plain folder", grow, "run"), ("Shar shards", grow_shards, "run_shards")):
+        for n in args.sizes:
+            corpus = make(demo, out, n)
+            run = out / f"{runs}_{n}"
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+            seconds, main_mib, worker_mib, _ = measure(pretrain(corpus, run), env)
+            rows.append(f"| {label} | {n:,} | {seconds:.1f} | {main_mib} | {worker_mib} |")
+            print(rows[-1], flush=True)
     for n in args.files:
         src = small_files(out / f"files_{n}", n)
-        subprocess.run(["rm", "-rf", str(out / "prepared")], check=True)
-        seconds, main_mib, _, _ = measure(
-            [sys.executable, "-m", "bestrq", "prepare", "folder", str(src), "--out", str(out / "prepared")], env)
-        rows.append(f"| `bestrq prepare folder` | {n:,} files | {seconds:.1f} | {main_mib} | – |")
-        print(rows[-1], flush=True)
+        for extra in ([], ["--shards"]):
+            subprocess.run(["rm", "-rf", str(out / "prepared")], check=True)
+            seconds, main_mib, _, _ = measure([sys.executable, "-m", "bestrq", "prepare", "folder", str(src), "--out",
+                                               str(out / "prepared"), *extra], env)
+            rows.append(f"| `{' '.join(['bestrq prepare folder', *extra])}` | {n:,} files | {seconds:.1f} | {main_mib} | – |")
+            print(rows[-1], flush=True)
     print("\n".join(rows))
 
 
