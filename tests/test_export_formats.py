@@ -181,9 +181,11 @@ def test_continuing_into_a_different_model_names_the_settings(corpus, trained, e
     ("encoder.frontend=conv2d", "encoder.frontend=conv2d"),
     ("encoder.position=rotary", "encoder.position=rotary"),
     ("features.normalization=global", "features.normalization=global"),
+    ("encoder.streaming=true", "encoder.streaming=true"),  # with global statistics, as streaming needs
 ])
 def test_what_transformers_cannot_express_is_refused_naming_the_option(option, blocker, tmp_path, capsys):
-    cfg = load_config("bestrq_tiny", ["encoder.num_layers=1", option])
+    extra = ["features.normalization=global"] if option == "encoder.streaming=true" else []
+    cfg = load_config("bestrq_tiny", ["encoder.num_layers=1", option, *extra])
     assert [b for b in export_blockers(cfg) if b.startswith(blocker)]
     loaded = Loaded(build_model(cfg).eval(), cfg, 0, tmp_path / "ckpt")
     with pytest.raises(ValueError, match=rf"cannot be expressed as a Wav2Vec2BertModel: {blocker}"):

@@ -82,9 +82,9 @@ def test_masked_input_frames_are_noise_and_unmasked_frames_untouched():
     seen = {}
     real_forward = model.encoder.forward
 
-    def spy(feats, lens):
+    def spy(feats, lens, **kw):  # kw: the chunked attention of a streaming encoder
         seen["x"] = feats
-        return real_forward(feats, lens)
+        return real_forward(feats, lens, **kw)
 
     model.encoder.forward = spy
     model(waves, lengths, torch.Generator().manual_seed(3))
@@ -114,8 +114,8 @@ def test_gradients_flow_only_from_masked_frames():
     captured = {}
     real_forward = model.encoder.forward
 
-    def spy(feats, lens):
-        out = real_forward(feats, lens)
+    def spy(feats, lens, **kw):
+        out = real_forward(feats, lens, **kw)
         out.last.retain_grad()
         captured["h"] = out.last
         return out

@@ -125,14 +125,16 @@ def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["plain", "sharded"])
+@pytest.mark.parametrize("kind", ["plain", "sharded", "streaming"])
 def test_resume_continues_exactly(corpus, sharded_corpus, tmp_path, kind):
-    """On a plain and on a sharded corpus."""
+    """On a plain and a sharded corpus, and for a streaming encoder (its chunked attention drawn anew)."""
     corpus = sharded_corpus if kind == "sharded" else corpus
-    straight = pretrain(small(corpus, tmp_path / "a", "train.steps=6", "train.checkpoint_every=3"))
-    first = pretrain(small(corpus, tmp_path / "b", "train.steps=3", "train.checkpoint_every=3"))
+    extra = ["encoder.streaming=true", "features.normalization=global", "encoder.chunk_frames=[2,8]",
+             "encoder.left_chunks=[1,4]"] if kind == "streaming" else []
+    straight = pretrain(small(corpus, tmp_path / "a", "train.steps=6", "train.checkpoint_every=3", *extra))
+    first = pretrain(small(corpus, tmp_path / "b", "train.steps=3", "train.checkpoint_every=3", *extra))
     assert checkpoint.latest(tmp_path / "b").name == "step-00000003"
-    resumed = pretrain(small(corpus, tmp_path / "b", "train.steps=6", "train.checkpoint_every=3"))
+    resumed = pretrain(small(corpus, tmp_path / "b", "train.steps=6", "train.checkpoint_every=3", *extra))
     assert resumed.step == 6
     a, b = weights(straight.model), weights(resumed.model)
     assert not torch.equal(weights(first.model)["heads.weight"], b["heads.weight"])  # it did train on

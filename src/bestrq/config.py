@@ -28,6 +28,7 @@ from .precision import PRECISIONS
 
 OBJECTIVES = ("bestrq", "wav2vec2")
 ENCODERS = ("conformer", "transformer")
+CHUNK_PER = ("batch", "utterance")
 SCHEDULES = ("noam", "cosine", "constant")  # learning-rate schedules, as train/optim.py's lr_at computes them
 
 
@@ -141,6 +142,17 @@ class EncoderConfig:
     dropout: float = _f(0.1, "dropout in every layer", ge=0, lt=1)
     pos_conv_kernel: int = _f(128, "transformer: width of the convolutional position embedding", ge=1)
     pos_conv_groups: int = _f(16, "transformer: groups of the convolutional position embedding", ge=1)
+    streaming: bool = _f(False, "train for chunk-by-chunk inference (bestrq.load(...).streamer): dynamic chunk "
+                         "attention, below; needs features.normalization global (or none) and the stack front-end")
+    chunk_prob: float = _f(0.6, "streaming: share of batches trained with chunked attention (others: full context)",
+                           ge=0, le=1)
+    chunk_frames: list = _f([8, 32], "streaming: chunk sizes, drawn uniformly from this range of encoder frames "  # noqa: RUF009
+                            "(40 ms each: 320 ms to 1.28 s)", ge=1, item=int)
+    left_chunks_prob: float = _f(0.75, "streaming: share of chunked batches whose left context is limited (others: "
+                                 "all the past)", ge=0, le=1)
+    left_chunks: list = _f([2, 32], "streaming: limited left context, drawn uniformly from this range of chunks",  # noqa: RUF009
+                           ge=1, item=int)
+    chunk_per: str = _f("batch", "streaming: draw the chunking once per batch, or per utterance")
 
 
 @dataclass
@@ -261,6 +273,22 @@ class PretrainConfig:
         check(self.encoder.d_model % self.encoder.num_heads == 0, "encoder.d_model",
               f"{self.encoder.d_model} is not divisible by num_heads {self.encoder.num_heads}")
         check(self.encoder.conv_kernel % 2 == 1, "encoder.conv_kernel", "must be odd")
+        e = self.encoder
+        for key in ("chunk_frames", "left_chunks"):
+            pair = getattr(e, key)
+            check(len(pair) == 2 and pair[0] <= pair[1], f"encoder.{key}", f"must be [smallest, largest], got {pair}")
+        check(e.chunk_per in CHUNK_PER, "encoder.chunk_per", f"must be one of {', '.join(CHUNK_PER)}")
+        if e.streaming:  # nothing that makes an output depend on the future beyond its chunk
+            check(e.kind == "conformer", "encoder.streaming",
+                  "needs encoder.kind conformer (the transformer's position convolution looks ahead)")
+            check(self.objective != "bestrq" or e.frontend == "stack", "encoder.streaming",
+                  "needs encoder.frontend stack (conv2d's 3x3 convolutions look 3 frames ahead)")
+            fbank = self.objective == "bestrq" or w.feature_encoder == "fbank"
+            check(not fbank or self.features.normalization in ("global", "none"), "encoder.streaming",
+                  f"needs features.normalization global or none: {self.features.normalization!r} statistics "
+                  "need the whole clip")
+            check(fbank or w.conv_norm == "layer", "encoder.streaming",
+                  "needs wav2vec2.conv_norm layer (group normalises each channel over the whole clip)")
         check(self.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {', '.join(SCHEDULES)}")
         check(len(self.optim.betas) == 2, "optim.betas", "must be two numbers")
         check(self.train.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")

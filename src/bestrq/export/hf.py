@@ -65,6 +65,9 @@ def export_blockers(cfg: PretrainConfig) -> list[str]:
     if e.position != "relative_key":
         blockers.append(f"encoder.position={e.position}: transformers' rotary variant rotates the layer input, "
                         "ours the queries and keys; only relative_key is the same in both")
+    if e.streaming:
+        blockers.append("encoder.streaming=true: Wav2Vec2BertModel has no chunked attention, so it would run this "
+                        "streaming encoder with full context only; stream it with bestrq.load(...).streamer()")
     if f.normalization != "utterance":
         blockers.append(f"features.normalization={f.normalization}: SeamlessM4TFeatureExtractor always "
                         "normalises each utterance (features.normalization=utterance)")

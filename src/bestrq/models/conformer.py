@@ -45,6 +45,7 @@ from torch.torch_version import TorchVersion
 
 from ..features import padding_mask
 from . import relative_attention
+from .chunking import Chunking, attention_mask
 from .dropout import Dropout, attention
 
 
@@ -153,17 +154,22 @@ class SelfAttention(nn.Module):
             self.left_context, self.right_context = left_context, right_context
             self.distance_embedding = nn.Embedding(left_context + right_context + 1, self.head_dim)
 
+    def distance_bias(self, q: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        """Queries q (..., Tq, hd) and each (query, key) pair's distance, key minus query (Tq, Tk) ->
+        the relative-key bias (..., Tq, Tk)."""
+        per_distance = q @ self.distance_embedding.weight.to(q.dtype).T  # (..., Tq, P)
+        index = distance.clamp(-self.left_context, self.right_context) + self.left_context
+        return per_distance.gather(-1, index.expand(*per_distance.shape[:-1], -1)) / math.sqrt(self.head_dim)
+
     def _relative_key_bias(self, q: torch.Tensor) -> torch.Tensor:
-        t = q.shape[2]
-        pos = torch.arange(t, device=q.device)
-        distance = (pos[None, :] - pos[:, None]).clamp(-self.left_context, self.right_context)  # (T, T)
-        per_distance = q @ self.distance_embedding.weight.to(q.dtype).T  # (B, H, T, P)
-        index = (distance + self.left_context).expand(*q.shape[:2], t, t)
-        return per_distance.gather(-1, index) / math.sqrt(self.head_dim)  # (B, H, T, T)
+        pos = torch.arange(q.shape[2], device=q.device)
+        return self.distance_bias(q, pos[None, :] - pos[:, None])  # (B, H, T, T)
 
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None, packing: Packing | None = None) -> torch.Tensor:
-        """x (B, T, D), or (N, D) with ``packing``: the output has x's layout."""
+                rotary: tuple[torch.Tensor, torch.Tensor] | None, packing: Packing | None = None,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D), or (N, D) with ``packing``: the output has x's layout. ``allowed``: (1 or B, 1, T, T)
+        bool, the (query, key) pairs that may attend (chunked attention; None: all)."""
         b, t = key_padding.shape
         d = x.shape[-1]
         unpack = packing.unpack if packing is not None else (lambda y: y)
@@ -172,22 +178,27 @@ class SelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if self.position == "rotary":
             q, k = _rotate(q, *rotary), _rotate(k, *rotary)
-            out = attention(q, k, v, ~key_padding[:, None, None, :], p)  # (B, 1, 1, T) True = attend
-        elif relative_attention.applies(t, q.device) and not _static():  # long clips: no (B, H, T, T) bias
+            keep = ~key_padding[:, None, None, :]  # (B, 1, 1, T) True = attend
+            out = attention(q, k, v, keep if allowed is None else keep & allowed, p)
+        elif allowed is None and relative_attention.applies(t, q.device) and not _static():
+            # long clips: no (B, H, T, T) bias
             out = relative_attention.relative_key_attention(q, k, v, self.distance_embedding.weight, key_padding,
                                                             self.left_context, self.right_context, p)
         else:
             mask = self._relative_key_bias(q).masked_fill(key_padding[:, None, None, :], float("-inf"))
+            if allowed is not None:
+                mask = mask.masked_fill(~allowed, float("-inf"))
             out = attention(q, k, v, mask, p)
         out = out.transpose(1, 2)  # (B, T, H, hd)
         out = packing.pack(out) if packing is not None else out.reshape(b, t, d)
         return self.linear_out(out)
 
 
-def rotary_tables(t: int, head_dim: int, device: torch.device, base: float = 10000.0
+def rotary_tables(t: int, head_dim: int, device: torch.device, base: float = 10000.0, start: int = 0
                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, hd) of positions start .. start + t - 1."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.arange(t, device=device, dtype=torch.float32)[:, None] * inv_freq  # (T, hd/2)
+    angles = torch.arange(start, start + t, device=device, dtype=torch.float32)[:, None] * inv_freq  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
     return angles.cos(), angles.sin()
 
@@ -259,10 +270,10 @@ class ConformerLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-                packing: Packing | None = None) -> torch.Tensor:
+                packing: Packing | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, D), or (N, D) with ``packing``: the output has x's layout."""
         x = x + 0.5 * self.ffn1(self.ffn1_layer_norm(x))
-        x = x + self.self_attn_dropout(self.self_attn(self.self_attn_layer_norm(x), pad, rotary, packing))
+        x = x + self.self_attn_dropout(self.self_attn(self.self_attn_layer_norm(x), pad, rotary, packing, allowed))
         x = x + self.conv_module(x, pad, packing)
         x = x + 0.5 * self.ffn2(self.ffn2_layer_norm(x))
         return self.final_layer_norm(x)
@@ -284,7 +295,10 @@ class ConformerEncoder(nn.Module):
             ConformerLayer(d_model, num_heads, ffn_dim, conv_kernel, dropout, position, left_context,
                            right_context) for _ in range(num_layers))
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor,
+                chunking: Chunking | list[Chunking | None] | None = None) -> EncoderOutput:
+        """``chunking``: chunked attention for the batch, or one per utterance (models/chunking.py); None:
+        full context."""
         x, out_lengths = self.frontend(feats, lengths)  # (B, T', D)
         pad = padding_mask(out_lengths, x.shape[1])  # (B, T')
         # a row with no valid frame would attend to nothing (NaN); let it see its padding instead
@@ -293,10 +307,11 @@ class ConformerEncoder(nn.Module):
         rotary = (rotary_tables(x.shape[1], self.d_model // self.num_heads, x.device)
                   if self.position == "rotary" else None)
         hidden = [x]
+        allowed = attention_mask(chunking, pad)
         packing = Packing.of(pad, self.skip_padding)
         if packing is not None:
             x = packing.pack(x)
         for layer in self.layers:
-            x = layer(x, key_pad, rotary, packing)
+            x = layer(x, key_pad, rotary, packing, allowed)
             hidden.append(packing.unpack(x) if packing is not None else x)
         return EncoderOutput(tuple(hidden), out_lengths, pad)

@@ -11,6 +11,7 @@ codebooks; unmasked frames and padding carry none.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from ..config import PretrainConfig
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, stack_frames, whole_groups
 from ..masking import MaskSpec, preset, span_mask
+from ..models.chunking import Chunking, ChunkSpec
 from ..models.conformer import ConformerEncoder, EncoderOutput
 from ..quantizer import RandomProjectionQuantizer
 from .encoders import build_encoder, fbank_features, fbank_frontend
@@ -72,11 +74,12 @@ class BestRQ(nn.Module):
 
     def __init__(self, features: LogMelFbank, normalizer: FeatureNormalizer,
                  quantizer: RandomProjectionQuantizer, encoder: ConformerEncoder, mask: MaskSpec,
-                 noise_std: float = 0.1, stack: int = 4) -> None:
+                 noise_std: float = 0.1, stack: int = 4, chunks: ChunkSpec | None = None) -> None:
         super().__init__()
         self.features, self.normalizer = features, normalizer
         self.quantizer, self.encoder = quantizer, encoder
         self.mask_spec, self.noise_std, self.stack = mask, noise_std, stack
+        self.chunks = chunks  # streaming: the chunked attention training draws (None: full context)
         k, v = quantizer.num_codebooks, quantizer.codebook_size
         self.heads = nn.Linear(encoder.d_model, k * v)  # K heads of V classes, as one matmul
 
@@ -102,9 +105,10 @@ class BestRQ(nn.Module):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         return normalised_fbank(self.features, self.normalizer, waveforms, lengths)
 
-    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        """Unmasked encoding: hidden states of every layer (for probes and export)."""
-        return self.encoder(*self.input_features(waveforms, lengths))
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor, chunking: Chunking | None = None) -> EncoderOutput:
+        """Unmasked encoding: hidden states of every layer (for probes and export); ``chunking``: with
+        chunked attention, as chunk-by-chunk inference computes it."""
+        return self.encoder(*self.input_features(waveforms, lengths), chunking=chunking)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames for clips of ``lengths`` samples: whole groups of ``stack`` fbank frames."""
@@ -128,7 +132,11 @@ class BestRQ(nn.Module):
         noise = torch.randn(feats.shape, generator=generator, device=feats.device) * self.noise_std
         feats = torch.where(input_mask[..., None], noise, feats)
 
-        hidden = self.encoder(feats, frame_lengths).last  # (B, T4, D)
+        chunking = None
+        if self.chunks is not None and self.training:  # drawn on the host from the step's seed: no device sync
+            seed = generator.initial_seed() if generator is not None else int(torch.randint(1 << 62, ()))
+            chunking = self.chunks.draw_batch(random.Random(seed), waveforms.shape[0])
+        hidden = self.encoder(feats, frame_lengths, chunking=chunking).last  # (B, T4, D)
         # the heads see masked frames only: (N, K, V) logits instead of (B, T4, K, V)
         masked = hidden.flatten(0, 1).index_select(0, rows)  # (N, D)
         logits = self.heads(masked).unflatten(-1, (self.quantizer.num_codebooks, -1))
@@ -149,4 +157,5 @@ def build_bestrq(cfg: PretrainConfig) -> BestRQ:
         *fbank_features(cfg),
         RandomProjectionQuantizer(f.num_mel_bins * f.stack, q.codebook_size, q.codebook_dim, q.num_codebooks,
                                   q.seed, q.input_layer_norm),
-        build_encoder(cfg, fbank_frontend(cfg)), mask_spec(cfg), cfg.masking.noise_std, f.stack)
+        build_encoder(cfg, fbank_frontend(cfg)), mask_spec(cfg), cfg.masking.noise_std, f.stack,
+        ChunkSpec.of(cfg.encoder))

@@ -22,6 +22,7 @@ Shapes: B batch, S samples, T frames, C conv channels, D width, N masked frames,
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 from ..config import PretrainConfig
 from ..features import padding_mask
 from ..masking import MaskSpec, span_mask
+from ..models.chunking import Chunking, ChunkSpec
 from ..models.conformer import EncoderOutput
 from ..models.dropout import Dropout
 from ..models.wav2vec2 import ConvFeatureEncoder, FbankFeatureEncoder, FeatureProjection
@@ -206,7 +208,7 @@ class Wav2Vec2(nn.Module):
                  quantizer: GumbelQuantizer, mask: MaskSpec, *, final_dim: int = 256, num_negatives: int = 100, logit_temperature: float = 0.1,
                  diversity_weight: float = 0.1, feature_penalty: float = 10.0,
                  temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995), dropout_input: float = 0.1,
-                 dropout_features: float = 0.1, sample_rate: int = 16000) -> None:
+                 dropout_features: float = 0.1, sample_rate: int = 16000, chunks: ChunkSpec | None = None) -> None:
         super().__init__()
         d = encoder.d_model
         self.feature_extractor = feature_extractor
@@ -223,6 +225,7 @@ class Wav2Vec2(nn.Module):
         self.temperature_schedule = tuple(temperature)
         self.sample_rate = sample_rate
         self.learned_features = any(True for _ in feature_extractor.parameters())
+        self.chunks = chunks  # streaming: the chunked attention training draws (None: full context)
 
     baseline_name = "chance"
 
@@ -243,10 +246,12 @@ class Wav2Vec2(nn.Module):
         start, end, decay = self.temperature_schedule
         return max(start * decay ** (step or 0), end)
 
-    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        """Unmasked encoding: hidden states of every layer (for probes and export)."""
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor, chunking: Chunking | None = None) -> EncoderOutput:
+        """Unmasked encoding: hidden states of every layer (for probes and export); ``chunking``: with
+        chunked attention (a streaming encoder)."""
         feats, frame_lengths = self.feature_extractor(waveforms, lengths)
-        return self.encoder(self.feature_projection(feats)[0], frame_lengths)
+        x = self.feature_projection(feats)[0]
+        return self.encoder(x, frame_lengths) if chunking is None else self.encoder(x, frame_lengths, chunking=chunking)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames for clips of ``lengths`` samples."""
@@ -265,7 +270,12 @@ class Wav2Vec2(nn.Module):
 
         mask = span_mask(frame_lengths, t, self.mask_spec, generator)  # (B, T)
         x = torch.where(mask[..., None], self.masked_spec_embed.to(x.dtype), x)
-        hidden = self.encoder(x, frame_lengths).last  # (B, T, D)
+        if self.chunks is not None and self.training:  # as BEST-RQ: drawn on the host from the step's seed
+            seed = generator.initial_seed() if generator is not None else int(torch.randint(1 << 62, ()))
+            hidden = self.encoder(x, frame_lengths,
+                                  chunking=self.chunks.draw_batch(random.Random(seed), x.shape[0])).last
+        else:
+            hidden = self.encoder(x, frame_lengths).last  # (B, T, D)
         rows = mask.flatten().nonzero().squeeze(1)  # the masked frames, found once: (N,)
         context = self.project_hid(hidden.flatten(0, 1).index_select(0, rows))  # (N, final)
 
@@ -304,4 +314,4 @@ def build_wav2vec2(cfg: PretrainConfig) -> Wav2Vec2:
         mask_spec(cfg), final_dim=w.final_dim, num_negatives=w.num_negatives,
         logit_temperature=w.logit_temperature, diversity_weight=w.diversity_weight,
         feature_penalty=w.feature_penalty, temperature=tuple(w.temperature), dropout_input=w.dropout_input,
-        dropout_features=w.dropout_features)
+        dropout_features=w.dropout_features, chunks=ChunkSpec.of(cfg.encoder))
