@@ -1,18 +1,25 @@
-"""Streaming encoders: chunked attention hides the future, and training draws chunkings reproducibly."""
+"""Streaming encoders: chunked attention hides the future, training draws chunkings reproducibly,
+and chunk-by-chunk inference equals a whole-utterance forward with the same chunks."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
+import bestrq
 from bestrq.config import ConfigError, load_config
+from bestrq.data.manifest import load_split
 from bestrq.models.chunking import Chunking, ChunkSpec, attention_mask
 from bestrq.objectives import build_model
+from bestrq.streaming import Streamer
+from bestrq.train.loop import pretrain
 
 SMALL = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64",
          "quantizer.codebook_size=64"]
+PIECES = {"1 sample": 1, "10 ms": 160, "37 ms": 592, "320 ms": 5120, "2 s": 32000}
 
 
 def _model(*extra: str, train_batches: int = 1):
@@ -105,3 +112,148 @@ def test_training_draws_its_chunkings_from_the_step_seed(monkeypatch):
 def test_a_streaming_config_that_would_look_ahead_is_refused(preset, setting, message):
     with pytest.raises(ConfigError, match=message):
         load_config(preset, setting.split())
+
+
+@pytest.mark.parametrize("preset, extra", [("wav2vec2_tiny", "wav2vec2.conv_norm=layer"),
+                                           ("wav2vec2_fbank_tiny", "features.normalization=global")])
+def test_wav2vec2_trains_and_streams_chunked_encoders_too(preset, extra):
+    """Its waveform encoder (with per-frame layer norms) or fbank frames, then a chunked Conformer: the first
+    chunks wait for nothing after them; training draws chunkings as BEST-RQ does; the streamer gives the
+    whole forward's states."""
+    cfg = load_config(preset, [*SMALL, "encoder.kind=conformer", "encoder.streaming=true", "encoder.chunk_prob=1",
+                               extra])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    seen = []
+    forward = model.encoder.forward
+    model.encoder.forward = lambda *a, chunking=None: seen.append(chunking) or forward(*a, chunking=chunking)
+    out = model(0.1 * torch.randn(2, 32000), torch.tensor([32000, 24000]), torch.Generator().manual_seed(1), 10)
+    out.loss.backward()
+    assert isinstance(seen[0], Chunking) and torch.isfinite(out.loss)
+    model.eval()
+    wave = 0.1 * torch.randn(1, 32000, generator=torch.Generator().manual_seed(2))
+    changed = wave.clone()
+    changed[:, 320 * 8 + 240 :] = 0.1 * torch.randn(1, 32000 - 320 * 8 - 240)  # after frame 7 (20 ms) and its windows
+    a = model.encode(wave, torch.tensor([32000]), Chunking(4, left=1)).hidden_states
+    b = model.encode(changed, torch.tensor([32000]), Chunking(4, left=1)).hidden_states
+    assert all(torch.equal(x[:, :8], y[:, :8]) and not torch.allclose(x[:, 8:12], y[:, 8:12]) for x, y in zip(a, b))
+    # and it streams: the same states chunk by chunk, from pieces of any size
+    whole = torch.stack([h[0] for h in model.encode(wave, torch.tensor([32000]), Chunking(8, left=2)).hidden_states])
+    for size in PIECES.values():
+        streamer = Streamer(model, 8, 2)
+        got = torch.cat([streamer.push(wave[0, i : i + size]) for i in range(0, 32000, size)] + [streamer.flush()], 1)
+        assert got.shape == whole.shape and (got - whole).abs().max() < 1e-4, size
+    if preset == "wav2vec2_tiny":  # the default group norm needs the whole clip
+        grouped = build_model(load_config(preset, [*SMALL, "encoder.kind=conformer"])).eval()
+        with pytest.raises(ValueError, match="group norm normalises each channel over the whole clip"):
+            Streamer(grouped, 8)
+
+
+def test_a_model_that_needs_the_whole_clip_cannot_stream():
+    cfg = load_config("bestrq_tiny", SMALL)
+    model = build_model(cfg).eval()
+    with pytest.raises(ValueError, match="each utterance's statistics"):
+        Streamer(model, 8)
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """bestrq_tiny_streaming after a short pre-training on the demo corpus."""
+    out = tmp_path_factory.mktemp("streaming") / "run"
+    cfg = load_config("bestrq_tiny_streaming", [
+        f"data.corpus={corpus}", f"train.out_dir={out}", "train.steps=12", "train.progress=false",
+        "train.tensorboard=false", "data.num_workers=0", "train.valid_every=0", "data.valid_split=",
+        "data.max_batch_duration=30", "encoder.chunk_prob=1"])
+    pretrain(cfg)
+    return bestrq.load(out)
+
+
+@pytest.mark.parametrize("chunk_ms, left_chunks", [(320, 2), (1280, None)])
+def test_streamed_states_equal_the_whole_utterance_forward_for_any_piece_size(trained, corpus, chunk_ms, left_chunks):
+    clip = max(list(load_split(corpus, "dev"))[:8], key=lambda c: c.duration)
+    wave = clip.load_audio()[0].astype(np.float32)  # a few seconds: several chunks, a partial one last
+    whole = torch.stack([h[0] for h in trained.extract_features(wave, chunk_ms=chunk_ms,
+                                                                left_chunks=left_chunks).hidden_states])
+    streamer = trained.streamer(chunk_ms=chunk_ms, left_chunks=left_chunks)
+    for name, size in PIECES.items():
+        outs = [streamer.push(wave[i : i + size]) for i in range(0, len(wave), size)]
+        outs.append(streamer.flush())
+        got = torch.cat(outs, dim=1)
+        assert got.shape == whole.shape, name
+        assert (got - whole).abs().max() < 1e-4, name  # every layer, every frame
+        assert all(o.shape[0] == trained.num_layers and o.shape[2] == whole.shape[2] for o in outs)
+    # a chunk's states come out with its last sample (frame C - 1 ends at sample 640 C + 240), not later
+    last = 640 * (chunk_ms // 40) + 240
+    assert streamer.push(wave[: last - 1]).shape[1] == 0
+    assert streamer.push(wave[last - 1 : last]).shape[1] == chunk_ms // 40
+    streamer.flush()
+
+
+def test_the_streamer_says_what_is_wrong_with_its_arguments(trained):
+    with pytest.raises(ValueError, match="multiple of the 40 ms frame"):
+        trained.streamer(chunk_ms=100)
+    streamer = trained.streamer()
+    with pytest.raises(ValueError, match="1-D audio"):
+        streamer.push(np.zeros((2, 100), dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        streamer.push(np.full(10, np.nan, dtype=np.float32))
+    assert streamer.flush().shape == (trained.num_layers, 0, trained.module.encoder.d_model)
+
+
+def test_probes_see_the_streamed_states_in_their_own_cache(trained, corpus, tmp_path):
+    from bestrq.probes.cache import _fingerprint
+    from bestrq.probes.encoders import load_encoder, same_encoder
+
+    run = trained.source.parent.parent  # the run folder of the checkpoint
+    full, chunked = load_encoder(str(run)), load_encoder(str(run), chunk_ms=320, left_chunks=2)
+    assert chunked.name.endswith("chunks of 320 ms (2 left)")
+    wave = torch.from_numpy(load_split(corpus, "dev")[0].load_audio()).float()
+    lengths = torch.tensor([wave.shape[1]])
+    expected = trained.extract_features(wave[0].numpy(), chunk_ms=320, left_chunks=2).hidden_states
+    got = chunked.encode(wave, lengths).hidden_states
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert not torch.equal(full.encode(wave, lengths).last, got[-1])
+    cuts = list(load_split(corpus, "dev"))[:2]
+    assert _fingerprint(full, cuts, "float16") != _fingerprint(chunked, cuts, "float16")
+    record = {"name": full.name, "spec": full.spec, **full.info}
+    assert not same_encoder(record, {"name": chunked.name, "spec": chunked.spec, **chunked.info})
+    with pytest.raises(ValueError, match="multiple of the 40 ms frame"):
+        load_encoder(str(run), chunk_ms=100)
+    with pytest.raises(ValueError, match="cannot stream: .*each utterance's statistics"):
+        load_encoder("random:bestrq_tiny", chunk_ms=320)
+
+
+def test_the_onnx_step_export_runs_chunk_by_chunk_under_onnxruntime_as_the_streamer(trained, corpus, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from bestrq.export.onnx import stream_chunks, torch_exports_onnx
+
+    if not torch_exports_onnx():
+        pytest.skip("exporting to ONNX needs torch >= 2.6")
+    run = trained.source.parent.parent
+    done = subprocess.run([sys.executable, "-m", "bestrq", "export", str(run), str(tmp_path / "step.onnx"), "--to",
+                           "onnx", "--chunk-ms", "320", "--left-chunks", "2"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((tmp_path / "step.json").read_text())
+    assert meta["chunk_frames"] == 8 and meta["samples_per_call"] == 640 * 8 + 240
+    session = ort.InferenceSession(str(tmp_path / "step.onnx"))
+    wave = max(list(load_split(corpus, "dev"))[:8], key=lambda c: c.duration).load_audio()[0].astype(np.float32)
+    state = {name: np.zeros(shape, dtype=np.float32) for name, shape in meta["state_shapes"].items()}
+    seen, outs = np.array([0]), []
+    for samples, frames in stream_chunks(wave, meta["chunk_frames"]):
+        hidden, state["keys"], state["values"], state["conv"], seen = session.run(
+            None, {"samples": samples, "frames": np.array([frames]), "seen": seen, **state})
+        outs.append(hidden[:, :frames])
+    streamer = trained.streamer(chunk_ms=320, left_chunks=2)
+    expected = torch.cat([streamer.push(wave), streamer.flush()], dim=1).numpy()
+    got = np.concatenate(outs, axis=1)
+    assert got.shape == expected.shape and len(outs) > 3
+    assert np.abs(got - expected).max() < 1e-4
+    refused = subprocess.run([sys.executable, "-m", "bestrq", "export", str(run), str(tmp_path / "x"),
+                              "--chunk-ms", "320"], capture_output=True, text=True, check=False)
+    assert refused.returncode == 2 and "add --to onnx" in refused.stderr

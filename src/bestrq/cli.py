@@ -98,8 +98,12 @@ def _probe(args: argparse.Namespace) -> int:
                       max_minutes=args.max_minutes, unfreeze=args.unfreeze, asr_hidden=args.asr_hidden,
                       asr_layers=args.asr_layers, asr_train_hours=args.asr_train_hours, layer=args.layer)
     out = Path(args.out) if args.out else _probe_out(args.checkpoint)
+    if args.chunk_ms is not None and not args.out:  # beside the full-context results, not over them
+        left = "" if args.left_chunks is None else f"_left{args.left_chunks}"
+        out = out.with_name(f"{out.name}_chunks{args.chunk_ms:g}ms{left}")
     results = run_probes(args.checkpoint, tasks, args.data, out, cfg, device=args.device, progress=not args.quiet,
-                         skip_unlabelled=args.task == "all", cache_dir=args.cache, precision=args.precision)
+                         skip_unlabelled=args.task == "all", cache_dir=args.cache, precision=args.precision,
+                         chunk_ms=args.chunk_ms, left_chunks=args.left_chunks)
     print(format_probe_results(results))
     print(f"results in {out.resolve()}")
     return 0
@@ -118,6 +122,15 @@ def _export(args: argparse.Namespace) -> int:
     from .export.api import load_checkpoint
 
     loaded = load_checkpoint(args.checkpoint)
+    if args.chunk_ms is not None:
+        if args.to != "onnx":
+            raise ValueError("--chunk-ms exports a streaming step function, to ONNX only: add --to onnx")
+        from .export.onnx import export_onnx_stream
+
+        path = export_onnx_stream(loaded, args.out, args.chunk_ms, args.left_chunks, overwrite=args.overwrite)
+        print(f"ONNX streaming step (step {loaded.step}, chunks of {args.chunk_ms:g} ms, {args.left_chunks} left) in "
+              f"{path.resolve()}; its inputs, outputs and state in {path.with_suffix('.json').name}")
+        return 0
     if args.to == "onnx":
         from .export.onnx import export_onnx
 
@@ -237,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="run", choices=["run", "fp32", "bf16"],
                    help="precision of the frozen encoder: run (default: what it was trained in, so a bf16 model is "
                         "probed in bf16 autocast), fp32 or bf16 (a CPU without fast bf16 runs it far slower)")
+    p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
+                   help="a streaming model: probe the states of chunk-by-chunk inference with chunks of MS "
+                        "milliseconds (a multiple of 40; default: full context); results go to PROBES_chunksMSms")
+    p.add_argument("--left-chunks", type=int, default=None, metavar="N",
+                   help="with --chunk-ms: chunks of left context each frame sees (default: all the past)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_probe)
 
@@ -244,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
     p.add_argument("out", help="hf: the folder to write; onnx: the .onnx file to write")
     p.add_argument("--to", default="hf", choices=["hf", "onnx"], help="format (default hf)")
+    p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
+                   help="onnx, a streaming model: export one chunk of MS milliseconds (a multiple of 40) per call, "
+                        "the state in and out, instead of whole clips")
+    p.add_argument("--left-chunks", type=int, default=4, metavar="N",
+                   help="with --chunk-ms: chunks of left context kept in the state (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_export)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +24,10 @@ from torch import nn
 from ..data.audio import resample
 from ..data.loader import collate
 from ..loading import Loaded, load_checkpoint
+from ..models.chunking import Chunking
 from ..models.conformer import EncoderOutput
 from ..objectives import min_samples
+from ..streaming import Streamer, chunk_frames, streaming_problem
 
 Audio = torch.Tensor | np.ndarray
 
@@ -61,13 +64,15 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def extract_features(self, waveforms: Audio | Sequence[Audio], lengths: torch.Tensor | Sequence[int] | None = None,
-                         sample_rate: int | None = None) -> EncoderOutput:
+                         sample_rate: int | None = None, chunk_ms: float | None = None,
+                         left_chunks: int | None = None) -> EncoderOutput:
         """Every layer's hidden states for one clip or a batch.
 
         ``waveforms``: a 1-D clip, a list of 1-D clips of any lengths, or a (B, S) batch
         with ``lengths`` (valid samples per row; all of S without). ``sample_rate``: the
         audio's rate if it is not the model's (it is resampled). Returns an EncoderOutput:
-        ``hidden_states`` ((B, T, D) each), ``lengths`` (B,) and ``padding_mask``.
+        ``hidden_states`` ((B, T, D) each), ``lengths`` (B,) and ``padding_mask``. ``chunk_ms`` (and
+        ``left_chunks``): with chunked attention, the states :meth:`streamer` gives chunk by chunk.
         """
         if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral)
                                         or sample_rate <= 0):
@@ -88,7 +93,12 @@ class Model(nn.Module):
                 f"clip {i} has {int(batch_lengths[i])} samples at {self.sample_rate} Hz, too short for one frame: "
                 f"the encoder needs at least {self.min_samples} ({1000 * self.min_samples / self.sample_rate:g} ms)"
                 f"{hint}")
-        return self.module.encode(batch.to(self.device), batch_lengths.to(self.device))
+        if chunk_ms is None:
+            return self.module.encode(batch.to(self.device), batch_lengths.to(self.device))
+        if (why := streaming_problem(self.module)) is not None:
+            raise ValueError(f"chunk_ms: this model cannot stream: {why}")
+        chunking = Chunking(chunk_frames(self.module, chunk_ms), left_chunks)
+        return self.module.encode(batch.to(self.device), batch_lengths.to(self.device), chunking)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Output frames for clips of ``lengths`` samples at the model's rate."""
@@ -101,6 +111,18 @@ class Model(nn.Module):
 
     def forward(self, waveforms, lengths=None, sample_rate=None) -> EncoderOutput:
         return self.extract_features(waveforms, lengths, sample_rate)
+
+    def streamer(self, chunk_ms: float = 320, left_chunks: int | None = None) -> Streamer:
+        """Chunk-by-chunk inference (bestrq/streaming.py): ``push(piece)`` and ``flush()`` give every layer's
+        states (num_layers + 1, T_new, D) of the frames completed since the last call, as
+        ``extract_features(..., chunk_ms=chunk_ms, left_chunks=left_chunks)`` gives them for the whole clip.
+        ``chunk_ms``: a multiple of the 40 ms frame; ``left_chunks``: chunks of left context (None: all)."""
+        streamer = Streamer(self.module, chunk_frames(self.module, chunk_ms), left_chunks)
+        if not self.config.encoder.streaming:
+            warnings.warn(f"{self.source}: trained with full context only (encoder.streaming false): chunked, its "
+                          "states differ from what it learned; train a streaming preset for streaming use",
+                          stacklevel=2)
+        return streamer
 
     def upstream(self) -> S3prlUpstream:
         return S3prlUpstream(self)

@@ -21,9 +21,12 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.torch_version import TorchVersion
 
+from ..models.conformer import _rotate
+from ..streaming import chunk_frames, conv_step, layer_step, streaming_problem
 from .api import Loaded
 from .hf import whole_frames
 
@@ -45,8 +48,8 @@ def torch_exports_onnx() -> bool:
     return TorchVersion(torch.__version__) >= (2, 6)
 
 
-def export_onnx(loaded: Loaded, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``loaded``'s encoder as an ONNX file (and a ``.json`` beside it describing it); returns the file."""
+def _onnx_file(out: str | os.PathLike, overwrite: bool) -> Path:
+    """``out`` as the .onnx file to write, once this torch and the onnx packages can export and it may be written."""
     if not torch_exports_onnx():
         raise ImportError(f"exporting to ONNX needs torch >= 2.6 (its torch.export-based exporter with "
                           f"dynamic shapes); this is torch {torch.__version__}")
@@ -61,6 +64,20 @@ def export_onnx(loaded: Loaded, out: str | os.PathLike, overwrite: bool = False)
         raise ValueError(f"{out}: name the ONNX file *.onnx")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: exists (pass --overwrite to replace it)")
+    return out
+
+
+def _save(program, out: Path) -> None:
+    """The exported program to ``out``, replacing it only once whole."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    program.save(str(tmp))
+    tmp.replace(out)
+
+
+def export_onnx(loaded: Loaded, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``loaded``'s encoder as an ONNX file (and a ``.json`` beside it describing it); returns the file."""
+    out = _onnx_file(out, overwrite)
     module = loaded.module.cpu().eval()
     rate = module.sample_rate
     # an example of a few seconds, two rows of different lengths, so no size is specialised
@@ -68,20 +85,162 @@ def export_onnx(loaded: Loaded, out: str | os.PathLike, overwrite: bool = False)
     lengths = torch.tensor([3 * rate, whole_frames(2 * rate)])
     batch = torch.export.Dim("batch", min=1, max=4096)
     samples = torch.export.Dim("samples", min=rate // 10, max=rate * 3600)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and naming chatter
         program = torch.onnx.export(
             _Encode(module), (example, lengths), dynamo=True, opset_version=OPSET, verbose=False,
             input_names=["waveforms", "lengths"], output_names=["hidden_states", "frame_lengths"],
             dynamic_shapes={"waveforms": {0: batch, 1: samples}, "lengths": {0: batch}})
-    program.save(str(tmp))
-    tmp.replace(out)
+    _save(program, out)
     cfg = loaded.config
     out.with_suffix(".json").write_text(json.dumps({
         "inputs": {"waveforms": "(B, S) float32", "lengths": "(B,) int64"},
         "outputs": {"hidden_states": "(L + 1, B, T, D) float32", "frame_lengths": "(B,) int64"},
         "sample_rate": rate, "num_hidden_states": cfg.encoder.num_layers + 1, "hidden_size": cfg.encoder.d_model,
         "objective": cfg.objective, "step": loaded.step, "source": str(loaded.folder)}, indent=2))
+    return out
+
+
+# --- streaming: one chunk per call, the state in and out ------------------------------------
+
+
+class StreamStep(nn.Module):
+    """One chunk of chunk-by-chunk inference (bestrq/streaming.py) with fixed shapes, for ONNX.
+
+    C frames per chunk, a left context of ``left_chunks`` chunks (ctx = left_chunks * C frames),
+    L layers, H heads, k the depthwise kernel::
+
+        inputs   samples  (640 C + 240,) float32: the chunk's samples and the 240 after them (its last
+                          25 ms fbank window), zero-padded past the end of the audio
+                 frames   (1,) int64: the chunk's frames that are audio (C, fewer in the last chunk)
+                 seen     (1,) int64: frames of the stream before this chunk
+                 keys, values  (L, H, ctx, hd) float32: each layer's left context (zeros at the start)
+                 conv     (L, k - 1, D) float32: each layer's last depthwise inputs (zeros at the start)
+        outputs  hidden_states (L + 1, C, D), then keys, values, conv and seen + frames for the next call
+
+    Only the first ``frames`` rows of ``hidden_states`` are states; the state after a partial chunk
+    is not to be used. Consecutive chunks' samples overlap by 240 (see :func:`stream_chunks`).
+    """
+
+    def __init__(self, module: nn.Module, chunk_frames: int, left_chunks: int) -> None:
+        super().__init__()
+        self.module, self.encoder = module, module.encoder
+        self.chunk, self.context = chunk_frames, left_chunks * chunk_frames
+        fbank = module.features
+        self.samples = fbank.frame_shift * module.stack * chunk_frames + fbank.frame_length - fbank.frame_shift
+        norm = module.normalizer
+        mean = norm.sum / norm.count if norm.mode == "global" else torch.zeros_like(norm.sum)
+        var = (norm.sum_sq / norm.count - mean.square()).clamp(min=0) if norm.mode == "global" else None
+        # the frozen global statistics as constants: no data-dependent branch in the graph
+        self.register_buffer("mean", mean.float(), persistent=False)
+        self.register_buffer("scale", torch.rsqrt(var.float() + norm.eps) if var is not None
+                             else torch.ones_like(mean, dtype=torch.float32), persistent=False)
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        layers = self.encoder.layers
+        attn = layers[0].self_attn
+        k = layers[0].conv_module.depthwise_conv.weight.shape[-1]
+        shape = (len(layers), attn.num_heads, self.context, attn.head_dim)
+        return {"keys": shape, "values": shape, "conv": (len(layers), k - 1, self.encoder.d_model)}
+
+    def forward(self, samples: torch.Tensor, frames: torch.Tensor, seen: torch.Tensor, keys: torch.Tensor,
+                values: torch.Tensor, conv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        c = self.chunk
+        feats, _ = self.module.features(samples[None], torch.full((1,), samples.shape[0], dtype=torch.int64))
+        feats = (feats - self.mean) * self.scale  # (1, 4C, F)
+        x, _ = self.encoder.frontend(feats, torch.full((1,), 4 * c, dtype=torch.int64))
+        x = x[0]  # (C, D)
+        index = torch.arange(c)
+        # keys: the left context's slots (valid once seen), then this chunk's frames that are audio
+        slot = torch.arange(self.context)
+        valid = torch.cat([slot >= self.context - torch.clamp(seen, max=self.context), index < frames])
+        distance = torch.arange(self.context + c)[None, :] - self.context - index[:, None]  # key - query
+        positions = (seen + index).float()  # rotary: absolute positions
+        hidden, new_keys, new_values, new_conv = [x], [], [], []
+        for i, layer in enumerate(self.encoder.layers):
+            def attend(y, i=i, layer=layer):
+                out, k_all, v_all = self._attend(layer.self_attn, y, keys[i], values[i], valid, distance, positions)
+                new_keys.append(k_all[:, -self.context:])
+                new_values.append(v_all[:, -self.context:])
+                return out
+
+            def convolve(y, i=i, layer=layer):
+                out, inputs = conv_step(layer.conv_module, y, conv[i])
+                new_conv.append(inputs[-conv.shape[1]:])
+                return out
+
+            x = layer_step(layer, x, attend, convolve)
+            hidden.append(x)
+        return (torch.stack(hidden), torch.stack(new_keys), torch.stack(new_values), torch.stack(new_conv),
+                seen + frames)
+
+    def _attend(self, attn, x, past_k, past_v, valid, distance, positions):
+        n, h, hd = x.shape[0], attn.num_heads, attn.head_dim
+        q, k, v = (lin(x).view(n, h, hd).transpose(0, 1) for lin in (attn.linear_q, attn.linear_k, attn.linear_v))
+        if attn.position == "rotary":
+            inv_freq = 1.0 / 10000.0 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+            angles = positions[:, None] * inv_freq
+            angles = torch.cat([angles, angles], dim=-1)
+            q, k = _rotate(q, angles.cos(), angles.sin()), _rotate(k, angles.cos(), angles.sin())
+        k_all, v_all = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)  # (H, ctx + C, hd)
+        mask = attn.distance_bias(q, distance) if attn.position == "relative_key" else torch.zeros(h, n, k_all.shape[1])
+        mask = mask.masked_fill(~valid, float("-inf"))
+        out = F.scaled_dot_product_attention(q[None], k_all[None], v_all[None], attn_mask=mask[None])[0]
+        return attn.linear_out(out.transpose(0, 1).reshape(n, h * hd)), k_all, v_all
+
+
+def stream_chunks(wave, chunk_frames: int, frame_length: int = 400, frame_shift: int = 160, stack: int = 4):
+    """(samples, frames) for each call of the step function on a whole clip: the chunk's samples and the
+    ``frame_length - frame_shift`` after them (its last fbank window), zero-padded past the end, and how
+    many of the chunk's frames are audio. The clip's frames are those of a whole-clip forward: whole
+    windows, whole groups of ``stack``."""
+    import numpy as np
+
+    wave = np.asarray(wave, dtype=np.float32)
+    total = (1 + (len(wave) - frame_length) // frame_shift) // stack if len(wave) >= frame_length else 0
+    hop = frame_shift * stack
+    size = hop * chunk_frames + frame_length - frame_shift
+    for first in range(0, total, chunk_frames):
+        piece = wave[first * hop : first * hop + size]
+        yield np.pad(piece, (0, size - len(piece))), min(chunk_frames, total - first)
+
+
+def export_onnx_stream(loaded: Loaded, out: str | os.PathLike, chunk_ms: float, left_chunks: int,
+                       overwrite: bool = False) -> Path:
+    """Write ``loaded``'s streaming encoder as an ONNX step function (:class:`StreamStep`) and a ``.json``
+    describing its inputs, outputs and initial state; returns the file."""
+    out = _onnx_file(out, overwrite)
+    if (why := streaming_problem(loaded.module)) is not None:
+        raise ValueError(f"{loaded.folder}: cannot stream: {why}")
+    if not hasattr(loaded.module, "features"):
+        raise ValueError(f"{loaded.folder}: the ONNX step export serves BEST-RQ models; stream this wav2vec 2.0 "
+                         "model with bestrq.load(...).streamer()")
+    if left_chunks is None or left_chunks < 1:
+        raise ValueError("the ONNX step export keeps a fixed left context: give left_chunks >= 1 (--left-chunks)")
+    module = loaded.module.cpu().eval()
+    chunk = chunk_frames(module, chunk_ms)
+    step = StreamStep(module, chunk, left_chunks).eval()
+    shapes = step.state_shapes()
+    example = (0.1 * torch.randn(step.samples, generator=torch.Generator().manual_seed(0)),
+               torch.tensor([chunk]), torch.tensor([0]), torch.zeros(shapes["keys"]), torch.zeros(shapes["values"]),
+               torch.zeros(shapes["conv"]))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            step, example, dynamo=True, opset_version=OPSET, verbose=False,
+            input_names=["samples", "frames", "seen", "keys", "values", "conv"],
+            output_names=["hidden_states", "next_keys", "next_values", "next_conv", "next_seen"])
+    _save(program, out)
+    cfg = loaded.config
+    out.with_suffix(".json").write_text(json.dumps({
+        "kind": "stream step", "chunk_ms": chunk_ms, "chunk_frames": chunk, "left_chunks": left_chunks,
+        "samples_per_call": step.samples, "samples_advance": step.samples - (module.features.frame_length
+                                                                             - module.features.frame_shift),
+        "inputs": {"samples": f"({step.samples},) float32", "frames": "(1,) int64", "seen": "(1,) int64",
+                   **{name: f"{shape} float32, zeros at the start" for name, shape in shapes.items()}},
+        "outputs": {"hidden_states": f"({cfg.encoder.num_layers + 1}, {chunk}, {cfg.encoder.d_model}) float32",
+                    "next_keys": "keys", "next_values": "values", "next_conv": "conv", "next_seen": "seen"},
+        "state_shapes": {name: list(shape) for name, shape in shapes.items()},
+        "sample_rate": module.sample_rate, "objective": cfg.objective, "step": loaded.step,
+        "source": str(loaded.folder)}, indent=2))
     return out

@@ -110,6 +110,8 @@ def _fingerprint(encoder: Encoder, cuts: list, dtype: str) -> dict:
            "weights": info.get("weights_id"), "cuts": ids, "dtype": dtype}
     if info.get("precision", "fp32") != "fp32":  # fp32 caches keep the key they were written with
         key["precision"] = info["precision"]
+    if info.get("chunk_ms") is not None:  # chunked attention: other states (full-context caches keep their key)
+        key["chunk_ms"], key["left_chunks"] = info["chunk_ms"], info.get("left_chunks")
     return key
 
 

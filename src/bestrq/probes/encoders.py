@@ -22,8 +22,10 @@ from torch import nn
 from ..config import PretrainConfig, load_config
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask
 from ..loading import load_checkpoint
+from ..models.chunking import Chunking
 from ..models.conformer import EncoderOutput
 from ..precision import PRECISIONS, autocast
+from ..streaming import chunk_frames, streaming_problem
 from ..train.checkpoint import run_of
 from ..train.distributed import require_device
 from ..train.run import METRICS, read_metrics
@@ -59,6 +61,7 @@ class Encoder:
     module: nn.Module
     info: dict[str, Any] = field(default_factory=dict)  # objective, step, pre-training time and audio
     precision: str = "fp32"  # fp32, or bf16: encode under bf16 autocast
+    chunking: Chunking | None = None  # chunked attention: the states streaming inference gives
 
     def __post_init__(self) -> None:
         if self.precision != "fp32":  # part of what makes two extractions the same (probes/cache.py)
@@ -71,6 +74,8 @@ class Encoder:
     @torch.no_grad()
     def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         with autocast(waveforms.device, self.precision):
+            if self.chunking is not None:
+                return self.module.encode(waveforms, lengths, self.chunking)
             return self.module.encode(waveforms, lengths)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -81,6 +86,8 @@ class Encoder:
 def same_encoder(a: dict, b: dict) -> bool:
     """Whether two encoder records (``encoder.json``, a probe result's ``encoder``) are of one model:
     the same weights file, or for ``fbank`` and ``random:`` the same name, spec and seed."""
+    if any(a.get(k) != b.get(k) for k in ("chunk_ms", "left_chunks")):  # streamed states are others
+        return False
     if a.get("weights_id") or b.get("weights_id"):
         return a.get("weights_id") == b.get("weights_id")
     return all(a.get(k) == b.get(k) for k in ("name", "spec", "seed"))
@@ -106,11 +113,27 @@ def _from_checkpoint(path: Path, device: torch.device, precision: str) -> Encode
                    loaded.config.train.precision if precision == "run" else precision)
 
 
-def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0, precision: str = "run") -> Encoder:
+def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0, precision: str = "run",
+                 chunk_ms: float | None = None, left_chunks: int | None = None) -> Encoder:
     """What ``--checkpoint`` names (see the module docstring); clear errors for anything else.
 
-    ``precision``: ``run`` (the model's own ``train.precision``), ``fp32`` or ``bf16``.
+    ``precision``: ``run`` (the model's own ``train.precision``), ``fp32`` or ``bf16``. ``chunk_ms``
+    (and ``left_chunks``): encode with chunked attention, as streaming inference does
+    (bestrq/streaming.py): each frame sees its chunk and the left chunks (all with None) only.
     """
+    encoder = _load_encoder(spec, device, seed, precision)
+    if chunk_ms is None:
+        return encoder
+    if (why := streaming_problem(encoder.module)) is not None:
+        raise ValueError(f"--chunk-ms: {encoder.name} cannot stream: {why}")
+    frames = chunk_frames(encoder.module, chunk_ms, "--chunk-ms")
+    left = "all the past" if left_chunks is None else f"{left_chunks} left"
+    return Encoder(f"{encoder.name}, chunks of {chunk_ms:g} ms ({left})", encoder.spec, encoder.module,
+                   {**encoder.info, "chunk_ms": chunk_ms, "left_chunks": left_chunks}, encoder.precision,
+                   Chunking(frames, left_chunks))
+
+
+def _load_encoder(spec: str, device: str | torch.device, seed: int, precision: str) -> Encoder:
     device = require_device(device, "device")
     if precision not in ("run", *PRECISIONS):
         raise ValueError(f"precision: must be run, {', '.join(PRECISIONS)}; not {precision!r}")

@@ -40,12 +40,14 @@ def _long_enough(encoder: Encoder, cuts: list, split: str) -> list:
 def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                cfg: ProbeConfig | None = None, device: str = "cpu", progress: bool = True,
                cache_dtype: str = "float16", skip_unlabelled: bool = False,
-               cache_dir: str | os.PathLike | None = None, precision: str = "run") -> dict[str, dict]:
+               cache_dir: str | os.PathLike | None = None, precision: str = "run", chunk_ms: float | None = None,
+               left_chunks: int | None = None) -> dict[str, dict]:
     """Probe one encoder (what ``--checkpoint`` names, or a loaded one) on ``tasks``; returns and writes the results.
 
     The hidden states are cached in ``cache_dir`` (default ``out_dir/cache``): probes of one
     encoder with several seeds can share one cache. ``precision``: the encoder's (``run``: the
-    precision it was trained in), ``fp32`` or ``bf16``.
+    precision it was trained in), ``fp32`` or ``bf16``. ``chunk_ms`` and ``left_chunks``: the states of
+    chunk-by-chunk inference (a streaming model; see :func:`~bestrq.probes.encoders.load_encoder`).
 
     Every task's labels are checked before any work: a task the corpus cannot probe is an error,
     or, with ``skip_unlabelled`` (``--task all``), left out with a warning.
@@ -88,7 +90,8 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
         raise ValueError(f"{trials_path}: {len(lost)} trial utterances are not in the sv split, e.g. {min(lost)}")
 
     encoder = (checkpoint if isinstance(checkpoint, Encoder)
-               else load_encoder(checkpoint, dev, seed=cfg.seed, precision=precision))
+               else load_encoder(checkpoint, dev, seed=cfg.seed, precision=precision, chunk_ms=chunk_ms,
+                                 left_chunks=left_chunks))
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
     for path in sorted(out_dir.glob("probe_*.json")):  # results this run does not replace: of this encoder?
