@@ -228,12 +228,9 @@ def test_the_onnx_step_export_runs_chunk_by_chunk_under_onnxruntime_as_the_strea
     import subprocess
     import sys
 
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    from bestrq.export.onnx import stream_chunks, torch_exports_onnx
+    from bestrq.export.onnx import stream_chunks
 
-    if not torch_exports_onnx():
-        pytest.skip("exporting to ONNX needs torch >= 2.6")
+    _need_onnx()
     run = trained.source.parent.parent
     done = subprocess.run([sys.executable, "-m", "bestrq", "export", str(run), str(tmp_path / "step.onnx"), "--to",
                            "onnx", "--chunk-ms", "320", "--left-chunks", "2"], capture_output=True, text=True,
@@ -241,19 +238,66 @@ def test_the_onnx_step_export_runs_chunk_by_chunk_under_onnxruntime_as_the_strea
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((tmp_path / "step.json").read_text())
     assert meta["chunk_frames"] == 8 and meta["samples_per_call"] == 640 * 8 + 240
-    session = ort.InferenceSession(str(tmp_path / "step.onnx"))
     wave = max(list(load_split(corpus, "dev"))[:8], key=lambda c: c.duration).load_audio()[0].astype(np.float32)
-    state = {name: np.zeros(shape, dtype=np.float32) for name, shape in meta["state_shapes"].items()}
-    seen, outs = np.array([0]), []
-    for samples, frames in stream_chunks(wave, meta["chunk_frames"]):
-        hidden, state["keys"], state["values"], state["conv"], seen = session.run(
-            None, {"samples": samples, "frames": np.array([frames]), "seen": seen, **state})
-        outs.append(hidden[:, :frames])
+    got, calls = _onnx_states(tmp_path / "step.onnx", wave)
     streamer = trained.streamer(chunk_ms=320, left_chunks=2)
     expected = torch.cat([streamer.push(wave), streamer.flush()], dim=1).numpy()
-    got = np.concatenate(outs, axis=1)
-    assert got.shape == expected.shape and len(outs) > 3
+    assert got.shape == expected.shape and calls > 3
     assert np.abs(got - expected).max() < 1e-4
+    # the clip cut as the defaults of stream_chunks cut it (BEST-RQ's geometry)
+    assert [f for _, f in stream_chunks(wave, 8)] == [f for _, f in stream_chunks(wave, 8, meta["hop"], meta["window"])]
     refused = subprocess.run([sys.executable, "-m", "bestrq", "export", str(run), str(tmp_path / "x"),
                               "--chunk-ms", "320"], capture_output=True, text=True, check=False)
     assert refused.returncode == 2 and "add --to onnx" in refused.stderr
+
+
+def _need_onnx() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from bestrq.export.onnx import torch_exports_onnx
+
+    if not torch_exports_onnx():
+        pytest.skip("exporting to ONNX needs torch >= 2.6")
+
+
+def _onnx_states(path, wave: np.ndarray) -> tuple[np.ndarray, int]:
+    """The states (L + 1, T, D) of the ONNX step function at ``path`` run over ``wave`` chunk by chunk under
+    onnxruntime, as its JSON describes it; and the number of calls."""
+    import json
+
+    import onnxruntime as ort
+
+    from bestrq.export.onnx import stream_chunks
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    session = ort.InferenceSession(str(path))
+    state = {name: np.zeros(shape, dtype=np.float32) for name, shape in meta["state_shapes"].items()}
+    seen, outs = np.array([0]), []
+    for samples, frames in stream_chunks(wave, meta["chunk_frames"], meta["hop"], meta["window"]):
+        assert samples.shape == (meta["samples_per_call"],)
+        hidden, state["keys"], state["values"], state["conv"], seen = session.run(
+            None, {"samples": samples, "frames": np.array([frames]), "seen": seen, **state})
+        outs.append(hidden[:, :frames])
+    return np.concatenate(outs, axis=1), len(outs)
+
+
+@pytest.mark.parametrize("preset, extra", [("wav2vec2_tiny", "wav2vec2.conv_norm=layer"),
+                                           ("wav2vec2_fbank_tiny", "features.normalization=global")])
+def test_the_onnx_step_export_streams_wav2vec2_models_as_the_streamer(preset, extra, tmp_path):
+    """Its waveform encoder (20 ms frames of 400 samples) or its fbank frames, through the same step."""
+    from bestrq.export.onnx import export_onnx_stream
+    from bestrq.loading import Loaded
+
+    _need_onnx()
+    cfg = load_config(preset, [*SMALL, "encoder.kind=conformer", "encoder.streaming=true", extra])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()  # a batch in training mode: global feature statistics
+    model(0.1 * torch.randn(2, 32000), torch.tensor([32000, 24000]), torch.Generator().manual_seed(1), 10)
+    model.eval()
+    path = export_onnx_stream(Loaded(model, cfg, 10, tmp_path / "ckpt"), tmp_path / "step.onnx", 160, 2)
+    wave = 0.1 * torch.randn(30001, generator=torch.Generator().manual_seed(2)).numpy()  # a partial chunk last
+    got, calls = _onnx_states(path, wave)
+    streamer = Streamer(model, 8, 2)  # 160 ms: 8 frames of 20 ms
+    expected = torch.cat([streamer.push(wave), streamer.flush()], dim=1).numpy()
+    assert got.shape == expected.shape and calls == 12  # 93 frames: 11 whole chunks and 5 frames
+    assert np.abs(got - expected).max() < 1e-4

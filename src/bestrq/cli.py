@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "probed in bf16 autocast), fp32 or bf16 (a CPU without fast bf16 runs it far slower)")
     p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
                    help="a streaming model: probe the states of chunk-by-chunk inference with chunks of MS "
-                        "milliseconds (a multiple of 40; default: full context); results go to PROBES_chunksMSms")
+                        "milliseconds (a multiple of the frame: 40 ms, wav2vec 2.0's 20 ms; default: full "
+                        "context); results go to PROBES_chunksMSms")
     p.add_argument("--left-chunks", type=int, default=None, metavar="N",
                    help="with --chunk-ms: chunks of left context each frame sees (default: all the past)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -263,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="hf: the folder to write; onnx: the .onnx file to write")
     p.add_argument("--to", default="hf", choices=["hf", "onnx"], help="format (default hf)")
     p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
-                   help="onnx, a streaming model: export one chunk of MS milliseconds (a multiple of 40) per call, "
-                        "the state in and out, instead of whole clips")
+                   help="onnx, a streaming model: export one chunk of MS milliseconds (a multiple of the frame) "
+                        "per call, the state in and out, instead of whole clips")
     p.add_argument("--left-chunks", type=int, default=4, metavar="N",
                    help="with --chunk-ms: chunks of left context kept in the state (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

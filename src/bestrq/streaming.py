@@ -11,9 +11,11 @@ What it keeps between calls, and never recomputes:
   all the past) and the last ``conv_kernel - 1`` inputs of the depthwise convolution.
 
 Each fbank frame depends only on its own samples, the stack front-end and global feature
-normalisation only on their frame, and the depthwise convolution only looks left, so a
-chunk's outputs depend on nothing after it. Models whose outputs do (per-utterance
-normalisation, the conv2d front-end, wav2vec 2.0) are refused with the reason.
+normalisation only on their frame (as does each frame of wav2vec 2.0's waveform encoder
+with per-frame layer norms), and the depthwise convolution only looks left, so a chunk's
+outputs depend on nothing after it. Models whose outputs do (per-utterance normalisation,
+the conv2d front-end, the Transformer encoder, a group-normed waveform encoder) are refused
+with the reason.
 
     streamer = bestrq.load("runs/tiny_streaming").streamer(chunk_ms=320, left_chunks=4)
     for piece in microphone:              # 1-D float arrays at the model's rate

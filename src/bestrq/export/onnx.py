@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.torch_version import TorchVersion
 
+from ..features import stack_frames
 from ..models.conformer import _rotate
-from ..streaming import chunk_frames, conv_step, layer_step, streaming_problem
+from ..models.wav2vec2 import FbankFeatureEncoder
+from ..streaming import chunk_frames, conv_step, frame_geometry, layer_step, streaming_problem
 from .api import Loaded
 from .hf import whole_frames
 
@@ -108,10 +110,12 @@ class StreamStep(nn.Module):
     """One chunk of chunk-by-chunk inference (bestrq/streaming.py) with fixed shapes, for ONNX.
 
     C frames per chunk, a left context of ``left_chunks`` chunks (ctx = left_chunks * C frames),
-    L layers, H heads, k the depthwise kernel::
+    L layers, H heads, k the depthwise kernel; encoder frame t is computed from samples hop * t to
+    hop * t + window - 1 (:func:`~bestrq.streaming.frame_geometry`: for BEST-RQ hop 640 and window
+    880, the last 25 ms fbank window of 4 stacked frames)::
 
-        inputs   samples  (640 C + 240,) float32: the chunk's samples and the 240 after them (its last
-                          25 ms fbank window), zero-padded past the end of the audio
+        inputs   samples  (hop C + window - hop,) float32: the chunk's samples and the window - hop
+                          after them (BEST-RQ: 640 C + 240), zero-padded past the end of the audio
                  frames   (1,) int64: the chunk's frames that are audio (C, fewer in the last chunk)
                  seen     (1,) int64: frames of the stream before this chunk
                  keys, values  (L, H, ctx, hd) float32: each layer's left context (zeros at the start)
@@ -119,22 +123,42 @@ class StreamStep(nn.Module):
         outputs  hidden_states (L + 1, C, D), then keys, values, conv and seen + frames for the next call
 
     Only the first ``frames`` rows of ``hidden_states`` are states; the state after a partial chunk
-    is not to be used. Consecutive chunks' samples overlap by 240 (see :func:`stream_chunks`).
+    is not to be used. Consecutive chunks' samples overlap by window - hop (see :func:`stream_chunks`).
+    BEST-RQ and wav2vec 2.0 models (on fbank frames or on their waveform encoder) alike.
     """
 
     def __init__(self, module: nn.Module, chunk_frames: int, left_chunks: int) -> None:
         super().__init__()
         self.module, self.encoder = module, module.encoder
         self.chunk, self.context = chunk_frames, left_chunks * chunk_frames
-        fbank = module.features
-        self.samples = fbank.frame_shift * module.stack * chunk_frames + fbank.frame_length - fbank.frame_shift
-        norm = module.normalizer
-        mean = norm.sum / norm.count if norm.mode == "global" else torch.zeros_like(norm.sum)
-        var = (norm.sum_sq / norm.count - mean.square()).clamp(min=0) if norm.mode == "global" else None
-        # the frozen global statistics as constants: no data-dependent branch in the graph
-        self.register_buffer("mean", mean.float(), persistent=False)
-        self.register_buffer("scale", torch.rsqrt(var.float() + norm.eps) if var is not None
-                             else torch.ones_like(mean, dtype=torch.float32), persistent=False)
+        self.hop, self.window = frame_geometry(module)
+        self.samples = self.hop * chunk_frames + self.window - self.hop
+        extractor = getattr(module, "feature_extractor", None)  # wav2vec 2.0's
+        if extractor is None:  # BEST-RQ: fbank, normalisation, then the encoder's stack front-end
+            self.fbank, norm, self.stack = module.features, module.normalizer, None
+        elif isinstance(extractor, FbankFeatureEncoder):  # fbank, normalisation, stack, then the projection
+            self.fbank, norm, self.stack = extractor.fbank, extractor.normalizer, extractor.stack
+        else:  # its waveform encoder, then the projection
+            self.fbank = norm = self.stack = None
+        if norm is not None:
+            mean = norm.sum / norm.count if norm.mode == "global" else torch.zeros_like(norm.sum)
+            var = (norm.sum_sq / norm.count - mean.square()).clamp(min=0) if norm.mode == "global" else None
+            # the frozen global statistics as constants: no data-dependent branch in the graph
+            self.register_buffer("mean", mean.float(), persistent=False)
+            self.register_buffer("scale", torch.rsqrt(var.float() + norm.eps) if var is not None
+                                 else torch.ones_like(mean, dtype=torch.float32), persistent=False)
+
+    def _inputs(self, samples: torch.Tensor) -> torch.Tensor:
+        """The chunk's samples -> its C encoder inputs (C, D), by the model's own feature path."""
+        wave, length = samples[None], torch.full((1,), samples.shape[0], dtype=torch.int64)
+        if self.fbank is None:  # wav2vec 2.0's waveform encoder: each frame from its own window
+            return self.module.feature_projection(self.module.feature_extractor(wave, length)[0])[0][0]
+        feats, _ = self.fbank(wave, length)
+        feats = (feats - self.mean) * self.scale
+        frames = torch.full((1,), feats.shape[1], dtype=torch.int64)
+        if self.stack is not None:  # wav2vec 2.0 on fbank frames
+            return self.module.feature_projection(stack_frames(feats, frames, self.stack)[0])[0][0]
+        return self.encoder.frontend(feats, frames)[0][0]
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         layers = self.encoder.layers
@@ -146,10 +170,7 @@ class StreamStep(nn.Module):
     def forward(self, samples: torch.Tensor, frames: torch.Tensor, seen: torch.Tensor, keys: torch.Tensor,
                 values: torch.Tensor, conv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         c = self.chunk
-        feats, _ = self.module.features(samples[None], torch.full((1,), samples.shape[0], dtype=torch.int64))
-        feats = (feats - self.mean) * self.scale  # (1, 4C, F)
-        x, _ = self.encoder.frontend(feats, torch.full((1,), 4 * c, dtype=torch.int64))
-        x = x[0]  # (C, D)
+        x = self._inputs(samples)  # (C, D)
         index = torch.arange(c)
         # keys: the left context's slots (valid once seen), then this chunk's frames that are audio
         slot = torch.arange(self.context)
@@ -189,17 +210,17 @@ class StreamStep(nn.Module):
         return attn.linear_out(out.transpose(0, 1).reshape(n, h * hd)), k_all, v_all
 
 
-def stream_chunks(wave, chunk_frames: int, frame_length: int = 400, frame_shift: int = 160, stack: int = 4):
+def stream_chunks(wave, chunk_frames: int, hop: int = 640, window: int = 880):
     """(samples, frames) for each call of the step function on a whole clip: the chunk's samples and the
-    ``frame_length - frame_shift`` after them (its last fbank window), zero-padded past the end, and how
-    many of the chunk's frames are audio. The clip's frames are those of a whole-clip forward: whole
-    windows, whole groups of ``stack``."""
+    ``window - hop`` after them, zero-padded past the end, and how many of the chunk's frames are audio.
+    ``hop`` and ``window``: encoder frame t is computed from samples hop * t .. hop * t + window - 1 (the
+    export's JSON gives them; the defaults are BEST-RQ's). The clip's frames are those of a whole-clip
+    forward: those whose window is whole."""
     import numpy as np
 
     wave = np.asarray(wave, dtype=np.float32)
-    total = (1 + (len(wave) - frame_length) // frame_shift) // stack if len(wave) >= frame_length else 0
-    hop = frame_shift * stack
-    size = hop * chunk_frames + frame_length - frame_shift
+    total = 1 + (len(wave) - window) // hop if len(wave) >= window else 0
+    size = hop * chunk_frames + window - hop
     for first in range(0, total, chunk_frames):
         piece = wave[first * hop : first * hop + size]
         yield np.pad(piece, (0, size - len(piece))), min(chunk_frames, total - first)
@@ -212,9 +233,6 @@ def export_onnx_stream(loaded: Loaded, out: str | os.PathLike, chunk_ms: float, 
     out = _onnx_file(out, overwrite)
     if (why := streaming_problem(loaded.module)) is not None:
         raise ValueError(f"{loaded.folder}: cannot stream: {why}")
-    if not hasattr(loaded.module, "features"):
-        raise ValueError(f"{loaded.folder}: the ONNX step export serves BEST-RQ models; stream this wav2vec 2.0 "
-                         "model with bestrq.load(...).streamer()")
     if left_chunks is None or left_chunks < 1:
         raise ValueError("the ONNX step export keeps a fixed left context: give left_chunks >= 1 (--left-chunks)")
     module = loaded.module.cpu().eval()
@@ -234,8 +252,8 @@ def export_onnx_stream(loaded: Loaded, out: str | os.PathLike, chunk_ms: float, 
     cfg = loaded.config
     out.with_suffix(".json").write_text(json.dumps({
         "kind": "stream step", "chunk_ms": chunk_ms, "chunk_frames": chunk, "left_chunks": left_chunks,
-        "samples_per_call": step.samples, "samples_advance": step.samples - (module.features.frame_length
-                                                                             - module.features.frame_shift),
+        "samples_per_call": step.samples, "samples_advance": step.hop * chunk, "hop": step.hop,
+        "window": step.window,
         "inputs": {"samples": f"({step.samples},) float32", "frames": "(1,) int64", "seen": "(1,) int64",
                    **{name: f"{shape} float32, zeros at the start" for name, shape in shapes.items()}},
         "outputs": {"hidden_states": f"({cfg.encoder.num_layers + 1}, {chunk}, {cfg.encoder.d_model}) float32",
