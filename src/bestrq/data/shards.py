@@ -5,9 +5,9 @@ included) and ``recording.000000.tar`` (each cut's audio as ``{cut id}.flac``, f
 ``{cut id}.json``, the recording's description), as lhotse's ``CutSet.to_shar`` writes them and
 ``CutSet.from_shar`` reads them. Each cut's audio is what training reads of it: every channel
 averaged, at the recording's own rate, as 16-bit FLAC (a window of a long file holds just the
-window); its recording is named after the cut. Training reads a shard's cuts in sequence and each cut's audio from the tar by offset
-(:func:`bestrq.data.audio.shard_audio`); with at least as many shards as processes, each
-process reads its own shards.
+window); its recording is named after the cut. Training reads a shard's cuts in sequence and
+each cut's audio from the tar by offset (:func:`bestrq.data.audio.shard_audio`); with at
+least as many shards as processes, each process reads its own shards.
 """
 
 from __future__ import annotations
