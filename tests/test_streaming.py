@@ -149,6 +149,23 @@ def test_wav2vec2_trains_and_streams_chunked_encoders_too(preset, extra):
             Streamer(grouped, 8)
 
 
+@pytest.mark.parametrize("preset", ["bestrq_tiny", "wav2vec2_tiny"])
+def test_a_transformer_encoder_trains_under_either_objective_and_refuses_a_chunking(preset):
+    """The objectives hand either encoder kind its chunking (None: full context); the Transformer has no
+    chunked attention, so it refuses any other."""
+    cfg = load_config(preset, [*SMALL, "encoder.kind=transformer"])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    out = model(0.1 * torch.randn(2, 16000), torch.tensor([16000, 12000]), torch.Generator().manual_seed(0), 0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    model.eval()
+    wave, lengths = 0.1 * torch.randn(1, 16000), torch.tensor([16000])
+    assert model.encode(wave, lengths).last.shape[1] > 0
+    with pytest.raises(ValueError, match="no chunked attention"):
+        model.encode(wave, lengths, Chunking(4))
+
+
 def test_a_model_that_needs_the_whole_clip_cannot_stream():
     cfg = load_config("bestrq_tiny", SMALL)
     model = build_model(cfg).eval()

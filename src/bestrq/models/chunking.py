@@ -83,3 +83,10 @@ class ChunkSpec:
 
     def draw_batch(self, rng: random.Random, batch: int) -> Chunking | list[Chunking | None] | None:
         return self.draw(rng) if self.per == "batch" else [self.draw(rng) for _ in range(batch)]
+
+    def draw_for_step(self, generator: torch.Generator | None, batch: int
+                      ) -> Chunking | list[Chunking | None] | None:
+        """A training batch's chunking, drawn on the host from the seed of the step's ``generator`` (no
+        device sync; a resume draws it again), or from torch's global generator without one."""
+        seed = generator.initial_seed() if generator is not None else int(torch.randint(1 << 62, ()))
+        return self.draw_batch(random.Random(seed), batch)

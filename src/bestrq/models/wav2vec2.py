@@ -318,7 +318,11 @@ class TransformerEncoder(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor, chunking=None) -> EncoderOutput:
+        """``chunking``: the Conformer's argument; here only None (full context) is possible."""
+        if chunking is not None:
+            raise ValueError("the Transformer encoder has no chunked attention (its position convolution sees "
+                             "the whole clip); chunked attention needs encoder.kind conformer")
         x, out_lengths = self.frontend(feats, lengths)
         pad = padding_mask(out_lengths, x.shape[1])
         key_pad = pad & (out_lengths > 0)[:, None]  # an empty row attends to its padding, not to nothing

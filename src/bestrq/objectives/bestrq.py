@@ -11,7 +11,6 @@ codebooks; unmasked frames and padding carry none.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -132,10 +131,8 @@ class BestRQ(nn.Module):
         noise = torch.randn(feats.shape, generator=generator, device=feats.device) * self.noise_std
         feats = torch.where(input_mask[..., None], noise, feats)
 
-        chunking = None
-        if self.chunks is not None and self.training:  # drawn on the host from the step's seed: no device sync
-            seed = generator.initial_seed() if generator is not None else int(torch.randint(1 << 62, ()))
-            chunking = self.chunks.draw_batch(random.Random(seed), waveforms.shape[0])
+        streaming = self.chunks is not None and self.training
+        chunking = self.chunks.draw_for_step(generator, feats.shape[0]) if streaming else None
         hidden = self.encoder(feats, frame_lengths, chunking=chunking).last  # (B, T4, D)
         # the heads see masked frames only: (N, K, V) logits instead of (B, T4, K, V)
         masked = hidden.flatten(0, 1).index_select(0, rows)  # (N, D)

@@ -22,7 +22,6 @@ Shapes: B batch, S samples, T frames, C conv channels, D width, N masked frames,
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -250,8 +249,7 @@ class Wav2Vec2(nn.Module):
         """Unmasked encoding: hidden states of every layer (for probes and export); ``chunking``: with
         chunked attention (a streaming encoder)."""
         feats, frame_lengths = self.feature_extractor(waveforms, lengths)
-        x = self.feature_projection(feats)[0]
-        return self.encoder(x, frame_lengths) if chunking is None else self.encoder(x, frame_lengths, chunking=chunking)
+        return self.encoder(self.feature_projection(feats)[0], frame_lengths, chunking=chunking)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames for clips of ``lengths`` samples."""
@@ -270,12 +268,9 @@ class Wav2Vec2(nn.Module):
 
         mask = span_mask(frame_lengths, t, self.mask_spec, generator)  # (B, T)
         x = torch.where(mask[..., None], self.masked_spec_embed.to(x.dtype), x)
-        if self.chunks is not None and self.training:  # as BEST-RQ: drawn on the host from the step's seed
-            seed = generator.initial_seed() if generator is not None else int(torch.randint(1 << 62, ()))
-            hidden = self.encoder(x, frame_lengths,
-                                  chunking=self.chunks.draw_batch(random.Random(seed), x.shape[0])).last
-        else:
-            hidden = self.encoder(x, frame_lengths).last  # (B, T, D)
+        streaming = self.chunks is not None and self.training
+        chunking = self.chunks.draw_for_step(generator, x.shape[0]) if streaming else None
+        hidden = self.encoder(x, frame_lengths, chunking=chunking).last  # (B, T, D)
         rows = mask.flatten().nonzero().squeeze(1)  # the masked frames, found once: (N,)
         context = self.project_hid(hidden.flatten(0, 1).index_select(0, rows))  # (N, final)
 
