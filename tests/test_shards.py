@@ -15,7 +15,14 @@ from lhotse import CutSet, MonoCut, Recording
 from bestrq.data.audio import BadAudio, load_mono
 from bestrq.data.importers import prepare
 from bestrq.data.loader import AudioDataset, AudioLoader
-from bestrq.data.manifest import ManifestError, list_splits, load_split, open_split, save_split, split_identity
+from bestrq.data.manifest import (
+    ManifestError,
+    list_splits,
+    load_split,
+    open_split,
+    save_split,
+    split_identity,
+)
 from bestrq.data.shards import write_shards
 
 
@@ -34,7 +41,7 @@ def test_a_sharded_split_reads_back_the_cuts_labels_and_audio_and_lhotse_reads_i
         assert b.supervisions[0].text == a.supervisions[0].text and b.supervisions[0].speaker == a.supervisions[0].speaker
         assert np.array_equal(load_mono(a), load_mono(b))  # 16-bit sources: FLAC keeps every sample
         # the crop training takes reads the same part of the shard's member
-        crop = dict(offset=0.37, duration=1.21, preserve_id=True)
+        crop = {"offset": 0.37, "duration": 1.21, "preserve_id": True}
         assert np.array_equal(load_mono(a.truncate(**crop)), load_mono(b.truncate(**crop)))
     by_lhotse = CutSet.from_shar(in_dir=sharded / "dev")
     for a, c in zip(plain, by_lhotse):
