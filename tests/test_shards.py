@@ -24,6 +24,7 @@ from bestrq.data.manifest import (
     split_identity,
 )
 from bestrq.data.shards import write_shards
+from bestrq.probes.tasks import read_trials
 
 
 @pytest.fixture
@@ -46,6 +47,10 @@ def test_a_sharded_split_reads_back_the_cuts_labels_and_audio_and_lhotse_reads_i
     by_lhotse = CutSet.from_shar(in_dir=sharded / "dev")
     for a, c in zip(plain, by_lhotse):
         assert c.id == a.id and np.array_equal(c.load_audio()[0], load_mono(a))
+    # the verification trials come along, and name cuts of the sharded sv split: the speaker probe runs
+    assert (sharded / "sv_trials.txt").read_text() == (corpus / "sv_trials.txt").read_text()
+    sv = {c.id for c in load_split(sharded, "sv")}
+    assert all(a in sv and b in sv for _, a, b in read_trials(sharded / "sv_trials.txt"))
 
 
 def test_a_copy_of_a_sharded_cut_under_another_id_reads_its_audio_and_so_do_shards_lhotse_wrote(

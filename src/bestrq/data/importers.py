@@ -325,6 +325,9 @@ def from_lhotse(src: Path, report: ImportReport, **_) -> dict[str, CutSet]:
         out[split] = from_manifests(recordings, supervisions)
     if not out:
         raise ManifestError(f"{src}: no lhotse '*recordings_<split>.jsonl.gz' manifests found")
+    trials = src / "sv_trials.txt"
+    if trials.is_file():  # a bestrq corpus's verification trials (bestrq synth, an earlier prepare): kept
+        report.files[trials.name] = _read_text(trials)
     return out
 
 
