@@ -60,6 +60,32 @@ def test_chunked_attention_hides_everything_after_a_frames_chunk(position):
     assert not torch.allclose(full[-1][:, :8], b[-1][:, :8])  # full context does look ahead
 
 
+@pytest.mark.parametrize("position", ["relative_key", "rotary"])
+def test_chunked_attention_under_bf16_autocast_hides_the_future_and_stays_finite(position):
+    """As a GPU run computes it: bf16 autocast, a padded batch with a chunking per utterance (one row of a
+    single frame), a training step too."""
+    model = _model(f"encoder.position={position}", "encoder.chunk_prob=1").train()
+    gen = torch.Generator().manual_seed(4)
+    wave, lengths = 0.1 * torch.randn(3, 32000, generator=gen), torch.tensor([32000, 20000, 880])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(wave, lengths, torch.Generator().manual_seed(0), 0).loss)
+    model.eval()
+    chunkings = [Chunking(4, left=1), None, Chunking(2, left=0)]
+    changed = wave.clone()
+    changed[0, 640 * 8 + 240 :] = 0.1 * torch.randn(32000 - 640 * 8 - 240, generator=gen)  # after chunk 1
+    exact = model.encode(wave, lengths, chunkings).hidden_states
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = model.encode(wave, lengths, chunkings).hidden_states
+        b = model.encode(changed, lengths, chunkings).hidden_states
+    frames = model.output_lengths(lengths).tolist()
+    assert frames[2] == 1
+    for x, y, ref in zip(a, b, exact):
+        assert torch.isfinite(x).all()
+        assert torch.equal(x[0, :8], y[0, :8])  # the -inf of the chunk mask is exact in bf16 too
+        for i, t in enumerate(frames):  # bf16's rounding, not another mask
+            assert (x[i, :t].float() - ref[i, :t]).abs().max() < 0.1
+
+
 def test_a_batch_with_chunked_attention_equals_each_utterance_alone():
     model = _model()
     gen = torch.Generator().manual_seed(2)
