@@ -262,6 +262,10 @@ def test_probes_see_the_streamed_states_in_their_own_cache(trained, corpus, tmp_
     assert not same_encoder(record, {"name": chunked.name, "spec": chunked.spec, **chunked.info})
     with pytest.raises(ValueError, match="multiple of the 40 ms frame"):
         load_encoder(str(run), chunk_ms=100)
+    with pytest.raises(ValueError, match="give --chunk-ms too"):  # not full context, silently
+        load_encoder(str(run), left_chunks=2)
+    with pytest.raises(ValueError, match="give chunk_ms too"):
+        trained.extract_features(wave[0].numpy(), left_chunks=2)
     with pytest.raises(ValueError, match="cannot stream: .*each utterance's statistics"):
         load_encoder("random:bestrq_tiny", chunk_ms=320)
 

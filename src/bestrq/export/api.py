@@ -94,6 +94,8 @@ class Model(nn.Module):
                 f"the encoder needs at least {self.min_samples} ({1000 * self.min_samples / self.sample_rate:g} ms)"
                 f"{hint}")
         if chunk_ms is None:
+            if left_chunks is not None:
+                raise ValueError("left_chunks limits the left context of chunks: give chunk_ms too")
             return self.module.encode(batch.to(self.device), batch_lengths.to(self.device))
         if (why := streaming_problem(self.module)) is not None:
             raise ValueError(f"chunk_ms: this model cannot stream: {why}")

@@ -121,6 +121,8 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0, p
     (and ``left_chunks``): encode with chunked attention, as streaming inference does
     (bestrq/streaming.py): each frame sees its chunk and the left chunks (all with None) only.
     """
+    if chunk_ms is None and left_chunks is not None:
+        raise ValueError("--left-chunks limits the left context of chunks: give --chunk-ms too")
     encoder = _load_encoder(spec, device, seed, precision)
     if chunk_ms is None:
         return encoder
