@@ -328,15 +328,19 @@ def _onnx_states(path, wave: np.ndarray) -> tuple[np.ndarray, int]:
     return np.concatenate(outs, axis=1), len(outs)
 
 
-@pytest.mark.parametrize("preset, extra", [("wav2vec2_tiny", "wav2vec2.conv_norm=layer"),
-                                           ("wav2vec2_fbank_tiny", "features.normalization=global")])
+@pytest.mark.parametrize("preset, extra", [
+    ("wav2vec2_tiny", "wav2vec2.conv_norm=layer"),
+    ("wav2vec2_fbank_tiny", "features.normalization=global"),
+    ("wav2vec2_fbank_tiny", "features.normalization=global encoder.position=rotary"),
+])
 def test_the_onnx_step_export_streams_wav2vec2_models_as_the_streamer(preset, extra, tmp_path):
-    """Its waveform encoder (20 ms frames of 400 samples) or its fbank frames, through the same step."""
+    """Its waveform encoder (20 ms frames of 400 samples) or its fbank frames, through the same step; and
+    rotary positions, which the step computes from the frames seen before the chunk."""
     from bestrq.export.onnx import export_onnx_stream
     from bestrq.loading import Loaded
 
     _need_onnx()
-    cfg = load_config(preset, [*SMALL, "encoder.kind=conformer", "encoder.streaming=true", extra])
+    cfg = load_config(preset, [*SMALL, "encoder.kind=conformer", "encoder.streaming=true", *extra.split()])
     torch.manual_seed(0)
     model = build_model(cfg).train()  # a batch in training mode: global feature statistics
     model(0.1 * torch.randn(2, 32000), torch.tensor([32000, 24000]), torch.Generator().manual_seed(1), 10)
