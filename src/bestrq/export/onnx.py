@@ -26,7 +26,7 @@ from torch import nn
 from torch.torch_version import TorchVersion
 
 from ..features import stack_frames
-from ..models.conformer import _rotate
+from ..models.conformer import _rotate, rotary_at
 from ..models.wav2vec2 import FbankFeatureEncoder
 from ..streaming import chunk_frames, conv_step, frame_geometry, layer_step, streaming_problem
 from .api import Loaded
@@ -176,11 +176,13 @@ class StreamStep(nn.Module):
         slot = torch.arange(self.context)
         valid = torch.cat([slot >= self.context - torch.clamp(seen, max=self.context), index < frames])
         distance = torch.arange(self.context + c)[None, :] - self.context - index[:, None]  # key - query
-        positions = (seen + index).float()  # rotary: absolute positions
+        attn = self.encoder.layers[0].self_attn
+        # rotary: the tables of the chunk's absolute positions, the same for every layer
+        rotary = rotary_at((seen + index).float(), attn.head_dim) if attn.position == "rotary" else None
         hidden, new_keys, new_values, new_conv = [x], [], [], []
         for i, layer in enumerate(self.encoder.layers):
             def attend(y, i=i, layer=layer):
-                out, k_all, v_all = self._attend(layer.self_attn, y, keys[i], values[i], valid, distance, positions)
+                out, k_all, v_all = self._attend(layer.self_attn, y, keys[i], values[i], valid, distance, rotary)
                 new_keys.append(k_all[:, -self.context:])
                 new_values.append(v_all[:, -self.context:])
                 return out
@@ -195,14 +197,11 @@ class StreamStep(nn.Module):
         return (torch.stack(hidden), torch.stack(new_keys), torch.stack(new_values), torch.stack(new_conv),
                 seen + frames)
 
-    def _attend(self, attn, x, past_k, past_v, valid, distance, positions):
+    def _attend(self, attn, x, past_k, past_v, valid, distance, rotary):
         n, h, hd = x.shape[0], attn.num_heads, attn.head_dim
         q, k, v = (lin(x).view(n, h, hd).transpose(0, 1) for lin in (attn.linear_q, attn.linear_k, attn.linear_v))
-        if attn.position == "rotary":
-            inv_freq = 1.0 / 10000.0 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
-            angles = positions[:, None] * inv_freq
-            angles = torch.cat([angles, angles], dim=-1)
-            q, k = _rotate(q, angles.cos(), angles.sin()), _rotate(k, angles.cos(), angles.sin())
+        if rotary is not None:
+            q, k = _rotate(q, *rotary), _rotate(k, *rotary)
         k_all, v_all = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)  # (H, ctx + C, hd)
         mask = attn.distance_bias(q, distance) if attn.position == "relative_key" else torch.zeros(h, n, k_all.shape[1])
         mask = mask.masked_fill(~valid, float("-inf"))

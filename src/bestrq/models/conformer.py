@@ -197,8 +197,14 @@ class SelfAttention(nn.Module):
 def rotary_tables(t: int, head_dim: int, device: torch.device, base: float = 10000.0, start: int = 0
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (T, hd) of positions start .. start + t - 1."""
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.arange(start, start + t, device=device, dtype=torch.float32)[:, None] * inv_freq  # (T, hd/2)
+    return rotary_at(torch.arange(start, start + t, device=device, dtype=torch.float32), head_dim, base)
+
+
+def rotary_at(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, hd) of the (T,) float32 ``positions`` (a tensor: in an exported step function they
+    depend on its inputs)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions[:, None] * inv_freq  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
     return angles.cos(), angles.sin()
 
