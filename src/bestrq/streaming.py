@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .models.chunking import Chunking
 from .models.conformer import ConformerEncoder, ConformerLayer, _rotate, rotary_tables
 from .models.frontend import StackedFrames
 from .models.wav2vec2 import ConvFeatureEncoder
@@ -77,6 +78,21 @@ def chunk_frames(module, chunk_ms: float, what: str = "chunk_ms") -> int:
     if isinstance(chunk_ms, bool) or not frames >= 1 or abs(frames - round(frames)) > 1e-9:
         raise ValueError(f"{what} must be a positive multiple of the {frame_ms:g} ms frame, got {chunk_ms!r}")
     return round(frames)
+
+
+def chunking_of(module, chunk_ms: float | None, left_chunks: int | None, names: tuple[str, str] = (
+        "chunk_ms", "left_chunks"), model: str = "this model") -> Chunking | None:
+    """The chunked attention under which a whole-clip forward gives the states a :class:`Streamer` with
+    ``chunk_ms`` and ``left_chunks`` gives; None (full context) without ``chunk_ms``. A ValueError names
+    the argument (``names``: how the caller spells them) and says why ``model`` cannot stream."""
+    what, left_what = names
+    if chunk_ms is None:
+        if left_chunks is not None:  # not full context, silently
+            raise ValueError(f"{left_what} limits the left context of chunks: give {what} too")
+        return None
+    if (why := streaming_problem(module)) is not None:
+        raise ValueError(f"{what}: {model} cannot stream: {why}")
+    return Chunking(chunk_frames(module, chunk_ms, what), left_chunks)
 
 
 class Streamer:

@@ -24,10 +24,9 @@ from torch import nn
 from ..data.audio import resample
 from ..data.loader import collate
 from ..loading import Loaded, load_checkpoint
-from ..models.chunking import Chunking
 from ..models.conformer import EncoderOutput
 from ..objectives import min_samples
-from ..streaming import Streamer, chunk_frames, streaming_problem
+from ..streaming import Streamer, chunk_frames, chunking_of
 
 Audio = torch.Tensor | np.ndarray
 
@@ -93,13 +92,7 @@ class Model(nn.Module):
                 f"clip {i} has {int(batch_lengths[i])} samples at {self.sample_rate} Hz, too short for one frame: "
                 f"the encoder needs at least {self.min_samples} ({1000 * self.min_samples / self.sample_rate:g} ms)"
                 f"{hint}")
-        if chunk_ms is None:
-            if left_chunks is not None:
-                raise ValueError("left_chunks limits the left context of chunks: give chunk_ms too")
-            return self.module.encode(batch.to(self.device), batch_lengths.to(self.device))
-        if (why := streaming_problem(self.module)) is not None:
-            raise ValueError(f"chunk_ms: this model cannot stream: {why}")
-        chunking = Chunking(chunk_frames(self.module, chunk_ms), left_chunks)
+        chunking = chunking_of(self.module, chunk_ms, left_chunks)
         return self.module.encode(batch.to(self.device), batch_lengths.to(self.device), chunking)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..loading import load_checkpoint
 from ..models.chunking import Chunking
 from ..models.conformer import EncoderOutput
 from ..precision import PRECISIONS, autocast
-from ..streaming import chunk_frames, streaming_problem
+from ..streaming import chunking_of
 from ..train.checkpoint import run_of
 from ..train.distributed import require_device
 from ..train.run import METRICS, read_metrics
@@ -121,18 +121,13 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0, p
     (and ``left_chunks``): encode with chunked attention, as streaming inference does
     (bestrq/streaming.py): each frame sees its chunk and the left chunks (all with None) only.
     """
-    if chunk_ms is None and left_chunks is not None:
-        raise ValueError("--left-chunks limits the left context of chunks: give --chunk-ms too")
     encoder = _load_encoder(spec, device, seed, precision)
-    if chunk_ms is None:
+    chunking = chunking_of(encoder.module, chunk_ms, left_chunks, ("--chunk-ms", "--left-chunks"), encoder.name)
+    if chunking is None:
         return encoder
-    if (why := streaming_problem(encoder.module)) is not None:
-        raise ValueError(f"--chunk-ms: {encoder.name} cannot stream: {why}")
-    frames = chunk_frames(encoder.module, chunk_ms, "--chunk-ms")
     left = "all the past" if left_chunks is None else f"{left_chunks} left"
     return Encoder(f"{encoder.name}, chunks of {chunk_ms:g} ms ({left})", encoder.spec, encoder.module,
-                   {**encoder.info, "chunk_ms": chunk_ms, "left_chunks": left_chunks}, encoder.precision,
-                   Chunking(frames, left_chunks))
+                   {**encoder.info, "chunk_ms": chunk_ms, "left_chunks": left_chunks}, encoder.precision, chunking)
 
 
 def _load_encoder(spec: str, device: str | torch.device, seed: int, precision: str) -> Encoder:
