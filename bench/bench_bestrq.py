@@ -7,7 +7,7 @@ Prints:
     (C++) on the same audio. Target: >= 200x real time per core.
   * quantizer + masking: their share of a full bestrq_tiny training step (forward, backward,
     AdamW) on a 60 s batch. Target: <= 2 %. Also the quantizer against a broadcast-distance
-    nearest-neighbour search (the B x T x V x d tensor that STYLE.md warns about).
+    nearest-neighbour search (the B x T x V x d tensor that src/bestrq/quantizer.py never builds).
 """
 
 from __future__ import annotations
