@@ -6,7 +6,10 @@
                                  several times faster
     exact_fp32(device_type)      autocast off and full-precision fp32 matmuls, for the few statistics
                                  that low precision breaks: the quantizer's nearest-code search,
-                                 wav2vec 2.0's conv channel norms and contrastive cosines
+                                 wav2vec 2.0's conv channel norms, its first conv layer's product
+                                 and contrastive cosines
+    autocast_dtype(device_type, dtype)
+                                 what such an exact result is handed on in: autocast's dtype, or dtype
 
 torch's fp32 matmul precision is global; ``exact_fp32`` sets it to ``highest`` and puts it back.
 """
@@ -34,6 +37,12 @@ def use_tf32(device: torch.device, enabled: bool = True) -> None:
     lower matmul precisions may compute fp32 products in bf16 instead."""
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype that a product computed exactly hands on: autocast's low precision where it is on
+    for ``device_type``, else ``dtype``; read it before entering ``exact_fp32``, which turns it off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask, stack_frames
-from ..precision import exact_fp32
+from ..precision import autocast_dtype, exact_fp32
 from .conformer import EncoderOutput, FeedForward, Packing, compiling
 from .dropout import Dropout, attention
 
@@ -104,13 +104,20 @@ class ConvLayer(nn.Module):
         scaling of the weights: no pass over the (B, C, T) output but the product itself,
         which at 3200 frames per second is the largest tensor of the model.
 
-        The statistics are exact fp32 whatever the autocast (or TF32): for the high-pass filters a waveform
-        encoder learns, w^T Sigma w is a small difference of large terms, which bf16 turns
-        into channels scaled several times off, or NaN (tests/test_wav2vec2.py).
+        The statistics and the product are exact fp32 whatever the autocast (or TF32), and the
+        result is handed on in the autocast precision. For the high-pass filters a waveform
+        encoder learns, w^T Sigma w is a small difference of large terms, which bf16 turns into
+        channels scaled several times off, or NaN; and the product itself subtracts neighbouring
+        samples, so frames rounded to bf16 (8-bit mantissa) before it leave mostly rounding noise
+        in a channel whose output is small against its input: a 4th-order difference on smooth
+        noise came out 1.24x its fp32 scale on one CPU, several times its own norm off on another
+        signal (tests/test_wav2vec2.py). At 10 taps per output the fp32 product is cheap
+        (docs/implementation.md gives its cost).
         """
         c, _, k = self.conv.weight.shape
         frames = wave.unfold(1, k, self.conv.stride[0])  # (B, T, k), a view
         exact = torch.promote_types(frames.dtype, torch.float32)  # fp32, or fp64 for an fp64 model
+        handed_on = autocast_dtype(wave.device.type, frames.dtype)  # read before exact_fp32 turns autocast off
         with exact_fp32(wave.device.type):
             f32 = frames.to(exact)
             valid = (~padding_mask(lengths, f32.shape[1])).to(exact)[..., None]  # (B, T, 1)
@@ -122,9 +129,13 @@ class ConvLayer(nn.Module):
             var = ((w @ sigma) * w).sum(-1).clamp(min=0)  # (B, C): w_c^T Sigma_b w_c
             scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight.to(exact)  # (B, C)
             shift = self.layer_norm.bias.to(exact) - (mu @ w.T) * scale  # (B, C); a conv bias cancels out
-        # the product itself in the autocast precision (or the model's)
-        weight = (w * scale[..., None]).to(frames.dtype)
-        return torch.baddbmm(shift[..., None].to(frames.dtype), weight, frames.transpose(1, 2))  # (B, C, T)
+            out = _frames_product(w * scale[..., None], shift, f32)  # (B, C, T)
+        return out.to(handed_on)
+
+
+def _frames_product(weight: torch.Tensor, shift: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """weight (B, C, k) . frames (B, T, k) + shift (B, C) -> (B, C, T): one utterance's conv as a GEMM."""
+    return torch.baddbmm(shift[..., None], weight, frames.transpose(1, 2))
 
 
 def _masked_channel_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
