@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import firwin, resample_poly
 
 SAMPLE_RATE = 16_000
 # the sample rates taken as audio: below, no speech band fits; above, no recorder writes them.
@@ -35,6 +34,8 @@ class BadAudio(Exception):
 def _lowpass(up: int, down: int) -> np.ndarray:
     # the filter scipy's resample_poly designs by default (Kaiser, beta 5, 10 zero crossings
     # per side), made once per rate pair instead of once per call
+    from scipy.signal import firwin  # imported here: at the top it adds 0.6 s to every command
+
     max_rate = max(up, down)
     return firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
 
@@ -45,6 +46,8 @@ def resample(x: np.ndarray, orig_rate: float, new_rate: float) -> np.ndarray:
         return x
     ratio = Fraction(new_rate / orig_rate).limit_denominator(1000)
     up, down = ratio.numerator, ratio.denominator
+    from scipy.signal import resample_poly  # (as firwin above)
+
     return resample_poly(x, up, down, axis=-1, window=_lowpass(up, down)).astype(np.float32, copy=False)
 
 
