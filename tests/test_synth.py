@@ -102,20 +102,27 @@ def _features(cuts):
     return np.stack([features(load_mono(c)) for c in cuts])
 
 
-def test_emotion_labels_are_audible(corpus):
+@pytest.fixture(scope="module")
+def train_features(corpus) -> tuple[list, np.ndarray]:
+    """The training split's cuts and their features, computed once for the tests below."""
+    train = list(load_split(corpus, "train"))
+    return train, _features(train)
+
+
+def test_emotion_labels_are_audible(corpus, train_features):
     """A linear classifier on MFCC statistics and pitch, trained on train, tested on dev+test."""
-    train = load_split(corpus, "train")
+    train, train_x = train_features
     held = list(load_split(corpus, "dev")) + list(load_split(corpus, "test"))
-    model = NearestCentroid().fit(_features(train), [sup(c).custom["emotion"] for c in train])
+    model = NearestCentroid().fit(train_x, [sup(c).custom["emotion"] for c in train])
     acc = accuracy(model.predict(_features(held)), [sup(c).custom["emotion"] for c in held])
     print(f"emotion accuracy {acc:.3f} on {len(held)} held-out utterances")
     assert acc >= 0.8
 
 
-def test_unseen_speakers_are_separable(corpus):
+def test_unseen_speakers_are_separable(corpus, train_features):
     """20 speakers never seen in training: half of each one's utterances make its centroid,
     the other half are classified; the metric comes from the training speakers."""
-    train = load_split(corpus, "train")
+    train, train_x = train_features
     by_spk: dict[str, list] = {}
     for c in load_split(corpus, "sv"):
         by_spk.setdefault(sup(c).speaker, []).append(c)
@@ -123,7 +130,7 @@ def test_unseen_speakers_are_separable(corpus):
     enrol = [c for s in chosen for c in by_spk[s][: len(by_spk[s]) // 2]]
     probe = [c for s in chosen for c in by_spk[s][len(by_spk[s]) // 2 :]]
     model = NearestCentroid().fit(_features(enrol), [sup(c).speaker for c in enrol],
-                                  within=(_features(train), [sup(c).speaker for c in train]))
+                                  within=(train_x, [sup(c).speaker for c in train]))
     acc = accuracy(model.predict(_features(probe)), [sup(c).speaker for c in probe])
     print(f"speaker accuracy {acc:.3f} on {len(probe)} utterances of 20 unseen speakers")
     assert acc >= 0.8
