@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,6 +31,30 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_and_times(step: Callable[[], None], rounds: int, device: torch.device) -> tuple[float, list[float]]:
+    """Run ``step`` ``rounds`` times: the peak memory they add, in MiB (CPU: the process's resident
+    high-water mark above its resident memory before them, Linux; CUDA: the allocator's peak above what
+    was allocated before them), and each step's time in seconds."""
+    if device.type == "cpu":
+        Path("/proc/self/clear_refs").write_text("5")  # the high-water mark, reset to the current RSS
+        base = _status_kib("VmRSS") * 1024
+    else:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    times = []
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    peak = _status_kib("VmHWM") * 1024 if device.type == "cpu" else torch.cuda.max_memory_allocated(device)
+    return (peak - base) / 2**20, times
 
 
 def measure(path: str, seconds: float, batch: int, rounds: int, device: torch.device) -> dict:
@@ -55,25 +80,8 @@ def measure(path: str, seconds: float, batch: int, rounds: int, device: torch.de
             out = layer(x, pad, None, None)
         out.float().square().mean().backward()
 
-    if device.type == "cpu":
-        Path("/proc/self/clear_refs").write_text("5")  # the high-water mark, reset to the current RSS
-        base = _status_kib("VmRSS")
-    else:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    step()
-    peak = ((_status_kib("VmHWM") * 1024 - base * 1024) if device.type == "cpu"
-            else torch.cuda.max_memory_allocated(device) - base) / 2**20
-    times = []
-    for _ in range(rounds):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
+    peak, _ = peak_and_times(step, 1, device)  # the first step's peak
+    _, times = peak_and_times(step, rounds, device)
     return {"path": path, "seconds": seconds, "frames": t, "peak_mib": peak, "step_s": statistics.median(times)}
 
 

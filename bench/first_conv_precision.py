@@ -24,10 +24,9 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
-from attention_memory import _status_kib
+from attention_memory import peak_and_times
 
 FORMS = ("fp32", "bf16")
 PARTS = ("first layer", "training step")
@@ -66,25 +65,8 @@ def measure(form: str, part: str, seconds: list[float], steps: int, device: torc
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: kernels chosen, optimizer state allocated
-    if device.type == "cpu":
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # the high-water mark, reset to the current RSS
-        base = _status_kib("VmRSS") * 1024
-    else:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    peak = (_status_kib("VmHWM") * 1024 if device.type == "cpu" else torch.cuda.max_memory_allocated(device)) - base
-    return {"step_s": min(times), "peak_mib": peak / 2**20}
+    peak, times = peak_and_times(step, steps, device)
+    return {"step_s": min(times), "peak_mib": peak}
 
 
 def main() -> None:
