@@ -27,7 +27,7 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """`make test` must end within the CI's 15 minutes: a test marked benchmark runs only with --benchmarks."""
+    """`make test` must end within 12 minutes on 2 cores: a test marked benchmark runs only with --benchmarks."""
     if config.getoption("--benchmarks"):
         return
     skip = pytest.mark.skip(reason="a benchmark (minutes): `make bench` or pytest --benchmarks runs it")
