@@ -432,17 +432,27 @@ def test_the_first_conv_layers_norm_keeps_its_fp32_scales_under_bf16_autocast():
 
 @pytest.mark.parametrize("signal", [_quiet_low_pass_noise, _resonant_low_pass_noise])
 def test_the_first_conv_layers_whole_output_under_bf16_autocast_is_fp32_rounded_once(signal):
-    """Under bf16 autocast the layer hands on what fp32 computes, rounded once to bf16: every valid
-    output within bf16's unit roundoff (2^-8, an 8-bit significand) of fp32, relative to itself,
-    whatever the CPU's bf16 arithmetic. Frames rounded to bf16 before the product left mostly
-    rounding noise in the higher differences: 0.33-0.74x the 4th-order channel's norm on the quiet
-    noise, 2.9-3.1x on the resonant one (a CPU without AMX)."""
+    """Under bf16 autocast the layer hands on what fp32 computes, rounded once to bf16, bit for bit
+    (the same fp32 kernels run in both): every output within bf16's unit roundoff (2^-8, an 8-bit
+    significand) of fp32, relative to itself, whatever the CPU's bf16 arithmetic. Frames rounded to
+    bf16 before the product left mostly rounding noise in the higher differences: 0.33-0.74x the
+    4th-order channel's norm on the quiet noise, 2.9-3.1x on the resonant one (a CPU without AMX)."""
     fp32, bf16 = _fp32_and_bf16_outputs(signal(2, 48000))
     assert bf16.dtype == torch.bfloat16 and fp32.dtype == torch.float32
-    for b, n in enumerate(_FRAMES.tolist()):
-        ref, got = fp32[b, :, :n], bf16[b, :, :n].float()
-        error = (got - ref).abs()
-        assert (error <= 2.0**-8 * ref.abs()).all(), (error / ref.abs()).max()
+    assert torch.equal(bf16, fp32.to(torch.bfloat16)), (bf16.float() - fp32).abs().div(fp32.abs()).max()
+
+
+def test_an_fp64_waveform_encoder_stays_fp64_under_autocast():
+    """Autocast leaves float64 alone, and so does the first layer's exact product: an fp64 model under
+    bf16 autocast computes what it computes without it (handing bf16 to the next fp64 conv failed)."""
+    torch.manual_seed(0)
+    encoder = ConvFeatureEncoder(((16, 10, 5), (16, 3, 2)), norm="group").double()
+    wave, lengths = 0.1 * torch.randn(2, 4000, dtype=torch.float64), torch.tensor([4000, 3000])
+    with torch.no_grad():
+        expected, _ = encoder(wave, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, _ = encoder(wave, lengths)
+    assert got.dtype == torch.float64 and torch.equal(got, expected)
 
 
 def test_the_masked_channel_norm_keeps_its_fp32_statistics_under_bf16_autocast():

@@ -40,9 +40,12 @@ def use_tf32(device: torch.device, enabled: bool = True) -> None:
 
 
 def autocast_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
-    """The dtype that a product computed exactly hands on: autocast's low precision where it is on
-    for ``device_type``, else ``dtype``; read it before entering ``exact_fp32``, which turns it off."""
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
+    """The dtype that a product of ``dtype`` tensors computed exactly hands on: what autocast would give,
+    its low precision where it is on for ``device_type`` (it leaves float64 alone), else ``dtype``. Read
+    it before entering ``exact_fp32``, which turns autocast off."""
+    if dtype == torch.float64 or not torch.is_autocast_enabled(device_type):
+        return dtype
+    return torch.get_autocast_dtype(device_type)
 
 
 @contextlib.contextmanager
