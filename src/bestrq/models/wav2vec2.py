@@ -104,8 +104,9 @@ class ConvLayer(nn.Module):
         scaling of the weights: no pass over the (B, C, T) output but the product itself,
         which at 3200 frames per second is the largest tensor of the model.
 
-        The statistics and the product are exact fp32 whatever the autocast (or TF32), and the
-        result is handed on in the autocast precision. For the high-pass filters a waveform
+        The forward's statistics and product are exact fp32 whatever the autocast (or TF32), and
+        the result is handed on in the autocast precision (their backward runs on the saved fp32
+        tensors, in TF32 where ``train.tf32`` allows it on CUDA). For the high-pass filters a waveform
         encoder learns, w^T Sigma w is a small difference of large terms, which bf16 turns into
         channels scaled several times off, or NaN; and the product itself subtracts neighbouring
         samples, so frames rounded to bf16 (8-bit mantissa) before it leave mostly rounding noise
