@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from lhotse import CutSet
 
 from bestrq.cli import main
@@ -100,7 +101,7 @@ def shorter(line: str, free_port: int) -> tuple[list[str], int]:
     code = re.sub(r"--nproc_per_node 8", "--nproc_per_node 1" if "--nnodes" in code else "--nproc_per_node 2", code)
     code = code.replace("node0", "127.0.0.1").replace("29500", str(free_port)).replace("--jobs 16", "--jobs 2")
     code = code.replace("--shard-size 1000", "--shard-size 4")  # several shards of the look-alike's windows
-    code = re.sub(r"^timeout (.*?) 60 ", r"timeout \1 10 ", code)  # the pre-emption comes sooner
+    code = re.sub(r"^timeout (.*?) 60 ", r"timeout \1 15 ", code)  # the pre-emption comes sooner
     words = code.split()
     for key, extra in SHORTER.items():
         if key in code:
@@ -160,26 +161,34 @@ def look_alike_corpora(corpus: Path, fixtures: Path) -> None:
 
 def in_process(command: list[str]) -> bool:
     """Whether a README line runs through ``bestrq.cli.main`` here rather than as a subprocess."""
-    return command[0] == "bestrq" and command[1] != "bench"
+    return command[0] == "bestrq" and command[1:2] != ["bench"]
 
 
 def run_main(command: list[str], cwd: Path) -> tuple[int, str, str]:
     """``bestrq ARGS`` as the console script runs it, in ``cwd``: its exit status, stdout and stderr
-    (the log records of its run included, in the CLI's format)."""
+    (the log records of its run included, in the CLI's format). What a run sets for its process (the
+    working directory, the fp32 matmul precision, the thread count, the global random generators) is
+    put back after it, so that the tests after this one see this process as it was."""
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)  # pytest's handlers keep the CLI's basicConfig from adding one
-    before = os.getcwd()
+    before = os.getcwd(), torch.get_float32_matmul_precision(), torch.get_num_threads()
     try:
         os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), torch.random.fork_rng():
             try:
                 status = main(command[1:])
-            except SystemExit as e:  # argparse's errors and --help
-                status = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except SystemExit as e:  # argparse's errors and --help; a message exits 1, as the interpreter says
+                if isinstance(e.code, int) or e.code is None:
+                    status = e.code or 0
+                else:
+                    print(e.code, file=sys.stderr)
+                    status = 1
     finally:
-        os.chdir(before)
+        os.chdir(before[0])
+        torch.set_float32_matmul_precision(before[1])
+        torch.set_num_threads(before[2])
         logging.getLogger().removeHandler(handler)
     return status, out.getvalue(), err.getvalue()
 
