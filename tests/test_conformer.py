@@ -58,7 +58,8 @@ def test_skipping_padded_frames_gives_the_padded_layouts_outputs_and_gradients(k
         else:
             enc = encoder(position="rotary" if kind == "conformer-rotary" else "relative_key")
             first = enc.layers[0].ffn1.intermediate_dense
-        enc.double().skip_padding = skip
+        enc.double()
+        enc.skip_padding = skip
         rows = []
         first.register_forward_hook(lambda _m, inputs, _o, rows=rows: rows.append(inputs[0].shape[:-1].numel()))
         out = enc(frames, lengths)

@@ -80,11 +80,12 @@ def test_chunked_attention_under_bf16_autocast_hides_the_future_and_stays_finite
         b = model.encode(changed, lengths, chunkings).hidden_states
     frames = model.output_lengths(lengths).tolist()
     assert frames[2] == 1
-    # bf16's rounding, not another mask, bounded from the precision asked for: each product under autocast
-    # rounds its two inputs and its output to bf16 (relative error <= u = 2^-8 each), the front-end has 1
-    # product, a layer 14 (relative_key; rotary 13), and independent roundings add in quadrature:
-    # |x - ref| <= 2 sqrt(r) u |ref| after r roundings (4-7x what a CPU without AMX gave; the swapped
-    # mask is 3-5x the bound from layer 1 on)
+    # bf16's rounding, not another mask, bounded from the precision asked for by the probabilistic model of
+    # rounding errors: each product under autocast rounds its two inputs and its output to bf16 (relative
+    # error <= u = 2^-8 each), the front-end has 1 product, a layer 14 (relative_key; rotary 13), and r
+    # independent roundings add in quadrature, so |x - ref| <= 2 sqrt(r) u |ref| (lambda = 2 in Higham and
+    # Mary's probabilistic bound lambda sqrt(r) u, 2019; it assumes no amplification between layers). A CPU
+    # without AMX gave 4-10x less; the swapped mask is 3-5x the bound from layer 1 on.
     for layer, (x, y, ref, other) in enumerate(zip(a, b, exact, swapped)):
         assert torch.isfinite(x).all()
         assert torch.equal(x[0, :8], y[0, :8])  # the -inf of the chunk mask is exact in bf16 too
