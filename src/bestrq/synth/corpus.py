@@ -4,11 +4,13 @@ One seed decides everything: speakers, texts, labels, splits and noise. Utteranc
 planned in a fixed order (speakers round-robin, labels and splits drawn per utterance),
 rendered in parallel, and taken in that order until the requested hours are reached, so
 any corpus is balanced and the same seed gives the same corpus: the same speakers, texts,
-labels, splits, prosody and noise. Waveforms agree to within a few samples: eSpeak NG keeps
-its pitch-flutter phase in a function-level static that runs on across utterances and
-that its API cannot reset, so a rendering depends slightly on what its process rendered
-before. Finished FLAC files are written atomically and kept: an interrupted run picks up
-where it stopped.
+labels, splits, prosody and noise. eSpeak NG keeps its pitch-flutter phase in a
+function-level static that runs on across utterances and that its API cannot reset, so a
+rendering depends slightly on what its process rendered before. Each process renders a
+fixed share (utterance i in process i % jobs): with the same number of processes the
+waveforms are the same to the sample; with another number they agree within a few samples,
+and the cut-off at the requested hours may fall one utterance apart. Finished FLAC files are
+written atomically and kept: an interrupted run picks up where it stopped.
 
 Splits: ``train``, ``dev`` and ``test`` hold disjoint utterances (and disjoint sentences)
 of the seen speakers, for ASR, emotion, intent and speaker identification; ``sv`` holds
@@ -226,18 +228,25 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None
     start = time.perf_counter()
     bar = tqdm(total=round(target), unit="s audio", disable=not progress, desc="synth")
     # fork where there is one: no re-import of the caller's __main__ (spawn needs a guard
-    # there); the engine is per process and the parent never starts one when jobs > 1
+    # there); the engine is per process and the parent never starts one when jobs > 1.
+    # One process per pool: utterance i always goes to process i % jobs, which renders its
+    # share in plan order. eSpeak's state carries over between a process's renderings, so
+    # with whichever process was free taking the next utterance, waveforms moved by a few
+    # samples from run to run, and the 1-hour corpus of seed 0 ended 804 or 805 utterances long
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    pool = mp.get_context(method).Pool(jobs) if jobs > 1 else None
+    pools = [mp.get_context(method).Pool(1) for _ in range(jobs)] if jobs > 1 else []
     try:
         # a bounded window of jobs in plan order: results are taken in that order, so the
         # corpus is the same whatever the number of processes
         pending: deque = deque()
+        sent = 0
         while total < target:
-            while pool and len(pending) < 8 * jobs:
+            while pools and len(pending) < 8 * jobs:
                 utt = next(utterances)
-                pending.append((utt, pool.apply_async(_render_to_file, ((utt, audio_path(out, utt)),))))
-            if pool:
+                job = (utt, audio_path(out, utt))
+                pending.append((utt, pools[sent % jobs].apply_async(_render_to_file, (job,))))
+                sent += 1
+            if pools:
                 utt, result = pending.popleft()
                 num_samples = result.get()
             else:
@@ -248,7 +257,7 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None
             bar.update(min(round(total), bar.total) - bar.n)
     finally:
         bar.close()
-        if pool:
+        for pool in pools:
             pool.terminate()
             pool.join()
     elapsed = time.perf_counter() - start
