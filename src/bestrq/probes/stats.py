@@ -30,6 +30,11 @@ effect is nil or twice the test sample's standard error.
 
 A difference between two models resamples the same items for both (a paired bootstrap) and
 adds each model's seed effect, drawn on its own (Welch-Satterthwaite degrees of freedom).
+
+A comparison ends in one of four verdicts (:func:`verdict`), with a margin fixed before the run:
+*equivalent* within the margin when the difference's 90% interval lies inside it (two one-sided
+tests at 5% each), else *better* or *worse* when its 95% interval leaves 0 on that side, else
+*inconclusive*. An interval that holds 0 shows no difference; it never shows that two are alike.
 """
 
 from __future__ import annotations
@@ -45,9 +50,13 @@ LOWER_IS_BETTER = {"cer", "wer", "eer"}
 BOUNDS = {"accuracy": (0.0, 1.0), "eer": (0.0, 1.0), "macro_f1": (0.0, 1.0), "cer": (0.0, np.inf), "wer": (0.0, np.inf)}
 
 
-def _interval(metric: str, draws: np.ndarray, difference: bool = False) -> tuple[float, float]:
-    """The 95% percentile interval of ``draws``, kept within what the metric (or a difference of it) can be."""
-    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
+VERDICTS = ("better", "worse", "equivalent", "inconclusive")
+
+
+def _interval(metric: str, draws: np.ndarray, difference: bool = False, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` percentile interval of ``draws``, kept within what the metric (or a difference of it) can be."""
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.nanpercentile(draws, [tail, 100 - tail])
     low, high = BOUNDS[metric]
     if difference:
         low, high = low - high, high - low
@@ -92,6 +101,7 @@ class Estimate:
     ci: tuple[float, float]  # 95% interval
     seeds: list[float]  # each seed's whole-test metric
     n: int  # test items (trials for the EER)
+    ci90: tuple[float, float]  # 90% interval, for the two one-sided tests of equivalence
 
 
 def _draws(metric: str, arrays: list[dict[str, np.ndarray]], seed_values: list[float], items: np.ndarray
@@ -129,7 +139,8 @@ def estimate(metric: str, sheets: Sequence[dict], replicates: int = 1000, seed: 
     rng = np.random.default_rng(seed)
     means, seed_var = _draws(metric, arrays, per_seed, rng.integers(n, size=(replicates, n)))
     draws = means + np.sqrt(seed_var) * rng.standard_t(max(len(arrays) - 1, 1), size=replicates)
-    return Estimate(float(np.mean(per_seed)), _interval(metric, draws), per_seed, n)
+    return Estimate(float(np.mean(per_seed)), _interval(metric, draws), per_seed, n,
+                    _interval(metric, draws, level=0.9))
 
 
 def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: int = 1000, seed: int = 0
@@ -150,7 +161,26 @@ def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: in
     means_b, var_b = _draws(metric, arrays_b, values_b, items)
     df = _welch_df((var_a, len(arrays_a)), (var_b, len(arrays_b)))
     draws = means_a - means_b + np.sqrt(var_a + var_b) * rng.standard_t(df, size=replicates)
-    return Estimate(value, _interval(metric, draws, difference=True), per_seed, n)
+    return Estimate(value, _interval(metric, draws, difference=True), per_seed, n,
+                    _interval(metric, draws, difference=True, level=0.9))
+
+
+def verdict(d: Estimate, metric: str, margin: float) -> str:
+    """Model a against model b, from their difference ``d`` (a minus b) and a ``margin`` in the metric's units,
+    fixed before the run: one of :data:`VERDICTS`.
+
+    equivalent: the 90% interval inside (-margin, +margin), two one-sided tests at 5%; this comes first, as
+    the claim a comparison of "similar quality" makes (a difference can be shown and still be within it).
+    better, worse: otherwise, the 95% interval leaves 0 on a's good (bad) side.
+    inconclusive: neither; the data cannot tell."""
+    if not margin > 0:
+        raise ValueError(f"an equivalence margin must be > 0, got {margin!r}")
+    if -margin < d.ci90[0] and d.ci90[1] < margin:
+        return "equivalent"
+    lo, hi = d.ci
+    if lo <= 0 <= hi:
+        return "inconclusive"
+    return "better" if (hi < 0) == (metric in LOWER_IS_BETTER) else "worse"
 
 
 def separated(a: tuple[float, float], b: tuple[float, float], metric: str) -> bool:
