@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from bestrq.cli import main
+from bestrq.probes.stats import VERDICTS
 
 
 @pytest.mark.slow
@@ -33,8 +34,14 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
             assert m["ci"][0] <= m["value"] <= m["ci"][1] and len(m["seeds"]) == 2
     assert results["tasks"]["speaker_eer"]["n_test"] > results["tasks"]["speaker_id"]["n_test"]  # trials
     assert "bestrq-wav2vec2" in results["differences"]["asr"]
+    for task, pairs in results["differences"].items():  # every comparison ends in a verdict, with its margin
+        metric = results["tasks"][task]["metric"]
+        for d in pairs.values():
+            assert d["verdict"] in VERDICTS and d["margin"] == {"cer": 0.015, "accuracy": 0.03, "eer": 0.01}[metric]
+            assert d["ci"][0] <= d["ci90"][0] <= d["ci90"][1] <= d["ci"][1]
     report = (out / "report.md").read_text()
     assert "## Pre-training at equal updates" in report and "[" in report
+    assert "BEST-RQ against wav2vec 2.0: " in report and "similar" not in report
     for png in ("pretraining.png", "tasks.png", "layer_weights.png"):
         assert (out / png).stat().st_size > 1000
 

@@ -181,10 +181,3 @@ def verdict(d: Estimate, metric: str, margin: float) -> str:
     if lo <= 0 <= hi:
         return "inconclusive"
     return "better" if (hi < 0) == (metric in LOWER_IS_BETTER) else "worse"
-
-
-def separated(a: tuple[float, float], b: tuple[float, float], metric: str) -> bool:
-    """Whether the model of interval a is better than that of interval b, the intervals not overlapping."""
-    if metric in LOWER_IS_BETTER:
-        return a[1] < b[0]
-    return a[0] > b[1]

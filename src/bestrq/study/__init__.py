@@ -66,6 +66,18 @@ class PretrainSection:
 
 
 @dataclass
+class MarginSection:
+    """Equivalence margins, fixed before a run, in each metric's units (fractions): a difference whose 90%
+    interval lies inside +-margin is *equivalent* (``probes.stats.verdict``). The defaults are about a third
+    of what pre-training gained over a random init in the first study (CER 4.7 points, emotion accuracy
+    9.9): a difference that much smaller would not change which objective to use."""
+    cer: float = setting(0.015, "ASR character error rate: 1.5 points", gt=0)
+    accuracy: float = setting(0.03, "speaker identification, emotion and intent accuracy: 3 points", gt=0)
+    eer: float = setting(0.01, "speaker verification equal error rate: 1 point (7% of the first study's 14%)",
+                         gt=0)
+
+
+@dataclass
 class ProbeSection:
     models: list = setting(list(MODELS), "encoders to probe: bestrq, wav2vec2, random (BEST-RQ's "  # noqa: RUF009
                            "initial weights), fbank, or the ablation's name")
@@ -82,6 +94,7 @@ class ProbeSection:
     intent_head: str = setting("mlp", "mlp or lstm (a BiLSTM before the pooling)")
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     replicates: int = setting(1000, "bootstrap replicates of each interval", ge=100)
+    margins: MarginSection = field(default_factory=MarginSection)
 
 
 @dataclass

@@ -7,7 +7,10 @@
                             "dev_reference", "reference", "curve": [...]}},
      "tasks": {TASK: {"metric", "higher_is_better", "n_test",
                       "models": {MODEL: {"value", "ci", "seeds", "epochs", "stopped"}}}},
-     "differences": {TASK: {"A-B": {"value", "ci", "reading"}}}}
+     "differences": {TASK: {"A-B": {"value", "ci", "ci90", "margin", "verdict"}}}}
+
+A verdict (``probes.stats.verdict``) is better, worse, equivalent (within the margin of
+``probe.margins``, fixed before the run) or inconclusive, said of A against B.
 
 TASK is asr (CER), speaker_id (accuracy), speaker_eer (EER), emotion (accuracy) or intent
 (accuracy); intervals are those of :mod:`bestrq.probes.stats`.
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..probes.stats import LOWER_IS_BETTER, Estimate, difference, estimate, separated
+from ..probes.stats import LOWER_IS_BETTER, VERDICTS, difference, estimate, verdict
 from ..train.run import METRICS, read_metrics
 
 # study task -> (probe task, metric)
@@ -49,14 +52,6 @@ def pretraining_summary(run: Path) -> dict:
             "reference": "chance" if cfg.get("objective") == "wav2vec2" else "most frequent code",
             "curve": [{k: r[k] for k in ("step", "split", "accuracy", "baseline_accuracy", "chance_accuracy",
                                          "loss", "elapsed") if k in r} for r in records]}
-
-
-def _reading(a: str, b: str, metric: str, d: Estimate) -> str:
-    lo, hi = d.ci
-    if lo <= 0 <= hi:
-        return f"no difference shown: the interval includes 0 ({LABELS.get(a, a)} and {LABELS.get(b, b)} similar)"
-    better = (hi < 0) if metric in LOWER_IS_BETTER else (lo > 0)
-    return f"{LABELS.get(a if better else b, a if better else b)} better"
 
 
 def gather(cfg, out: Path) -> tuple[dict, dict]:
@@ -88,8 +83,10 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
         for a, b in PAIRS:
             if (task, a) in sheets_of and (task, b) in sheets_of:
                 d = difference(metric, sheets_of[task, a], sheets_of[task, b], cfg.probe.replicates)
-                differences.setdefault(task, {})[f"{a}-{b}"] = {"value": d.value, "ci": list(d.ci),
-                                                                "reading": _reading(a, b, metric, d)}
+                margin = getattr(cfg.probe.margins, metric)
+                differences.setdefault(task, {})[f"{a}-{b}"] = {
+                    "value": d.value, "ci": list(d.ci), "ci90": list(d.ci90), "margin": margin,
+                    "verdict": verdict(d, metric, margin)}
     return tasks, differences
 
 
@@ -175,16 +172,23 @@ def markdown(r: dict) -> str:
             cells.append("–" if e is None else f"{_pct(e['value'])} [{_pct(e['ci'][0])}, {_pct(e['ci'][1])}]")
         arrow = "higher" if t["higher_is_better"] else "lower"
         lines.append(f"| {task} ({t['metric']}, {arrow} is better, n={t['n_test']}) | " + " | ".join(cells) + " |")
-    lines += ["", "![tasks with intervals](tasks.png)", "", "## Differences (percentage points, 95% interval)", "",
-              "| task | pair | difference | reading |", "|---|---|---:|---|"]
+    lines += ["", "![tasks with intervals](tasks.png)", "", "## Comparisons (A minus B, percentage points)", "",
+              ("Each ends in a verdict on A: *equivalent* when the 90% interval of the difference lies inside "
+               "the margin fixed before the run (two one-sided tests), else *better* or *worse* when the 95% "
+               "interval leaves 0 on that side, else *inconclusive*."), "",
+              "| task | A - B | difference [95%] | 90% interval | margin | verdict on A |", "|---|---|---:|---:|---:|---|"]
     for task, pairs in r["differences"].items():
         for pair, d in pairs.items():
             lines.append(f"| {task} | {pair} | {100 * d['value']:+.1f} [{100 * d['ci'][0]:+.1f}, "
-                         f"{100 * d['ci'][1]:+.1f}] | {d['reading']} |")
-    wins = [task for task, t in r["tasks"].items() if {"bestrq", "random"} <= t["models"].keys()
-            and separated(t["models"]["bestrq"]["ci"], t["models"]["random"]["ci"], t["metric"])]
-    lines += ["", (f"BEST-RQ beats its random init with non-overlapping intervals on {len(wins)} of "
-                   f"{len(r['tasks'])} task metrics: {', '.join(wins) or 'none'}.")]
+                         f"{100 * d['ci'][1]:+.1f}] | [{100 * d['ci90'][0]:+.1f}, {100 * d['ci90'][1]:+.1f}] | "
+                         f"±{100 * d['margin']:.1f} | {d['verdict']} |")
+    for pair in ("bestrq-wav2vec2", "bestrq-random"):
+        said = {task: pairs[pair]["verdict"] for task, pairs in r["differences"].items() if pair in pairs}
+        if said:
+            a, b = pair.split("-")
+            lines += ["", f"{LABELS[a]} against {LABELS[b]}: " + "; ".join(
+                f"{word} on {', '.join(t for t, v in said.items() if v == word)}"
+                for word in VERDICTS if word in said.values()) + "."]
     cut = [(task, m) for task, t in r["tasks"].items() for m, e in t["models"].items() if "epochs" in e["stopped"]]
     lines += ["", "## Probe convergence", "",
               "Every probe trains until its dev score has not improved for the patience; "
