@@ -8,6 +8,9 @@ A probe's test metric is a function of per-item outcomes, which every probe resu
     eer         {"scores": [...], "labels": [1|0, ...]}      equal error rate over the trials
     macro_f1    {"pred": [...], "target": [...]}             mean F1 over the classes
 
+A sheet may also name each item's ``unit`` (``{"unit": [speaker, ...]}``): then the bootstrap draws
+whole units with replacement, each with all its items, as items of one speaker are not independent.
+
 A model probed with k seeds has one sheet per seed, over the same test items. Its value is the
 mean over the seeds of the whole-test metric, and its 95% interval is that of this k-seed mean.
 Items and seeds are crossed (every seed scores every item), so the mean varies with three
@@ -88,6 +91,28 @@ def _arrays(sheet: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def _resamples(rng: np.random.Generator, sheet: dict[str, np.ndarray], replicates: int) -> list[np.ndarray]:
+    """Each replicate's item indices. Items are drawn with replacement; where the sheet names each item's
+    ``unit`` (its speaker, say), whole units are drawn with replacement instead, each with all its items:
+    the outcomes of one unit are alike, and resampling them as if independent makes intervals too narrow."""
+    n = len(next(iter(sheet.values())))
+    if "unit" not in sheet:
+        return list(rng.integers(n, size=(replicates, n)))
+    _, group = np.unique(sheet["unit"], return_inverse=True)
+    members = [np.flatnonzero(group == g) for g in range(group.max() + 1)]
+    return [np.concatenate([members[g] for g in rng.integers(len(members), size=len(members))])
+            for _ in range(replicates)]
+
+
+def _units(*arrays: dict[str, np.ndarray]) -> None:
+    """Every sheet names the same unit for each item, or none does."""
+    first = arrays[0].get("unit")
+    for a in arrays[1:]:
+        unit = a.get("unit")
+        if (first is None) != (unit is None) or (first is not None and not np.array_equal(first, unit)):
+            raise ValueError("score sheets of the same test items name different units (or only some name one)")
+
+
 def _size(sheets: list[dict[str, np.ndarray]]) -> int:
     sizes = {len(next(iter(s.values()))) for s in sheets}
     if len(sizes) != 1:
@@ -104,12 +129,12 @@ class Estimate:
     ci90: tuple[float, float]  # 90% interval, for the two one-sided tests of equivalence
 
 
-def _draws(metric: str, arrays: list[dict[str, np.ndarray]], seed_values: list[float], items: np.ndarray
+def _draws(metric: str, arrays: list[dict[str, np.ndarray]], seed_values: list[float], items: list[np.ndarray]
            ) -> tuple[np.ndarray, float]:
-    """Each replicate's k-seed mean over the resampled ``items`` (rows), and the seeds' effect variance.
+    """Each replicate's k-seed mean over the resampled ``items``, and the seeds' effect variance.
 
     ``seed_values`` are the seeds' whole-test metrics; ``items`` holds one resample of item indices
-    a row; replicates where the metric is undefined (an EER over trials of one kind) come out as NaN."""
+    per replicate; replicates where the metric is undefined (an EER over trials of one kind) come out as NaN."""
     per = np.array([[_metric_of(metric, a, idx) for a in arrays] for idx in items])  # replicate x seed
     k = len(arrays)
     means = per.mean(axis=1)
@@ -134,10 +159,11 @@ def estimate(metric: str, sheets: Sequence[dict], replicates: int = 1000, seed: 
     if not arrays:
         raise ValueError("no score sheet to estimate from")
     n = _size(arrays)
+    _units(*arrays)
     whole = np.arange(n)
     per_seed = [_metric_of(metric, a, whole) for a in arrays]
     rng = np.random.default_rng(seed)
-    means, seed_var = _draws(metric, arrays, per_seed, rng.integers(n, size=(replicates, n)))
+    means, seed_var = _draws(metric, arrays, per_seed, _resamples(rng, arrays[0], replicates))
     draws = means + np.sqrt(seed_var) * rng.standard_t(max(len(arrays) - 1, 1), size=replicates)
     return Estimate(float(np.mean(per_seed)), _interval(metric, draws), per_seed, n,
                     _interval(metric, draws, level=0.9))
@@ -155,8 +181,9 @@ def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: in
     values_b = [_metric_of(metric, y, whole) for y in arrays_b]
     per_seed = [x - y for x, y in zip(values_a, values_b)]
     value = float(np.mean(values_a) - np.mean(values_b))
+    _units(*arrays_a, *arrays_b)
     rng = np.random.default_rng(seed)
-    items = rng.integers(n, size=(replicates, n))
+    items = _resamples(rng, arrays_a[0], replicates)
     means_a, var_a = _draws(metric, arrays_a, values_a, items)
     means_b, var_b = _draws(metric, arrays_b, values_b, items)
     df = _welch_df((var_a, len(arrays_a)), (var_b, len(arrays_b)))
