@@ -34,6 +34,9 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
             assert m["ci"][0] <= m["value"] <= m["ci"][1] and len(m["seeds"]) == 2
     assert results["tasks"]["speaker_eer"]["n_test"] > results["tasks"]["speaker_id"]["n_test"]  # trials
     assert "bestrq-wav2vec2" in results["differences"]["asr"]
+    assert {task: t["unit"] for task, t in results["tasks"].items()} == {
+        "asr": "utterance", "speaker_id": "speaker", "speaker_eer": "speaker", "emotion": "utterance",
+        "intent": "utterance"}  # the speaker tasks resample speakers
     for task, pairs in results["differences"].items():  # every comparison ends in a verdict, with its margin
         metric = results["tasks"][task]["metric"]
         for d in pairs.values():

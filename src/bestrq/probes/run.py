@@ -104,7 +104,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
     splits = {s: _long_enough(encoder, cuts, s) for s, cuts in raw.items()}
     cache_dir = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
 
-    states, get_sv, durations = {}, None, {}
+    states, get_sv, durations, speakers = {}, None, {}, {}
     if not cfg.unfreeze:  # every split once, whole: all tasks read the same cache
         states = {name: extract(encoder, cuts, cache_dir / name, device=dev, dtype=cache_dtype,
                                 progress=progress) for name, cuts in splits.items()}
@@ -119,6 +119,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
                             "speaker verification (EER) is skipped", trials_path)
                 kept = []
             trials, get_sv, durations = kept, sv_states.batch, {c.id: c.duration for c in sv}
+            speakers = {c.id: c.supervisions[0].speaker for c in sv}
 
     def get(ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         for s in states.values():
@@ -142,6 +143,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
             rate = first.frame_rate({it.cut_id: it.duration for it in data.train})
             result, _ = train_probe(task, data, get, first.num_layers, first.dim, cfg, device=dev,
                                     get_sv=get_sv if task == "speaker" else None, sv_durations=durations,
+                                    sv_speakers=speakers,
                                     progress=progress, frame_rate=rate)
             result["frame_rate"] = rate
         result["encoder"] = dict(record)

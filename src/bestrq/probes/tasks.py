@@ -192,6 +192,8 @@ def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str]
     result = {"accuracy": accuracy(preds, targets)}
     if sheets is not None:
         sheets["accuracy"] = {"correct": [int(p == t) for p, t in zip(preds, targets)]}
+        if probe.task == "speaker":  # a speaker's utterances are alike: the bootstrap resamples speakers
+            sheets["accuracy"]["unit"] = list(targets)
     if probe.task == "emotion":
         result["macro_f1"] = macro_f1(preds, targets, len(classes))
         if sheets is not None:
@@ -201,7 +203,10 @@ def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str]
 
 @torch.no_grad()
 def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetStates, seconds: float,
-                     device: torch.device, durations: dict[str, float], sheets: dict | None = None) -> float:
+                     device: torch.device, durations: dict[str, float], sheets: dict | None = None,
+                     speakers: dict[str, str] | None = None) -> float:
+    """The EER over ``trials``; with ``sheets``, their scores and labels, and with ``speakers`` (cut id ->
+    speaker) each trial's unit for the bootstrap: the speaker of its first utterance."""
     probe.eval()
     ids = sorted({i for _, a, b in trials for i in (a, b)})
     items = [Item(i, durations[i], None) for i in ids]
@@ -213,6 +218,8 @@ def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetS
     scores = [float(emb[a] @ emb[b]) for _, a, b in trials]
     if sheets is not None:
         sheets["eer"] = {"scores": scores, "labels": [y for y, _, _ in trials]}
+        if speakers is not None:
+            sheets["eer"]["unit"] = [speakers[a] for _, a, _ in trials]
     return equal_error_rate(scores, [y for y, _, _ in trials])
 
 
@@ -233,7 +240,8 @@ def _better(metric: str, new: float, old: float | None) -> bool:
 
 def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim: int, cfg: ProbeConfig, *,
                 device: torch.device, frame_rate: float = 50.0, get_sv: GetStates | None = None, sv_durations: dict[str, float] | None = None,
-                encoder: nn.Module | None = None, progress: bool = True) -> tuple[dict, Probe]:
+                sv_speakers: dict[str, str] | None = None, encoder: nn.Module | None = None, progress: bool = True
+                ) -> tuple[dict, Probe]:
     """Train on ``data.train``, pick the best dev epoch, report dev and test (and sv) with it.
 
     ``encoder``: with ``cfg.unfreeze``, the encoder module whose parameters ``get`` reaches;
@@ -296,7 +304,7 @@ def train_probe(task: str, data: TaskData, get: GetStates, num_layers: int, dim:
     }
     if task == "speaker" and data.trials and get_sv is not None:
         result["test"]["eer"] = verification_eer(probe, data.trials, get_sv, cfg.batch_seconds, device,
-                                                 sv_durations or {}, sheets)
+                                                 sv_durations or {}, sheets, sv_speakers)
         result["trials"] = len(data.trials)
     if math.isnan(result["test"].get(metric, 0.0)):
         raise ValueError(f"{task}: the test metric is undefined (no test items?)")

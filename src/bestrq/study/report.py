@@ -5,7 +5,7 @@
     {"commit", "commits", "machine", "command", "seconds", "sessions",
      "pretraining": {NAME: {"steps", "seconds", "seconds_per_update", "audio_hours", "dev_accuracy",
                             "dev_reference", "reference", "curve": [...]}},
-     "tasks": {TASK: {"metric", "higher_is_better", "n_test",
+     "tasks": {TASK: {"metric", "higher_is_better", "n_test", "unit",
                       "models": {MODEL: {"value", "ci", "seeds", "epochs", "stopped"}}}},
      "differences": {TASK: {"A-B": {"value", "ci", "ci90", "margin", "verdict"}}}}
 
@@ -13,7 +13,9 @@ A verdict (``probes.stats.verdict``) is better, worse, equivalent (within the ma
 ``probe.margins``, fixed before the run) or inconclusive, said of A against B.
 
 TASK is asr (CER), speaker_id (accuracy), speaker_eer (EER), emotion (accuracy) or intent
-(accuracy); intervals are those of :mod:`bestrq.probes.stats`.
+(accuracy); intervals are those of :mod:`bestrq.probes.stats`. ``unit`` is what their bootstrap
+resamples: ``speaker`` where the probes named each item's speaker (the speaker tasks), else
+``utterance`` (``trial`` for the EER).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
             e = estimate(metric, sheets, cfg.probe.replicates)
             sheets_of[task, name] = sheets
             entry["n_test"] = e.n
+            entry["unit"] = "speaker" if "unit" in sheets[0] else "trial" if metric == "eer" else "utterance"
             entry["models"][name] = {"value": e.value, "ci": list(e.ci), "seeds": e.seeds,
                                      "epochs": [r["epochs"] for r in results],
                                      "best_epochs": [r["best_epoch"] for r in results],
@@ -160,8 +163,9 @@ def markdown(r: dict) -> str:
                              f"**{p['seconds_per_update'] / b:.2f}x** BEST-RQ's time per update.")
     lines += ["", "![pre-training curves](pretraining.png)", "", "## Downstream tasks (frozen encoders)", "",
               ("Each value is the mean over the probe seeds, with the 95% interval of that mean: a bootstrap "
-               "over test items (trials for the EER) combined with the seeds' spread (see "
-               "`src/bestrq/probes/stats.py`). Percent."), ""]
+               "over the task's unit (speakers for the speaker tasks, with all their utterances or trials; "
+               "else test utterances) combined with the seeds' spread (see `src/bestrq/probes/stats.py`). "
+               "Percent."), ""]
     models = list(dict.fromkeys(m for t in r["tasks"].values() for m in t["models"]))
     lines += ["| task (metric, test items) | " + " | ".join(LABELS.get(m, m) for m in models) + " |",
               "|---|" + "---:|" * len(models)]
