@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from bestrq.cli import main
-from bestrq.probes.stats import VERDICTS
+from bestrq.probes.stats import VERDICTS, Estimate, verdict
 
 
 @pytest.mark.slow
@@ -40,8 +40,9 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
     for task, pairs in results["differences"].items():  # every comparison ends in a verdict, with its margin
         metric = results["tasks"][task]["metric"]
         for d in pairs.values():
-            assert d["verdict"] in VERDICTS and d["margin"] == {"cer": 0.015, "accuracy": 0.03, "eer": 0.01}[metric]
-            assert d["ci"][0] <= d["ci90"][0] <= d["ci90"][1] <= d["ci"][1]
+            assert d["margin"] == {"cer": 0.015, "accuracy": 0.03, "eer": 0.01}[metric]
+            stored = Estimate(d["value"], tuple(d["ci"]), [], 0, tuple(d["ci90"]))  # the verdict of what it stores
+            assert d["verdict"] in VERDICTS and d["verdict"] == verdict(stored, metric, d["margin"])
     report = (out / "report.md").read_text()
     assert "## Pre-training at equal updates" in report and "[" in report
     assert "BEST-RQ against wav2vec 2.0: " in report and "similar" not in report
@@ -75,6 +76,9 @@ def test_study_settings_are_checked():
         load_study_config("study_quick", ["probe.seeds=0"])
     with pytest.raises(ConfigError, match="unknown key pretrain.stepz"):
         load_study_config("study_quick", ["pretrain.stepz=3"])
+    assert load_study_config("study", ["probe.margins.cer=0.02"]).probe.margins.cer == 0.02
+    with pytest.raises(ConfigError, match=r"probe\.margins\.cer: must be > 0"):
+        load_study_config("study", ["probe.margins.cer=0"])
 
 
 @pytest.mark.slow
@@ -125,6 +129,13 @@ def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_
     path.write_text(json.dumps({"config": {**older, "layer": 2}, **scores}))
     assert not _done(path, cfg, record)
     assert not _done(path, cfg, {**record, "seed": 2})
+    # a speaker result whose sheets name no speakers (written before they did) is probed again
+    speaker = tmp_path / "probe_speaker.json"
+    sheet = {"correct": [1, 0], "unit": [3, 5]}
+    speaker.write_text(json.dumps({"config": older, **scores, "sheets": {"accuracy": sheet}}))
+    assert _done(speaker, cfg, record)
+    speaker.write_text(json.dumps({"config": older, **scores, "sheets": {"accuracy": {"correct": [1, 0]}}}))
+    assert not _done(speaker, cfg, record)
 
 
 def test_a_sigterm_while_audio_is_read_stops_the_study_instead_of_counting_a_bad_clip(tmp_path, monkeypatch):

@@ -317,7 +317,11 @@ def _done(path: Path, cfg, record: dict) -> bool:
     made = result.get("config")
     # a setting added since the result was written counts as its default: the result is not redone for it
     made = {**asdict(type(cfg)()), **made} if isinstance(made, dict) else None
-    return (made == asdict(cfg) and "sheets" in result
+    sheets = result.get("sheets")
+    # a speaker result from before its sheets named each item's speaker cannot be resampled by speaker
+    units = path.stem != "probe_speaker" or (isinstance(sheets, dict)
+                                              and all("unit" in s for s in sheets.values()))
+    return (made == asdict(cfg) and isinstance(sheets, dict) and units
             and isinstance(result.get("encoder"), dict) and same_encoder(result["encoder"], record))
 
 
