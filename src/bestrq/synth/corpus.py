@@ -237,7 +237,7 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None
     pools = [mp.get_context(method).Pool(1) for _ in range(jobs)] if jobs > 1 else []
     try:
         # a bounded window of jobs in plan order: results are taken in that order, so the
-        # corpus is the same whatever the number of processes
+        # corpus is the same whatever the number of processes, up to the few samples above
         pending: deque = deque()
         sent = 0
         while total < target:
