@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import soundfile as sf
 from acoustic import NearestCentroid, accuracy, features
+from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+from lhotse.audio import AudioSource
 
 from bestrq.data.audio import load_mono
-from bestrq.data.manifest import load_split
+from bestrq.data.manifest import load_split, save_split
+from bestrq.synth import corpus as synth_corpus
 from bestrq.synth.corpus import SynthConfig, plan, synthesize
-from bestrq.synth.text import INTENTS, make_command, number_to_words, year_to_words
-from bestrq.synth.voices import ACCENTS, EMOTIONS, VARIANTS, make_speakers
+from bestrq.synth.leakage import SPEAKERS, overlaps
+from bestrq.synth.text import INTENTS, Command, make_command, normalise, number_to_words, year_to_words
+from bestrq.synth.voices import ACCENTS, EMOTIONS, VARIANTS, Speaker, make_speakers
 
 
 def sup(cut):
@@ -44,6 +50,18 @@ def test_commands_carry_their_slots():
     assert seen == set(INTENTS)
 
 
+def test_every_intent_has_thousands_of_transcripts():
+    """Enough phrasings that a corpus's held-out commands can all differ from its training ones
+    (change_language had 48 texts: 8 languages, 6 phrasings)."""
+    rng = np.random.default_rng(1)
+    for intent in INTENTS:
+        commands = [make_command(rng, intent) for _ in range(8000)]
+        assert len({c.text for c in commands}) >= 5000, intent
+        for c in commands:
+            assert c.intent == intent and c.text == normalise(c.text), c
+            assert all(f" {v} " in f" {c.text} " for v in c.slots.values()), c  # slots said as whole words
+
+
 def test_corpus_statistics(corpus):
     summary = json.loads((corpus / "summary.json").read_text())
     assert summary["speakers"] >= 100
@@ -71,7 +89,7 @@ def test_splits_are_disjoint_and_sv_speakers_unseen(corpus):
     seen = {sup(c).speaker for s in ("train", "dev", "test") for c in splits[s]}
     unseen = {sup(c).speaker for c in splits["sv"]}
     assert len(unseen) >= 20 and not seen & unseen
-    train_texts = {sup(c).text for c in splits["train"] if "intent" not in sup(c).custom}
+    train_texts = {sup(c).text for c in splits["train"]}  # spoken commands too
     for s in ("dev", "test"):
         assert not train_texts & {sup(c).text for c in splits[s]}
 
@@ -175,6 +193,14 @@ def test_rerun_reuses_and_refuses_other_settings(tmp_path):
     assert again["utterances"] == first["utterances"] and again["hours"] == first["hours"]
     with pytest.raises(FileExistsError, match="other settings"):
         synthesize(tmp_path, SynthConfig(hours=0.005, seed=2, speakers=30, sv_speakers=10), progress=False)
+    # a corpus of the older planner (settings without its version): kept when finished, refused when not, as
+    # its audio would get other transcripts
+    settings = tmp_path / "synth_settings.json"
+    settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "plan"}))
+    assert synthesize(tmp_path, cfg, jobs=1, progress=False)["utterances"] == first["utterances"]
+    (tmp_path / "summary.json").unlink()
+    with pytest.raises(FileExistsError, match="unfinished corpus begun by an older planner"):
+        synthesize(tmp_path, cfg, jobs=1, progress=False)
 
 
 def test_more_speakers_than_voice_pairs_reuse_each_pair_once_per_round():
@@ -209,4 +235,114 @@ def test_command_heldout_and_trial_settings_shape_the_corpus(tmp_path):
     # default values are not recorded: corpora made before these settings existed stay valid
     synthesize(tmp_path / "d", SynthConfig(hours=0.02, seed=4, speakers=4, sv_speakers=1), jobs=1, progress=False)
     assert set(json.loads((tmp_path / "d" / "synth_settings.json").read_text())) == {
-        "hours", "seed", "speakers", "sv_speakers"}
+        "hours", "seed", "speakers", "sv_speakers", "plan"}
+
+
+PROBE = SynthConfig(hours=4, seed=200, speakers=160, sv_speakers=40, commands=0.5, heldout=0.25, trials=2)
+
+
+def test_probe_corpus_transcripts_stay_on_their_side_of_train():
+    """The study's probe corpus (4 h, half the utterances commands): no dev or test transcript,
+    command or sentence, occurs in train. Commands were exempt, and 49% of the intent test
+    utterances had their exact transcript in train."""
+    _, utterances = plan(PROBE)
+    utts = [next(utterances) for _ in range(4000)]
+    train = {u.text for u in utts if u.split == "train"}
+    for split in ("dev", "test"):
+        held = [u for u in utts if u.split == split]
+        assert sum(u.intent is not None for u in held) > 300
+        assert not [u.text for u in held if u.text in train], split
+    assert {u.intent for u in utts if u.split == "test" and u.intent} == set(INTENTS)
+
+
+def test_heldout_avoids_given_texts_and_keeps_dealt_intents():
+    """Dev and test leave out the texts of another corpus (here: the same plan's own, which they
+    would otherwise all repeat); a redrawn command keeps its dealt intent, so each split's intents
+    stay balanced."""
+    _, utterances = plan(PROBE)
+    first = [next(utterances) for _ in range(1500)]
+    avoid = {u.text for u in first}
+    _, utterances = plan(PROBE, avoid_texts=avoid)
+    again = [next(utterances) for _ in range(1500)]
+    held = [u for u in again if u.split in ("dev", "test")]
+    assert len(held) > 500 and not [u.text for u in held if u.text in avoid]
+    assert any(u.text in avoid for u in again if u.split == "train")  # train may use them
+    for split in ("train", "dev", "test", "sv"):
+        counts = Counter(u.intent for u in again if u.split == split and u.intent)
+        assert set(counts) == set(INTENTS) and max(counts.values()) - min(counts.values()) <= 1, (split, counts)
+
+
+def test_a_transcript_that_cannot_be_made_unique_is_an_error(monkeypatch):
+    """No silent duplicate after some tries: with one phrasing per command, the first held-out
+    command after a training one cannot differ from it."""
+    monkeypatch.setattr(synth_corpus, "make_command", lambda rng, intent: Command("turn on the lamp", intent))
+    _, utterances = plan(SynthConfig(hours=1, seed=0, speakers=8, sv_speakers=2, commands=1.0))
+    with pytest.raises(RuntimeError, match=r"split (train|dev|test|sv): 1000 draws of a \w+ command all occur"):
+        for _ in range(200):
+            next(utterances)
+
+
+def test_avoid_reads_other_corpora_and_is_part_of_the_settings(tmp_path):
+    """A probe corpus made from the same seed as its 'pre-training' corpus would repeat all its
+    texts; with ``avoid`` its dev and test hold none. A rerun resumes; another avoided corpus is refused."""
+    cfg = SynthConfig(hours=0.03, seed=3, speakers=12, sv_speakers=4, commands=0.5, heldout=0.3)
+    pre, probe = tmp_path / "pre", tmp_path / "probe"
+    synthesize(pre, cfg, jobs=1, progress=False)
+    with pytest.raises(TypeError, match="avoid"):
+        SynthConfig(avoid=str(pre))
+    avoiding = SynthConfig(**{**asdict(cfg), "avoid": (str(pre),)})
+    made = synthesize(probe, avoiding, jobs=1, progress=False)
+    assert set(made["settings"]["avoid"]) == {"texts", "sha1"}
+    assert synthesize(probe, avoiding, jobs=1, progress=False) == made
+    with pytest.raises(FileExistsError, match="other settings"):
+        synthesize(probe, SynthConfig(**{**asdict(cfg), "avoid": (str(probe),)}), progress=False)
+
+    leaks = overlaps(probe, pre)
+    n_dev, n_test = len(load_split(probe, "dev")), len(load_split(probe, "test"))
+    assert n_dev and n_test
+    assert leaks["probe_test_texts_in_pretraining"] == leaks["probe_dev_texts_in_pretraining"] == 0
+    assert leaks["probe_test_texts_in_probe_train"] == leaks["probe_dev_texts_in_probe_train"] == 0
+    # the same seed: the same speakers, every verification voice heard in 'pre-training'
+    assert leaks["sv_voices"] == leaks["sv_voices_in_pretraining"] == 4
+    same = overlaps(pre, pre)  # without avoid: every held-out text is in the corpus itself
+    assert same["probe_test_texts_in_pretraining"] == len(load_split(pre, "test"))
+
+
+def _manifests(folder, split, items):
+    """Write a split of (transcript, speaker) cuts, without audio: the manifests are all that is read."""
+    cuts = []
+    for i, (text, speaker) in enumerate(items):
+        cut_id = f"{split}-{i}"
+        rec = Recording(id=cut_id, sources=[AudioSource(type="file", channels=[0], source="none.flac")],
+                        sampling_rate=16000, num_samples=16000, duration=1.0)
+        sup = SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0, duration=1.0, text=text, speaker=speaker)
+        cuts.append(MonoCut(id=cut_id, start=0.0, duration=1.0, channel=0, recording=rec, supervisions=[sup]))
+    save_split(folder, split, CutSet.from_cuts(cuts))
+
+
+def _speakers(folder, voices):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(asdict(Speaker(spk, *voice.split("+"), 50.0, 40.0, 170.0, 0.0, 1.0))) for spk, voice in voices]
+    (folder / SPEAKERS).write_text("".join(line + "\n" for line in lines))
+
+
+def test_overlaps_counts_utterances_and_voices(tmp_path):
+    probe, pre = tmp_path / "probe", tmp_path / "pre"
+    _speakers(probe, [("a", "en+m1"), ("b", "en+m1"), ("c", "en-us+f2"), ("d", "en-029+m3")])
+    _manifests(probe, "train", [("turn on the lamp", "d"), ("one two", "d")])
+    _manifests(probe, "dev", [("one two", "d"), ("three", "d")])
+    _manifests(probe, "test", [("turn on the lamp", "d"), ("turn on the lamp", "d"), ("four", "d"), ("five", "d")])
+    _manifests(probe, "sv", [("six", "a"), ("seven", "b"), ("eight", "c")])
+    # en-us+f2 is in the speakers file but no utterance of the pre-training corpus has it
+    _speakers(pre, [("p1", "en+m1"), ("p2", "en-us+f2")])
+    _manifests(pre, "train", [("five", "p1")])
+    _manifests(pre, "dev", [("three", "p1"), ("four", "p1")])
+    assert overlaps(probe, pre) == {
+        "probe_test_texts_in_probe_train": 2, "probe_dev_texts_in_probe_train": 1,  # utterances, not texts
+        "probe_test_texts_in_pretraining": 2, "probe_dev_texts_in_pretraining": 1,
+        "sv_voices": 2, "sv_voices_in_pretraining": 1, "sv_voices_in_pretraining_list": ["en+m1"],
+    }
+    (pre / SPEAKERS).unlink()  # a corpus that synth did not make: its voices are unknown
+    assert overlaps(probe, pre)["sv_voices_in_pretraining"] is None
+    alone = overlaps(probe, None)
+    assert alone["probe_test_texts_in_pretraining"] is None and alone["sv_voices"] == 2

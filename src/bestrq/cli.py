@@ -12,7 +12,7 @@ def _synth(args: argparse.Namespace) -> int:
     from .synth.corpus import SynthConfig, format_summary, synthesize
 
     cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers, sv_speakers=args.sv_speakers,
-                      commands=args.commands, heldout=args.heldout, trials=args.trials)
+                      commands=args.commands, heldout=args.heldout, trials=args.trials, avoid=tuple(args.avoid))
     summary = synthesize(args.out, cfg, jobs=args.jobs, progress=not args.quiet)
     print(format_summary(summary))
     print(f"manifests and audio in {Path(args.out).resolve()} (summary.json has the details)")
@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the seen speakers' utterances held out as dev, and again as test (default 0.1)")
     p.add_argument("--trials", type=int, default=1,
                    help="verification trials per sv utterance, of each kind: same speaker, another (default 1)")
+    p.add_argument("--avoid", action="append", default=[], metavar="FOLDER",
+                   help="another corpus (manifest folder) whose transcripts dev and test leave out, "
+                        "e.g. the pre-training corpus of a probe corpus; repeatable")
     p.add_argument("--jobs", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)

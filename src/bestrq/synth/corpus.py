@@ -12,14 +12,18 @@ waveforms are the same to the sample; with another number they agree within a fe
 and the cut-off at the requested hours may fall one utterance apart. Finished FLAC files are
 written atomically and kept: an interrupted run picks up where it stopped.
 
-Splits: ``train``, ``dev`` and ``test`` hold disjoint utterances (and disjoint sentences)
-of the seen speakers, for ASR, emotion, intent and speaker identification; ``sv`` holds
-speakers never seen in the other splits, with ``sv_trials.txt`` (VoxCeleb's format:
-``1|0 cut_id cut_id``) for speaker verification.
+Splits: ``train``, ``dev`` and ``test`` hold disjoint utterances of the seen speakers, for
+ASR, emotion, intent and speaker identification, and no transcript of dev or test, spoken
+command or sentence, occurs in train: a probe then tests what a model hears, not what it
+remembers. ``SynthConfig.avoid`` names other corpora (a pre-training corpus) whose
+transcripts dev and test leave out too. ``sv`` holds speakers never seen in the other
+splits, with ``sv_trials.txt`` (VoxCeleb's format: ``1|0 cut_id cut_id``) for speaker
+verification. ``speakers.jsonl`` holds every speaker's recipe.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,7 +31,7 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +44,7 @@ from tqdm import tqdm
 from ..data.audio import SAMPLE_RATE
 from ..data.manifest import save_split
 from ..files import atomic_path
+from .leakage import SPEAKERS, corpus_texts
 from .text import INTENTS, SentenceGenerator, make_command
 from .voices import EMOTIONS, Rendering, Speaker, make_speakers, plan_rendering, render
 
@@ -49,6 +54,10 @@ SPLITS = ("train", "dev", "test", "sv")
 HELDOUT_FRACTION = 0.1  # of the seen speakers' utterances, each for dev and for test
 COMMAND_FRACTION = 0.2  # utterances that are spoken commands with an intent
 NEWER_DEFAULTS = {"commands": COMMAND_FRACTION, "heldout": HELDOUT_FRACTION, "trials": 1}
+# the planner's version, in synth_settings.json: 2 draws commands apart across splits, so an unfinished
+# corpus begun by version 1 would get other transcripts for the audio it already holds
+PLAN = 2
+MAX_DRAWS = 1000  # draws of a transcript the other side (train, or dev and test) lacks, before an error
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,11 @@ class SynthConfig:
     commands: float = COMMAND_FRACTION  # fraction of utterances that are spoken commands with an intent
     heldout: float = HELDOUT_FRACTION  # fraction of the seen speakers' utterances in dev, and again in test
     trials: int = 1  # verification trials per sv utterance, of each kind (same speaker, another)
+    avoid: tuple[str, ...] = ()  # folders of other corpora whose transcripts (all splits) dev and test leave out
 
     def __post_init__(self) -> None:
+        if isinstance(self.avoid, (str, os.PathLike)):
+            raise TypeError(f"avoid: a tuple of corpus folders, got one folder {str(self.avoid)!r}")
         if not (math.isfinite(self.hours) and self.hours > 0):
             raise ValueError(f"hours: must be > 0, got {self.hours}")
         if not 0 <= self.commands <= 1:
@@ -97,8 +109,14 @@ class Utterance:
     rendering: Rendering | None = None
 
 
-def plan(cfg: SynthConfig) -> tuple[list[Speaker], Iterator[Utterance]]:
-    """The speakers and the endless, deterministic sequence of utterances of a corpus."""
+def plan(cfg: SynthConfig, avoid_texts: Collection[str] | None = None
+         ) -> tuple[list[Speaker], Iterator[Utterance]]:
+    """The speakers and the endless, deterministic sequence of utterances of a corpus.
+
+    ``avoid_texts``: the transcripts dev and test must not use; default, those of the
+    corpora in ``cfg.avoid``."""
+    if avoid_texts is None:
+        avoid_texts = corpus_texts(cfg.avoid)
     rng = np.random.default_rng(cfg.seed)
     speakers = make_speakers(cfg.n_speakers(), rng)
     sv_ids = {s.id for s in rng.choice(speakers, size=cfg.n_sv_speakers(), replace=False)}
@@ -114,7 +132,8 @@ def plan(cfg: SynthConfig) -> tuple[list[Speaker], Iterator[Utterance]]:
         return deck.pop()
 
     def utterances() -> Iterator[Utterance]:
-        texts_by_split: dict[str, set[str]] = {"train": set(), "heldout": set()}
+        train_texts: set[str] = set()
+        heldout_texts: set[str] = set()
         index = 0
         while True:
             for k in rng.permutation(len(speakers)):
@@ -124,18 +143,29 @@ def plan(cfg: SynthConfig) -> tuple[list[Speaker], Iterator[Utterance]]:
                 else:
                     r = rng.random()
                     split = "dev" if r < cfg.heldout else "test" if r < 2 * cfg.heldout else "train"
-                # dev and test sentences never occur in train (commands may: they are few)
-                avoid = texts_by_split["heldout" if split == "train" else "train"]
-                for _ in range(20):
-                    if rng.random() < cfg.commands:
-                        cmd = make_command(rng, deal(split, INTENTS))
-                        text, intent, slots = cmd.text, cmd.intent, cmd.slots
+                # no transcript, command or sentence, is in both train and dev or test; dev and
+                # test also leave out the avoided corpora's. A command is redrawn in its dealt
+                # intent, so the decks stay balanced
+                taken, held_by = (((heldout_texts,), "dev or test") if split == "train" else
+                                  ((train_texts,), "train") if split == "sv" else
+                                  ((train_texts, avoid_texts), "train or the avoided corpora"))
+                intent = deal(split, INTENTS) if rng.random() < cfg.commands else None
+                for _ in range(MAX_DRAWS):
+                    if intent is not None:
+                        cmd = make_command(rng, intent)
+                        text, slots = cmd.text, cmd.slots
+                    else:
+                        text, slots = sentences(rng), {}
+                    if not any(text in texts for texts in taken):
                         break
-                    text, intent, slots = sentences(rng), None, {}
-                    if text not in avoid:
-                        break
-                if split in ("train", "dev", "test"):
-                    texts_by_split["train" if split == "train" else "heldout"].add(text)
+                else:
+                    what = f"{intent} command" if intent else "sentence"
+                    raise RuntimeError(f"split {split}: {MAX_DRAWS} draws of a {what} all occur in {held_by} "
+                                       "already; its phrasings are too few for this corpus")
+                if split == "train":
+                    train_texts.add(text)
+                elif split in ("dev", "test"):
+                    heldout_texts.add(text)
                 emotion = deal(split, EMOTIONS)
                 yield Utterance(
                     id=f"{spk.id}-{index:06d}", speaker=spk, split=split, text=text,
@@ -207,20 +237,28 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None
                 "sv_speakers": cfg.n_sv_speakers()}
     # the newer settings are recorded when they differ from their defaults: older corpora stay valid
     settings.update({k: getattr(cfg, k) for k, default in NEWER_DEFAULTS.items() if getattr(cfg, k) != default})
+    avoid_texts = corpus_texts(cfg.avoid)
+    if cfg.avoid:  # what was avoided, not where it lay: the corpora may move, and a changed one is refused
+        digest = hashlib.sha1("\n".join(sorted(avoid_texts)).encode()).hexdigest()[:16]
+        settings["avoid"] = {"texts": len(avoid_texts), "sha1": digest}
     settings_file = out / "synth_settings.json"
     if settings_file.exists():
         previous = json.loads(settings_file.read_text())
-        if previous != settings:
+        if {k: v for k, v in previous.items() if k != "plan"} != settings:
             raise FileExistsError(
                 f"{out} holds a corpus made with other settings ({previous}); "
                 f"choose another --out or remove it (asked for {settings})")
-        if (out / "summary.json").exists():
+        if (out / "summary.json").exists():  # finished: kept as made, by whichever planner
             return json.loads((out / "summary.json").read_text())
+        if previous.get("plan", 1) != PLAN:
+            raise FileExistsError(f"{out} holds an unfinished corpus begun by an older planner, which drew other "
+                                  "transcripts for its utterances: remove it to synthesise it again")
+    settings["plan"] = PLAN
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(settings_file) as tmp:
         tmp.write_text(json.dumps(settings))
 
-    speakers, utterances = plan(cfg)
+    speakers, utterances = plan(cfg, avoid_texts)
     jobs = jobs or len(os.sched_getaffinity(0))
     target = cfg.hours * 3600.0
     taken: list[tuple[Utterance, int]] = []
@@ -276,7 +314,7 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, jobs: int | None = None
     trials = _trials(sv, np.random.default_rng(cfg.seed + 1), cfg.trials)
     with atomic_path(out / "sv_trials.txt") as tmp:
         tmp.write_text("".join(f"{t} {a} {b}\n" for t, a, b in trials))
-    with atomic_path(out / "speakers.jsonl") as tmp:
+    with atomic_path(out / SPEAKERS) as tmp:
         tmp.write_text("".join(json.dumps(asdict(s)) + "\n" for s in speakers))
 
     summary = summarize(taken, trials, elapsed=elapsed, jobs=jobs, settings=settings)

@@ -4,7 +4,8 @@ Sentences draw nouns, verbs and adjectives from wonderwords' lexicon (about 8,00
 with Zipf-like frequencies, so frequent words recur as in real speech while the
 vocabulary stays large. Verbs appear after modals, so their base form is always
 grammatical. Numbers are written as words. Commands follow Fluent Speech Commands and
-SLURP: an intent, slots (device, room, object, language, time) and many phrasings.
+SLURP: an intent, slots (device, room, property, object, language, time, city, date) and
+many phrasings, with optional openers ("hey") and requests ("could you ... for me").
 Every transcript is lower case letters, apostrophes and single spaces.
 """
 
@@ -170,15 +171,46 @@ def normalise(text: str) -> str:
 
 # --- spoken commands -------------------------------------------------------------------
 
-_ROOMS = ("kitchen", "bedroom", "living room", "bathroom", "garage", "office", "hallway", "garden")
+_ROOMS = ("kitchen", "bedroom", "living room", "bathroom", "garage", "office", "hallway", "garden",
+          "dining room", "study", "basement", "attic", "nursery", "guest room", "laundry room", "porch",
+          "lounge", "spare bedroom", "playroom", "conservatory")
 _SWITCHABLE = ("lights", "lamp", "heating", "music", "television", "fan", "radio", "coffee machine",
-               "washing machine", "air conditioning")
+               "washing machine", "air conditioning", "dishwasher", "kettle", "oven", "heater", "speakers",
+               "ceiling light", "desk lamp", "printer", "computer", "projector", "dehumidifier", "sprinklers",
+               "night light", "tv", "stereo", "microwave", "vacuum cleaner", "air purifier", "fairy lights",
+               "electric blanket")
 _LEVELS = {"volume": ("louder", "quieter"), "temperature": ("warmer", "cooler"),
-           "brightness": ("brighter", "darker"), "heat": ("hotter", "colder")}
-_LANGUAGES = ("english", "german", "french", "spanish", "chinese", "korean", "italian", "japanese")
-_OBJECTS = ("shoes", "socks", "newspaper", "juice", "keys", "phone", "glasses", "jacket", "umbrella", "book")
-_CITIES = ("london", "paris", "berlin", "madrid", "tokyo", "chicago", "sydney", "toronto", "dublin", "boston")
-_WHEN = ("today", "tomorrow", "tonight", "this weekend", "on monday", "on friday", "this afternoon")
+           "brightness": ("brighter", "darker"), "heat": ("hotter", "colder"), "sound": ("louder", "softer"),
+           "heating": ("warmer", "colder"), "light": ("brighter", "dimmer"), "fan speed": ("faster", "slower")}
+_AMOUNTS = ("a bit", "a little", "a little bit", "a lot", "slightly")
+_LANGUAGES = ("english", "german", "french", "spanish", "chinese", "korean", "italian", "japanese",
+              "portuguese", "russian", "arabic", "hindi", "dutch", "swedish", "polish", "turkish", "greek",
+              "hebrew", "danish", "finnish", "norwegian", "czech", "hungarian", "thai", "vietnamese",
+              "indonesian", "ukrainian", "romanian", "irish", "welsh", "mandarin", "cantonese", "bengali",
+              "swahili", "tamil", "persian")
+_SETTING = ("the language", "the system language", "your language", "my language", "the default language",
+            "the display language", "the interface language", "the voice language")
+_OBJECTS = ("shoes", "socks", "newspaper", "juice", "keys", "phone", "glasses", "jacket", "umbrella", "book",
+            "coat", "hat", "scarf", "gloves", "wallet", "charger", "laptop", "headphones", "water", "coffee",
+            "tea", "remote", "blanket", "pillow", "towel", "slippers", "bag", "backpack", "medicine", "letters",
+            "magazine", "tablet", "notebook", "sandwich", "milk", "sunglasses")
+_PARTS = ("in the morning", "in the evening", "at night", "in the afternoon", "tomorrow morning", "tonight",
+          "tomorrow evening")
+_CITIES = ("london", "paris", "berlin", "madrid", "tokyo", "chicago", "sydney", "toronto", "dublin", "boston",
+           "new york", "los angeles", "san francisco", "seattle", "miami", "denver", "vancouver", "montreal",
+           "edinburgh", "manchester", "glasgow", "amsterdam", "vienna", "prague", "rome", "lisbon", "athens",
+           "oslo", "stockholm", "helsinki", "moscow", "cairo", "mumbai", "delhi", "beijing", "shanghai",
+           "hong kong", "singapore", "melbourne", "auckland", "cape town", "mexico city", "buenos aires")
+_WHEN = ("today", "tomorrow", "tonight", "this weekend", "on monday", "on friday", "this afternoon",
+         "on tuesday", "on wednesday", "on thursday", "on saturday", "on sunday", "this evening",
+         "tomorrow morning", "tomorrow night", "next week", "later today", "this morning", "over the weekend")
+# what may surround a command's words ("hey could you turn on the lamp for me")
+_OPENERS = ("hey", "okay", "hi", "right", "so", "um", "excuse me", "hey there", "alright", "oh")
+_REQUESTS = ("please", "could you", "can you", "would you", "could you please", "can you please",
+             "would you please", "will you", "i'd like you to", "i want you to", "go ahead and", "just")
+_CLOSERS = ("please", "for me", "for me please", "now", "thanks", "thank you", "if you can",
+            "when you get a chance", "if you don't mind", "right away")
+_SHORT_CLOSERS = ("please", "thanks", "thank you")  # after a question or a wish
 
 INTENTS = ("activate", "deactivate", "increase", "decrease", "change_language", "bring",
            "set_alarm", "weather_query")
@@ -191,74 +223,131 @@ class Command:
     slots: dict[str, str] = field(default_factory=dict)
 
 
-def _room_suffix(rng, slots) -> str:
-    if rng.random() < 0.6:
+def _room(rng: np.random.Generator, slots: dict[str, str], p: float = 0.6) -> str:
+    """A room, drawn with probability ``p`` (and kept in ``slots``), or ""."""
+    if rng.random() < p:
         slots["room"] = _pick(rng, _ROOMS)
-        return f" in the {slots['room']}"
+        return slots["room"]
     return ""
 
 
+def _thing(rng: np.random.Generator, det: str, noun: str, room: str) -> str:
+    """``the lamp``, ``the lamp in the kitchen`` or ``the kitchen lamp``."""
+    if not room:
+        return f"{det} {noun}"
+    return f"{det} {room} {noun}" if rng.random() < 0.3 else f"{det} {noun} in the {room}"
+
+
+def _said(rng: np.random.Generator, core: str, imperative: bool) -> str:
+    """The core words with an optional opener, request ("could you", for an imperative) and closer."""
+    opener = _pick(rng, _OPENERS) if rng.random() < 0.3 else ""
+    request = _pick(rng, _REQUESTS) if imperative and rng.random() < 0.5 else ""
+    closer = _pick(rng, _CLOSERS if imperative else _SHORT_CLOSERS) if rng.random() < 0.4 else ""
+    if ("please" in request and "please" in closer) or (closer.startswith("for me") and " me " in f" {core} "):
+        closer = ""  # not "please ... please", nor "bring me my keys for me"
+    return " ".join(w for w in (opener, request, core, closer) if w)
+
+
+def _phrasing(rng: np.random.Generator, imperatives: tuple[str, ...], others: tuple[str, ...]) -> str:
+    """One of the phrasings, all equally likely, as said (see _said)."""
+    i = int(rng.integers(len(imperatives) + len(others)))
+    return _said(rng, imperatives[i] if i < len(imperatives) else others[i - len(imperatives)],
+                 i < len(imperatives))
+
+
 def make_command(rng: np.random.Generator, intent: str | None = None) -> Command:
-    """One spoken command: a uniformly drawn intent, random slots, one of several phrasings."""
+    """One spoken command: a uniformly drawn intent, random slots, one of many phrasings.
+
+    Each intent has far more than 5,000 distinct transcripts, so that a corpus's held-out
+    commands can all differ from its training ones (and from another corpus's): 100,000
+    draws of one intent (seed 0) give 50,055 (increase, the fewest) to 71,899 (set_alarm)
+    distinct texts, and the most frequent text of an intent is 0.5% of its draws or less.
+    """
     intent = intent or _pick(rng, INTENTS)
     slots: dict[str, str] = {}
     if intent in ("activate", "deactivate"):
+        on = intent == "activate"
         dev = slots["device"] = _pick(rng, _SWITCHABLE)
-        room = _room_suffix(rng, slots)
-        on = "on" if intent == "activate" else "off"
-        verb = "start" if intent == "activate" else "stop"
-        text = _pick(rng, (
-            f"turn {on} the {dev}{room}", f"switch {on} the {dev}{room}", f"please turn the {dev} {on}{room}",
-            f"could you switch the {dev}{room} {on}", f"{verb} the {dev}{room}", f"{dev} {on}",
-            f"i want the {dev}{room} {on} now", f"can you {verb} the {dev} please",
+        room = _room(rng, slots)
+        x = _thing(rng, _pick(rng, ("the", "the", "my", "our")), dev, room)
+        state = "on" if on else "off"
+        verb = _pick(rng, ("start", "power on", "power up", "fire up") if on else
+                     ("stop", "power off", "shut off", "shut down", "kill"))
+        text = _phrasing(rng, (
+            f"turn {state} {x}", f"switch {state} {x}", f"turn {x} {state}", f"switch {x} {state}", f"{verb} {x}",
+            f"get {x} {'going' if on else 'off'}",
+        ), (
+            f"{dev} {state}", f"{x} {state}", f"i want {x} {state}", f"i'd like {x} {state}",
+            f"i need {x} {state} now", f"{x} should be {state}",
         ))
     elif intent in ("increase", "decrease"):
-        prop = slots["property"] = _pick(rng, tuple(_LEVELS))
-        room = _room_suffix(rng, slots)
         up = intent == "increase"
+        prop = slots["property"] = _pick(rng, tuple(_LEVELS))
+        room = _room(rng, slots)
+        x = _thing(rng, "the", prop, room)
+        in_room = f" in the {room}" if room else ""
+        amount = " " + _pick(rng, _AMOUNTS) if rng.random() < 0.35 else ""
         more = _LEVELS[prop][0 if up else 1]
-        text = _pick(rng, (
-            f"turn {'up' if up else 'down'} the {prop}{room}", f"{'increase' if up else 'decrease'} the {prop}{room}",
-            f"make it {more}{room}", f"{prop} {'up' if up else 'down'}", f"i need it {more} please",
-            f"can you {'raise' if up else 'lower'} the {prop}{room}", f"it is {'too low' if up else 'too high'}, change the {prop}",
+        direction = "up" if up else "down"
+        verb = _pick(rng, ("raise", "increase", "boost") if up else ("lower", "decrease", "reduce"))
+        text = _phrasing(rng, (
+            f"turn {direction} {x}{amount}", f"turn {x} {direction}{amount}", f"{verb} {x}{amount}",
+            f"make it{amount} {more}{in_room}", f"bring {x} {direction}{amount}", f"put {x} {direction}{amount}",
+        ), (
+            f"{prop} {direction}", f"i need it{amount} {more}{in_room}", f"i'd like it{amount} {more}{in_room}",
+            f"{x} is {'too low' if up else 'too high'}", f"it is {'too low' if up else 'too high'}, change the {prop}",
         ))
     elif intent == "change_language":
         lang = slots["language"] = _pick(rng, _LANGUAGES)
-        text = _pick(rng, (
-            f"switch the language to {lang}", f"change the language to {lang}", f"use {lang}",
-            f"i want to speak {lang}", f"set my language to {lang} please", f"can we talk in {lang}",
+        setting = _pick(rng, _SETTING)
+        later = _pick(rng, ("", "", "", " from now on", " for now", " instead"))
+        text = _phrasing(rng, (
+            f"switch {setting} to {lang}{later}", f"change {setting} to {lang}{later}",
+            f"set {setting} to {lang}{later}", f"use {lang}{later}", f"speak {lang}{later}",
+            f"talk to me in {lang}{later}", f"answer in {lang}{later}", f"switch to {lang}{later}",
+            f"make {lang} the default language",
+        ), (
+            f"i want to speak {lang}", f"i'd prefer {lang}", f"can we talk in {lang}", f"let's speak {lang}",
+            f"i want {setting} in {lang}",
         ))
     elif intent == "bring":
         obj = slots["object"] = _pick(rng, _OBJECTS)
-        room = ""
-        if rng.random() < 0.4:
-            slots["room"] = _pick(rng, _ROOMS)
-            room = f" from the {slots['room']}"
-        text = _pick(rng, (
-            f"bring me my {obj}{room}", f"fetch the {obj}{room}", f"could you get my {obj}{room}",
-            f"go and get the {obj}{room}", f"i need my {obj}", f"please bring the {obj}{room} to me",
+        room = _room(rng, slots, p=0.4)
+        o = f"{_pick(rng, ('my', 'the'))} {obj}"
+        where = f" from the {room}" if room else ""
+        text = _phrasing(rng, (
+            f"bring me {o}{where}", f"fetch {o}{where}", f"get me {o}{where}", f"go and get {o}{where}",
+            f"grab {o}{where}", f"bring {o}{where} to me", f"fetch me {o}{where}", f"hand me {o}",
+        ), (
+            f"i need {o}", f"i want {o}{where}", f"i'd like {o}{where}",
         ))
     elif intent == "set_alarm":
         hour, minute = int(rng.integers(1, 13)), int(rng.choice([0, 15, 30, 45, int(rng.integers(1, 60))]))
-        part = _pick(rng, ("in the morning", "in the evening", "at night", "in the afternoon"))
         said = number_to_words(hour) + (" o'clock" if minute == 0 else
                                          (" oh " if minute < 10 else " ") + number_to_words(minute))
-        slots["time"] = f"{said} {part}"
-        text = _pick(rng, (
-            f"set an alarm for {said} {part}", f"wake me up at {said} {part}",
-            f"i need an alarm at {said} {part}", f"remind me at {said} {part}",
-            f"alarm for {said} {part} please",
+        t = slots["time"] = f"{said} {_pick(rng, _PARTS)}"
+        text = _phrasing(rng, (
+            f"set an alarm for {t}", f"set the alarm for {t}", f"set my alarm for {t}", f"wake me up at {t}",
+            f"wake me at {t}", f"remind me at {t}", f"make an alarm for {t}", f"schedule an alarm for {t}",
+        ), (
+            f"i need an alarm at {t}", f"alarm for {t}", f"i want to wake up at {t}", f"i have to get up at {t}",
         ))
     elif intent == "weather_query":
         city = slots["city"] = _pick(rng, _CITIES)
         when = slots["date"] = _pick(rng, _WHEN)
-        text = _pick(rng, (
-            f"what is the weather like in {city} {when}", f"will it rain in {city} {when}",
-            f"do i need an umbrella {when}", f"how cold will it be in {city} {when}",
-            f"tell me the forecast for {city}", f"is it going to be sunny {when}",
+        at = f" in {city}" if rng.random() < 0.8 else ""
+        then = f" {when}" if rng.random() < 0.85 else ""
+        text = _phrasing(rng, (
+            f"tell me the weather{at}{then}", f"give me the forecast{at}{then}", f"check the weather{at}{then}",
+            f"look up the weather{at}{then}",
+        ), (
+            f"what is the weather like{at}{then}", f"what's the weather{at}{then}", f"will it rain{at}{then}",
+            f"is it going to rain{at}{then}", f"how cold will it be{at}{then}", f"how hot will it be{at}{then}",
+            f"is it going to be sunny{at}{then}", f"will it snow{at}{then}", f"do i need an umbrella{at}{then}",
+            f"what's the temperature{at}{then}",
         ))
     else:
         raise ValueError(f"unknown intent {intent!r}; expected one of {INTENTS}")
     text = normalise(text)
-    # a phrasing may leave a drawn slot unsaid: keep only the slots the words carry
-    return Command(text, intent, {k: v for k, v in slots.items() if v in text})
+    # a phrasing may leave a drawn slot unsaid: keep only the slots the words carry (as whole words)
+    return Command(text, intent, {k: v for k, v in slots.items() if f" {v} " in f" {text} "})
