@@ -67,6 +67,7 @@ class Item:
     cut_id: str
     duration: float
     label: object  # str for ASR, an int class otherwise
+    speaker: str | None = None  # the unit its test outcome is resampled by (stats.py)
 
 
 @dataclass
@@ -111,7 +112,8 @@ def task_data(task: str, splits: dict[str, list], trials: list[tuple[int, str, s
 
         def convert(lab: str) -> int | None:
             return index.get(lab)
-    items = {name: [Item(c.id, c.duration, y) for c, lab in pairs if (y := convert(lab)) is not None]
+    items = {name: [Item(c.id, c.duration, y, c.supervisions[0].speaker) for c, lab in pairs
+                    if (y := convert(lab)) is not None]
              for name, pairs in labelled.items()}
     for name in ("dev", "test"):
         if not items[name]:
@@ -174,6 +176,7 @@ def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str]
              device: torch.device, sheets: dict | None = None) -> dict[str, float]:
     """The metrics over ``items``; with ``sheets``, each metric's per-item outcomes go there too (see stats.py)."""
     probe.eval()
+    units: list[str | None] = []
     if probe.task == "asr":
         refs, hyps = [], []
         for batch in by_duration(items, seconds):
@@ -181,24 +184,35 @@ def evaluate(probe: Probe, items: list[Item], get: GetStates, classes: list[str]
             decoded = ctc_greedy(*probe(hidden.to(device), lengths.to(device)))
             hyps += ["".join(classes[c - 1] for c in seq) for seq in decoded]
             refs += [it.label for it in batch]
+            units += [it.speaker for it in batch]
         if sheets is not None:
             sheets.update(utterance_errors(refs, hyps))
+            _name_units(sheets, [u for u, r in zip(units, refs) if r.strip()])  # as utterance_errors keeps them
         return error_rates(refs, hyps)
     preds, targets = [], []
     for batch in by_duration(items, seconds):
         hidden, lengths = get([it.cut_id for it in batch])
         preds += probe(hidden.to(device), lengths.to(device)).argmax(dim=-1).tolist()
         targets += [it.label for it in batch]
+        units += [it.speaker for it in batch]
     result = {"accuracy": accuracy(preds, targets)}
     if sheets is not None:
         sheets["accuracy"] = {"correct": [int(p == t) for p, t in zip(preds, targets)]}
-        if probe.task == "speaker":  # a speaker's utterances are alike: the bootstrap resamples speakers
-            sheets["accuracy"]["unit"] = list(targets)
     if probe.task == "emotion":
         result["macro_f1"] = macro_f1(preds, targets, len(classes))
         if sheets is not None:
             sheets["macro_f1"] = {"pred": preds, "target": targets}
+    if sheets is not None:
+        _name_units(sheets, units)
     return result
+
+
+def _name_units(sheets: dict, units: list[str | None]) -> None:
+    """Each outcome's speaker, for the bootstrap to resample speakers (a speaker's utterances are alike);
+    none where an item has no speaker."""
+    if units and all(u is not None for u in units):
+        for sheet in sheets.values():
+            sheet["unit"] = list(units)
 
 
 @torch.no_grad()
