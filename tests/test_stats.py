@@ -44,7 +44,7 @@ def test_the_seed_spread_widens_the_interval():
     one = estimate("accuracy", sheets[:1], replicates=1000)
     three = estimate("accuracy", sheets, replicates=1000)
     assert three.value == pytest.approx(0.65, abs=0.02)
-    assert three.seeds == pytest.approx([np.mean(u < p) for p in (0.5, 0.65, 0.8)])
+    assert three.runs == pytest.approx([np.mean(u < p) for p in (0.5, 0.65, 0.8)])
     assert three.ci[0] < 0.55 and three.ci[1] > 0.75  # the seeds' effect, from 3 values, is uncertain
     assert three.ci[1] - three.ci[0] > 3 * (one.ci[1] - one.ci[0])
     # two seeds leave one degree of freedom: the interval is wide, but stays within what an accuracy can be
@@ -187,3 +187,52 @@ def test_resampling_the_speakers_covers_the_truth_where_resampling_utterances_do
         difference("accuracy", [a], [{**a, "unit": ["s1", "s2", "s1", "s2"]}])
     with pytest.raises(ValueError, match="different units"):
         difference("accuracy", [a], [{"correct": [1, 1, 1, 0]}])
+
+
+def _run_coverage(runs: int, seeds: int, run_sd: float, sims: int = 300) -> float:
+    """How often the interval covers the true accuracy when pre-training runs differ.
+
+    40 speakers of 10 test utterances; each run shifts every item's chance by one draw of ``run_sd``
+    (its pre-training seed), each probe of it by a smaller draw (its probe seed); the true accuracy is
+    the expectation over speakers, items, runs and probes: 0.7. The test sample's standard error is
+    about 0.028, so ``run_sd`` 0.056 is a run effect of twice it."""
+    rng = np.random.default_rng(11)
+    speaker = np.repeat(np.arange(40), 10)
+    hits = 0
+    for s in range(sims):
+        chance = 0.7 + rng.normal(0, 0.1, 40)[speaker] + rng.normal(0, 0.1, speaker.size)
+        sheets, labels = [], []
+        for r in range(runs):
+            shift = rng.normal(0, run_sd)
+            for _ in range(seeds):
+                p = np.clip(chance + shift + rng.normal(0, 0.01), 0, 1)
+                sheets.append({"correct": (rng.random(speaker.size) < p).astype(int), "unit": speaker})
+                labels.append(r)
+        lo, hi = estimate("accuracy", sheets, replicates=200, seed=s, runs=labels).ci
+        hits += lo <= 0.7 <= hi
+    return hits / sims
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_the_interval_over_three_pretraining_runs_covers_the_truth_with_a_run_effect(seeds):
+    """Three pre-training runs (each probed with 1 or 2 seeds), a run effect of twice the test sample's
+    standard error: the interval of the 3-run mean covers the truth about 95% of the time, where one
+    run's interval, over its test sample only, covers it far less (about 50%). 300 simulations."""
+    assert 0.9 <= _run_coverage(3, seeds, run_sd=0.056) <= 0.985
+    assert _run_coverage(1, 1, run_sd=0.056, sims=150) < 0.75
+
+
+def test_probe_seeds_of_one_run_are_averaged_before_the_runs_are_compared():
+    """A run's value is the mean over its probe seeds; the model's is the mean over runs, whatever their
+    number of seeds; the sheets of one run are not replicates of the run effect."""
+    a = {"correct": [1, 1, 1, 1]}
+    b = {"correct": [0, 0, 1, 1]}
+    c = {"correct": [0, 0, 0, 0]}
+    e = estimate("accuracy", [a, b, c], runs=["r0", "r0", "r1"], replicates=200)
+    assert e.runs == pytest.approx([0.75, 0.0]) and e.value == pytest.approx(0.375)
+    flat = estimate("accuracy", [a, b, c], replicates=200)  # each sheet its own run
+    assert flat.runs == pytest.approx([1.0, 0.5, 0.0]) and flat.value == pytest.approx(0.5)
+    d = difference("accuracy", [a, b], [c], runs_a=[0, 1], replicates=200)
+    assert d.runs == pytest.approx([1.0, 0.5]) and d.value == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="run labels"):
+        estimate("accuracy", [a, b], runs=[0])

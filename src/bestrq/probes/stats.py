@@ -1,4 +1,4 @@
-"""Confidence intervals for probe results: a bootstrap over test items, combined with the seed spread.
+"""Confidence intervals for probe results: a bootstrap over test units, combined with the runs' spread.
 
 A probe's test metric is a function of per-item outcomes, which every probe result keeps in its
 ``sheet`` (one per test metric):
@@ -10,34 +10,41 @@ A probe's test metric is a function of per-item outcomes, which every probe resu
 
 A sheet may also name each item's ``unit`` (``{"unit": [speaker, ...]}``): then the bootstrap draws
 whole units with replacement, each with all its items, as items of one speaker are not independent;
-"items" below are then units. The probes name speakers for the speaker tasks only (verification: the
-speaker of each trial's first utterance, a one-way grouping, as a speaker also takes part in other
-speakers' non-target trials); ASR, emotion and intent still resample utterances, though the test
-utterances of one speaker are alike too.
+"items" below are then units. The probes name each test utterance's speaker on every task
+(verification: the speaker of each trial's first utterance, a one-way grouping, as a speaker also
+takes part in other speakers' non-target trials); where the corpus names no speaker, utterances
+are resampled.
 
-A model probed with k seeds has one sheet per seed, over the same test items. Its value is the
-mean over the seeds of the whole-test metric, and its 95% interval is that of this k-seed mean.
-Items and seeds are crossed (every seed scores every item), so the mean varies with three
-things: the test items drawn, the seeds' overall effect (one probe run better than another on
-every item), and each seed's item-by-item luck. The interval holds all three:
+A model is replicated: pre-trained R times (each run its own seed) and each run probed with one or
+more seeds, one sheet per probe, all over the same test items. A run's value is the mean over its
+seeds of the whole-test metric; the model's value is the mean over its runs, and its 95% interval is
+that of this R-run mean. Items and runs are crossed (every probe of every run scores every item), so
+the mean varies with three things: the test items drawn, the runs' overall effect (one pre-training
+run, or one probe of it, better than another on every item), and each run's item-by-item luck. The
+interval holds all three:
 
-- Each replicate resamples the test items with replacement and takes the mean over the seeds
-  of the metric on them. The spread of these draws holds the items' variance and the seeds'
+- Each replicate resamples the test items with replacement and takes the mean over the runs of
+  their metric on them. The spread of these draws holds the items' variance and the runs'
   item-by-item part, once.
-- The seeds' overall effect is added to each draw: sqrt(s_seed^2 / k) times a Student t draw
-  with k - 1 degrees of freedom (s_seed^2 comes from k values, so a normal draw would make the
-  interval too narrow). s_seed^2 is the seeds' variance net of their item-by-item part:
-  var(seed values) - (mean over seeds of each one's item-bootstrap variance - the mean's)
-  * k / (k - 1), floored at 0. Resampling both seeds and items instead would count the
-  item-by-item part twice, and with a handful of seeds resampling them is coarse.
+- The runs' overall effect is added to each draw: sqrt(s_run^2 / R) times a Student t draw
+  with R - 1 degrees of freedom (s_run^2 comes from R values, so a normal draw would make the
+  interval too narrow). s_run^2 is the runs' variance net of their item-by-item part:
+  var(run values) - (mean over runs of each one's item-bootstrap variance - the mean's)
+  * R / (R - 1), floored at 0. It holds the pre-training seed's effect and, through each run's
+  mean over its probes, the probe seeds' (their share of a run's value shrinks with more probe
+  seeds per run). Resampling both runs and items instead would count the item-by-item part
+  twice, and with a handful of runs resampling them is coarse: 3 runs give 10 distinct draws.
 
-One seed gives an interval over items only. In simulations with 3 seeds and 300 items (tests/
-test_stats.py) the intervals cover the true value 93-95% of the time, whether the seeds'
-effect is nil or twice the test sample's standard error; with one seed and 40 speakers of 20
-utterances, drawing speakers covers it 94% of the time, drawing utterances 73%.
+Without run labels each sheet is a run of its own: k probe seeds of one pre-trained model are
+then the replicates, as for a model with no pre-training (the features alone). In simulations
+(tests/test_stats.py) the intervals cover the true value 92-97% of the time: with 3 seeds and
+300 items whether the seeds' effect is nil or twice the test sample's standard error; with 3
+pre-training runs of 1 or 2 probe seeds each, a run effect of twice that error and 40 speakers
+of 10 utterances drawn speaker by speaker; with one seed and 40 speakers of 20 utterances,
+drawing speakers covers it 94% of the time, drawing utterances 73%.
 
 A difference between two models resamples the same items for both (a paired bootstrap) and
-adds each model's seed effect, drawn on its own (Welch-Satterthwaite degrees of freedom).
+adds each model's run effect, drawn on its own (Welch-Satterthwaite degrees of freedom).
 
 A comparison ends in one of four verdicts (:func:`verdict`), with a margin fixed before the run:
 *equivalent* within the margin when the difference's 90% interval lies inside it (two one-sided
@@ -127,74 +134,88 @@ def _size(sheets: list[dict[str, np.ndarray]]) -> int:
 
 @dataclass(frozen=True)
 class Estimate:
-    value: float  # mean over seeds of the whole-test metric
+    value: float  # mean over the runs of each run's mean over its seeds of the whole-test metric
     ci: tuple[float, float]  # 95% interval
-    seeds: list[float]  # each seed's whole-test metric
+    runs: list[float]  # each run's whole-test metric (mean over its probe seeds)
     n: int  # test items (trials for the EER)
     ci90: tuple[float, float]  # 90% interval, for the two one-sided tests of equivalence
 
 
-def _draws(metric: str, arrays: list[dict[str, np.ndarray]], seed_values: list[float], items: list[np.ndarray]
-           ) -> tuple[np.ndarray, float]:
-    """Each replicate's k-seed mean over the resampled ``items``, and the seeds' effect variance.
+def _groups(n_sheets: int, runs: Sequence | None) -> list[np.ndarray]:
+    """The sheet indices of each run, in order of first appearance; each sheet its own run by default."""
+    if runs is None:
+        return [np.array([i]) for i in range(n_sheets)]
+    if len(runs) != n_sheets:
+        raise ValueError(f"{len(runs)} run labels for {n_sheets} score sheets")
+    labels = list(dict.fromkeys(runs))
+    return [np.array([i for i, r in enumerate(runs) if r == label]) for label in labels]
 
-    ``seed_values`` are the seeds' whole-test metrics; ``items`` holds one resample of item indices
-    per replicate; replicates where the metric is undefined (an EER over trials of one kind) come out as NaN."""
-    per = np.array([[_metric_of(metric, a, idx) for a in arrays] for idx in items])  # replicate x seed
-    k = len(arrays)
+
+def _draws(metric: str, arrays: list[dict[str, np.ndarray]], groups: list[np.ndarray], items: list[np.ndarray]
+           ) -> tuple[np.ndarray, list[float], float]:
+    """Each replicate's mean over the runs over the resampled ``items``, each run's whole-test metric, and
+    the runs' effect variance of the mean (0 for one run).
+
+    A run's value is the mean over its seeds' sheets. ``items`` holds one resample of item indices per
+    replicate; replicates where the metric is undefined (an EER over trials of one kind) come out as NaN."""
+    whole = np.arange(len(next(iter(arrays[0].values()))))
+    sheet_values = np.array([_metric_of(metric, a, whole) for a in arrays])
+    values = [float(sheet_values[g].mean()) for g in groups]
+    per_sheet = np.array([[_metric_of(metric, a, idx) for a in arrays] for idx in items])  # replicate x sheet
+    per = np.stack([per_sheet[:, g].mean(axis=1) for g in groups], axis=1)  # replicate x run
+    k = len(groups)
     means = per.mean(axis=1)
     if k == 1:
-        return means, 0.0
+        return means, values, 0.0
     ok = ~np.isnan(per).any(axis=1)
     within = (per[ok].var(axis=0, ddof=1).mean() - means[ok].var(ddof=1)) * k / (k - 1)
-    seed_var = float(np.var(seed_values, ddof=1) - within)
-    return means, seed_var / k if seed_var > 1e-12 else 0.0  # seeds that agree up to rounding: none
+    run_var = float(np.var(values, ddof=1) - within)
+    return means, values, run_var / k if run_var > 1e-12 else 0.0  # runs that agree up to rounding: none
 
 
 def _welch_df(*parts: tuple[float, int]) -> float:
-    """Welch-Satterthwaite degrees of freedom of a sum of (variance, seeds) parts; 1 at least."""
+    """Welch-Satterthwaite degrees of freedom of a sum of (variance, runs) parts; 1 at least."""
     num = sum(v for v, _ in parts) ** 2
     den = sum(v * v / (k - 1) for v, k in parts if k > 1)
     return max(num / den, 1.0) if den > 0 else 1.0
 
 
-def estimate(metric: str, sheets: Sequence[dict], replicates: int = 1000, seed: int = 0) -> Estimate:
-    """The metric with its 95% interval from one model's sheets (one per probe seed)."""
+def estimate(metric: str, sheets: Sequence[dict], replicates: int = 1000, seed: int = 0,
+             runs: Sequence | None = None) -> Estimate:
+    """The metric with its 95% interval from one model's sheets: one per probe of it. ``runs`` names each
+    sheet's pre-training run (its probe seeds share one); by default each sheet is a run of its own."""
     arrays = [_arrays(s) for s in sheets]
     if not arrays:
         raise ValueError("no score sheet to estimate from")
     n = _size(arrays)
     _units(*arrays)
-    whole = np.arange(n)
-    per_seed = [_metric_of(metric, a, whole) for a in arrays]
+    groups = _groups(len(arrays), runs)
     rng = np.random.default_rng(seed)
-    means, seed_var = _draws(metric, arrays, per_seed, _resamples(rng, arrays[0], replicates))
-    draws = means + np.sqrt(seed_var) * rng.standard_t(max(len(arrays) - 1, 1), size=replicates)
-    return Estimate(float(np.mean(per_seed)), _interval(metric, draws), per_seed, n,
-                    _interval(metric, draws, level=0.9))
+    means, values, run_var = _draws(metric, arrays, groups, _resamples(rng, arrays[0], replicates))
+    draws = means + np.sqrt(run_var) * rng.standard_t(max(len(groups) - 1, 1), size=replicates)
+    return Estimate(float(np.mean(values)), _interval(metric, draws), values, n, _interval(metric, draws, level=0.9))
 
 
-def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: int = 1000, seed: int = 0
-               ) -> Estimate:
-    """Model a's metric minus model b's, with a paired 95% interval (both scored on the same test items)."""
+def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: int = 1000, seed: int = 0,
+               runs_a: Sequence | None = None, runs_b: Sequence | None = None) -> Estimate:
+    """Model a's metric minus model b's, with a paired 95% interval (both scored on the same test items).
+    Each model's runs are drawn on their own (a run of a is not paired with a run of b); ``runs`` holds
+    each run's value of a minus the mean of b's."""
     arrays_a, arrays_b = [_arrays(s) for s in a], [_arrays(s) for s in b]
     n = _size(arrays_a)
     if _size(arrays_b) != n:
         raise ValueError(f"the two models were tested on different numbers of items ({n} and {_size(arrays_b)})")
-    whole = np.arange(n)
-    values_a = [_metric_of(metric, x, whole) for x in arrays_a]
-    values_b = [_metric_of(metric, y, whole) for y in arrays_b]
-    per_seed = [x - y for x, y in zip(values_a, values_b)]
-    value = float(np.mean(values_a) - np.mean(values_b))
     _units(*arrays_a, *arrays_b)
+    groups_a, groups_b = _groups(len(arrays_a), runs_a), _groups(len(arrays_b), runs_b)
     rng = np.random.default_rng(seed)
     items = _resamples(rng, arrays_a[0], replicates)
-    means_a, var_a = _draws(metric, arrays_a, values_a, items)
-    means_b, var_b = _draws(metric, arrays_b, values_b, items)
-    df = _welch_df((var_a, len(arrays_a)), (var_b, len(arrays_b)))
+    means_a, values_a, var_a = _draws(metric, arrays_a, groups_a, items)
+    means_b, values_b, var_b = _draws(metric, arrays_b, groups_b, items)
+    df = _welch_df((var_a, len(groups_a)), (var_b, len(groups_b)))
     draws = means_a - means_b + np.sqrt(var_a + var_b) * rng.standard_t(df, size=replicates)
-    return Estimate(value, _interval(metric, draws, difference=True), per_seed, n,
-                    _interval(metric, draws, difference=True, level=0.9))
+    value = float(np.mean(values_a) - np.mean(values_b))
+    return Estimate(value, _interval(metric, draws, difference=True), [x - float(np.mean(values_b)) for x in values_a],
+                    n, _interval(metric, draws, difference=True, level=0.9))
 
 
 def verdict(d: Estimate, metric: str, margin: float) -> str:
