@@ -359,3 +359,26 @@ def test_metrics_are_reduced_when_a_rank_met_no_batch(tmp_path):
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert got[0] == got[1]
     assert got[0]["loss"] == 2.0 and got[0]["code_usage"] == 0.5 and got[0]["audio_seconds"] == 3.0
+
+
+def test_a_logging_windows_time_per_update_leaves_validation_and_checkpoints_out(monkeypatch):
+    """update_seconds and audio_per_second of a window count training only; elapsed is the run's wall time."""
+    from bestrq.train import loop
+
+    now = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    clock = loop._Clock(trained_before=50.0)
+    for _ in range(10):  # 10 updates of 2 s, each on 30 s of audio
+        now[0] += 2.0
+        clock.updates += 1
+        clock.audio += 30.0
+    with clock.aside():  # a validation of 7 s and a checkpoint of 3 s
+        now[0] += 7.0
+    with clock.aside():
+        now[0] += 3.0
+    w = clock.window(torch.device("cpu"))
+    assert w["update_seconds"] == pytest.approx(2.0) and w["audio_per_second"] == pytest.approx(15.0)
+    assert w["elapsed"] == pytest.approx(50.0 + 30.0)
+    now[0] += 4.0  # the next window starts afresh
+    clock.updates += 1
+    assert clock.window(torch.device("cpu"))["update_seconds"] == pytest.approx(4.0)

@@ -321,6 +321,7 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals,
             meter.add(out, seconds)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        clock.updates += 1
         progress.step = step = step + 1
         bar.update(1)
 
@@ -335,14 +336,16 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals,
         out_of_time, signalled = _any_ranks([timed_out, signals.received is not None], device)  # all stop together
         if valid_loader is not None and ((t.valid_every and step % t.valid_every == 0) or step == t.steps
                                          or out_of_time):
-            valid_metrics = validate(model, valid_loader, cfg, device, ctx.rank, step)
+            with clock.aside():
+                valid_metrics = validate(model, valid_loader, cfg, device, ctx.rank, step)
             metrics.record(step, "valid", valid_metrics)
             if ctx.is_main:
                 bar.write(f"step {step}: valid loss {valid_metrics['loss']:.3f}, masked accuracy "
                           f"{valid_metrics['accuracy']:.4f} ({model.baseline_name} "
                           f"{valid_metrics['baseline_accuracy']:.4f})")
         if step % t.checkpoint_every == 0 or step == t.steps or out_of_time or signalled:
-            run.save(cfg, ctx, model, optimizer, loader, progress, clock.trained())
+            with clock.aside():
+                run.save(cfg, ctx, model, optimizer, loader, progress, clock.trained())
         if signalled or out_of_time:
             if ctx.is_main:
                 bar.write(_stopped_message(signals, t.max_minutes, step, signalled))
@@ -384,23 +387,38 @@ def _make_loader(cfg: PretrainConfig, ctx: distributed.Context, model: torch.nn.
 
 
 class _Clock:
-    """The run's training time across resumes, and the audio per second of each logging window."""
+    """The run's training time across resumes, and each logging window's audio per second and time per
+    update. Validation and checkpointing run :meth:`aside`: their time is in ``elapsed`` (the run's wall
+    time) but not in a window's ``update_seconds`` or ``audio_per_second``."""
 
     def __init__(self, trained_before: float) -> None:
         self.window_start = time.monotonic()
         self.started = self.window_start - trained_before
         self.audio = 0.0  # seconds of audio trained on since the window started, this rank
+        self.updates = 0  # updates made since the window started
+        self.set_aside = 0.0  # seconds of validation and checkpointing since the window started
 
     def trained(self) -> float:
         return time.monotonic() - self.started
 
+    @contextlib.contextmanager
+    def aside(self) -> typing.Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.set_aside += time.monotonic() - start
+
     def window(self, device: torch.device) -> dict[str, float]:
-        """``audio_per_second`` over all ranks since the last call, and ``elapsed``; starts a new window."""
+        """Since the last call: ``audio_per_second`` over all ranks and ``update_seconds``, the mean time of
+        an update, both without validation and checkpoints; and ``elapsed``. Starts a new window."""
         now = time.monotonic()
         audio = distributed.all_reduce_sum(torch.tensor([self.audio], device=device)).item()
-        rate = audio / max(now - self.window_start, 1e-9)
-        self.window_start, self.audio = now, 0.0
-        return {"audio_per_second": rate, "elapsed": now - self.started}
+        training = max(now - self.window_start - self.set_aside, 1e-9)
+        out = {"audio_per_second": audio / training, "update_seconds": training / max(self.updates, 1),
+               "elapsed": now - self.started}
+        self.window_start, self.audio, self.updates, self.set_aside = now, 0.0, 0, 0.0
+        return out
 
 
 class _BadSteps:
