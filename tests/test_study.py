@@ -13,56 +13,78 @@ from bestrq.probes.stats import VERDICTS, Estimate, verdict
 
 @pytest.mark.slow
 def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_path, capsys):
-    """`bestrq study --config study_quick`: corpora, three pre-training runs of the same updates, four
-    encoders probed with two seeds, results.json in the documented schema; run again, it redoes only
-    what is missing, and gives the same figures."""
+    """`bestrq study --config study_quick`: corpora, a learning-rate sweep, two pre-training runs of each
+    objective with the swept rate, the ablation and the timing run, four encoders probed once per run,
+    results.json in the documented schema; run again, it redoes only what is missing, and gives the
+    same figures."""
     out = tmp_path / "study"
     args = ["study", "--config", "study_quick", "--out", str(out), "--quiet"]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {"commit", "machine", "command", "seconds", "pretraining", "tasks"} <= results.keys()
+    assert {"commit", "machine", "command", "seconds", "stages", "leakage", "pretraining", "tasks"} <= results.keys()
     pre = results["pretraining"]
     assert set(pre) == {"bestrq", "wav2vec2", "bestrq_paper_masking", "wav2vec2_conv"}
-    assert {p["steps"] for p in pre.values() if p["role"] != "timing"} == {12}  # the same updates for all
+    sweep = pre["bestrq"]["sweep"]
+    assert [t["lr"] for t in sweep["tried"]] == [1e-3, 2e-3] and sweep["steps"] == 4
+    best = max(sweep["tried"], key=lambda t: t["dev_accuracy"])["lr"]
+    assert sweep["chosen"] == best and pre["wav2vec2"]["sweep"] is None  # no rates to sweep: the config's
+    assert [r["peak_lr"] for r in pre["bestrq"]["runs"]] == [best, best] == [pre["bestrq_paper_masking"]["peak_lr"]] * 2
+    assert [r["peak_lr"] for r in pre["wav2vec2"]["runs"]] == [1e-3, 1e-3]  # wav2vec2_fbank_tiny's own
+    for name in ("bestrq", "wav2vec2"):
+        assert [r["seed"] for r in pre[name]["runs"]] == [0, 1] and pre[name]["parameters"] > 0
+        assert pre[name]["time_per_update"]["windows"] >= 3  # timing windows of both runs
+        lo, hi = pre[name]["time_per_update"]["ci"]
+        assert lo <= pre[name]["time_per_update"]["value"] <= hi
+    losses = [[c["loss"] for c in r["curve"] if c["split"] == "train"] for r in pre["bestrq"]["runs"]]
+    assert losses[0] != losses[1]  # two seeds: other initial weights, other batches
+    assert {r["steps"] for p in pre.values() for r in p["runs"] if p["role"] != "timing"} == {12}
     assert pre["wav2vec2_conv"]["steps"] == 4 and pre["wav2vec2_conv"]["config"] == "wav2vec2_tiny"
     for p in pre.values():
         assert p["seconds"] > 0 and p["audio_hours"] > 0 and 0 < p["dev_reference"] < 1
+    assert set(results["time_per_update_vs_bestrq"]) == {"wav2vec2", "bestrq_paper_masking", "wav2vec2_conv"}
+    leak = results["leakage"]
+    assert leak["probe_test_texts_in_probe_train"] == 0 and leak["probe_test_texts_in_pretraining"] == 0
     assert set(results["tasks"]) == {"asr", "speaker_id", "speaker_eer", "emotion", "intent"}
     for task, t in results["tasks"].items():
         assert set(t["models"]) == {"bestrq", "wav2vec2", "random", "fbank"} and t["n_test"] > 0
+        assert t["unit"] == "speaker"  # every task resamples speakers
         for m in t["models"].values():
-            assert m["ci"][0] <= m["value"] <= m["ci"][1] and len(m["seeds"]) == 2
+            assert m["ci"][0] <= m["value"] <= m["ci"][1] and len(m["runs"]) == 2 == len(m["probes"])
+            assert m["value"] == pytest.approx(sum(m["runs"]) / 2)
     assert results["tasks"]["speaker_eer"]["n_test"] > results["tasks"]["speaker_id"]["n_test"]  # trials
     assert "bestrq-wav2vec2" in results["differences"]["asr"]
-    assert {task: t["unit"] for task, t in results["tasks"].items()} == {
-        "asr": "utterance", "speaker_id": "speaker", "speaker_eer": "speaker", "emotion": "utterance",
-        "intent": "utterance"}  # the speaker tasks resample speakers
     for task, pairs in results["differences"].items():  # every comparison ends in a verdict, with its margin
         metric = results["tasks"][task]["metric"]
-        for d in pairs.values():
-            assert d["margin"] == {"cer": 0.015, "accuracy": 0.03, "eer": 0.01}[metric]
+        assert results["tasks"][task]["margin"] == {"cer": 0.015, "accuracy": 0.03, "eer": 0.01}[metric]
+        for pair, d in pairs.items():
+            assert d["margin"] == results["tasks"][task]["margin"]
             stored = Estimate(d["value"], tuple(d["ci"]), [], 0, tuple(d["ci90"]))  # the verdict of what it stores
             assert d["verdict"] in VERDICTS and d["verdict"] == verdict(stored, metric, d["margin"])
+            c = results["tasks"][task]["comparisons"][pair]
+            assert (c["diff"], c["ci95"], c["ci90"], c["verdict"]) == (d["value"], d["ci"], d["ci90"], d["verdict"])
     report = (out / "report.md").read_text()
-    assert "## Pre-training at equal updates" in report and "[" in report
+    assert "## Pre-training at equal updates" in report and "[" in report and "## Leakage" in report
     assert "BEST-RQ against wav2vec 2.0: " in report and "similar" not in report
     for png in ("pretraining.png", "tasks.png", "layer_weights.png"):
         assert (out / png).stat().st_size > 1000
+    # the random init of run 1 is run 1's initial weights, not run 0's
+    random_init = json.loads((out / "probes" / "random" / "run-1" / "seed-0" / "encoder.json").read_text())
+    assert random_init["seed"] == 1 and random_init["spec"].endswith("bestrq/run-1/config.json")
 
     # an interrupted study: a probe result and the last pre-training checkpoint lost
-    (out / "probes" / "wav2vec2" / "seed-1" / "probe_emotion.json").unlink()
+    (out / "probes" / "wav2vec2" / "run-1" / "seed-0" / "probe_emotion.json").unlink()
     shutil.rmtree(max((out / "pretrain" / "bestrq_paper_masking" / "checkpoints").iterdir()))
     capsys.readouterr()
     assert main(args) == 0
     sessions = json.loads((out / "sessions.json").read_text())
     assert len(sessions) == 2
     assert [s["stage"] for s in sessions[1]["stages"]] == ["corpora", "pretrain bestrq_paper_masking",
-                                                           "probes wav2vec2 seed 1", "results"]
+                                                           "probes wav2vec2 run 1 seed 0", "results"]
     assert all(0 <= s["at"] <= sessions[1]["seconds"] for s in sessions[1]["stages"])
     again = json.loads((out / "results.json").read_text())
     for task, t in results["tasks"].items():
         for name, m in t["models"].items():
-            assert again["tasks"][task]["models"][name]["seeds"] == pytest.approx(m["seeds"]), (task, name)
+            assert again["tasks"][task]["models"][name]["runs"] == pytest.approx(m["runs"]), (task, name)
     assert again["seconds"] == pytest.approx(sum(s["seconds"] for s in sessions), abs=10)  # both sessions
 
 
@@ -79,6 +101,10 @@ def test_study_settings_are_checked():
     assert load_study_config("study", ["probe.margins.cer=0.02"]).probe.margins.cer == 0.02
     with pytest.raises(ConfigError, match=r"probe\.margins\.cer: must be > 0"):
         load_study_config("study", ["probe.margins.cer=0"])
+    with pytest.raises(ConfigError, match=r"pretrain\.bestrq_lrs: give distinct learning rates > 0"):
+        load_study_config("study", ["pretrain.bestrq_lrs=[1e-3,0]"])
+    with pytest.raises(ConfigError, match=r"pretrain\.runs: must be >= 1"):
+        load_study_config("study", ["pretrain.runs=0"])
 
 
 @pytest.mark.slow
@@ -94,7 +120,7 @@ def test_sigterm_during_the_probes_stops_with_143_and_keeps_the_sessions_time(tm
     proc = subprocess.Popen([sys.executable, "-m", "bestrq", "study", "--config", "study_quick", "--out", str(out),
                              "--quiet", "--set", "probe.epochs=50", "--set", "probe.patience=50"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    probes = out / "probes" / "bestrq" / "seed-0" / "encoder.json"
+    probes = out / "probes" / "bestrq" / "run-0" / "seed-0" / "encoder.json"
     deadline = time.monotonic() + 300
     while not probes.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -129,13 +155,14 @@ def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_
     path.write_text(json.dumps({"config": {**older, "layer": 2}, **scores}))
     assert not _done(path, cfg, record)
     assert not _done(path, cfg, {**record, "seed": 2})
-    # a speaker result whose sheets name no speakers (written before they did) is probed again
-    speaker = tmp_path / "probe_speaker.json"
-    sheet = {"correct": [1, 0], "unit": [3, 5]}
-    speaker.write_text(json.dumps({"config": older, **scores, "sheets": {"accuracy": sheet}}))
-    assert _done(speaker, cfg, record)
-    speaker.write_text(json.dumps({"config": older, **scores, "sheets": {"accuracy": {"correct": [1, 0]}}}))
-    assert not _done(speaker, cfg, record)
+    # a result whose sheets name no speakers (written before they did) is probed again, whatever its task
+    for task in ("speaker", "emotion"):
+        result = tmp_path / f"probe_{task}.json"
+        sheet = {"correct": [1, 0], "unit": ["s3", "s5"]}
+        result.write_text(json.dumps({"config": older, **scores, "sheets": {"accuracy": sheet}}))
+        assert _done(result, cfg, record)
+        result.write_text(json.dumps({"config": older, **scores, "sheets": {"accuracy": {"correct": [1, 0]}}}))
+        assert not _done(result, cfg, record)
 
 
 def test_a_sigterm_while_audio_is_read_stops_the_study_instead_of_counting_a_bad_clip(tmp_path, monkeypatch):
@@ -158,3 +185,20 @@ def test_a_sigterm_while_audio_is_read_stops_the_study_instead_of_counting_a_bad
     monkeypatch.setattr(sf, "SoundFile", stopped)
     with pytest.raises(Stopped):
         AudioDataset(sample_rate=16000, min_duration=0.0)[CutSet.from_cuts([cut])]
+
+
+def test_time_per_update_comes_from_windows_of_training_time_only():
+    """A run's timing windows are stretches of its logged windows, each its update time over its updates;
+    a window whose logged time held a validation (records from before update_seconds) falls back on elapsed."""
+    from bestrq.study.pretraining import time_per_update, time_ratio, update_windows
+
+    records = [{"step": s, "split": "train", "update_seconds": 1.0 if s <= 50 else 2.0, "elapsed": 0.0}
+               for s in range(10, 110, 10)]
+    records.insert(5, {"step": 50, "split": "valid", "accuracy": 0.1})
+    assert update_windows(records, windows=5) == pytest.approx([1.0, 1.0, 1.5, 2.0, 2.0])
+    older = [{"step": s, "split": "train", "elapsed": 3.0 * s} for s in range(10, 70, 10)]
+    assert update_windows(older, windows=3) == pytest.approx([3.0, 3.0, 3.0])
+    t = time_per_update([1.0, 1.0, 1.5, 2.0, 2.0])
+    assert t["value"] == pytest.approx(1.5) and t["windows"] == 5 and 1.0 < t["ci"][0] < 1.5 < t["ci"][1] < 2.0
+    r = time_ratio([3.0, 3.2, 2.8], [1.0, 1.1, 0.9])
+    assert r["value"] == pytest.approx(3.0) and r["ci"][0] < 3.0 < r["ci"][1]

@@ -5,10 +5,12 @@ same command again after an interruption (Ctrl-C, SIGTERM, a kill, the end of a 
 resumes where it stopped:
 
     OUT/data/pretrain/, OUT/data/probe/    the corpora: synthesised, unless a folder is given
-    OUT/pretrain/NAME/                     pre-training runs (bestrq, wav2vec2, the ablation),
-                                           the same number of updates on the same batches size
-    OUT/probes/NAME/cache/                 each encoder's hidden states, shared by its seeds
-    OUT/probes/NAME/seed-S/probe_TASK.json one probe: trained until its dev score stops improving
+    OUT/pretrain/sweep/MODEL-lrLR/         the learning-rate sweep: a short run per peak rate
+    OUT/pretrain/MODEL/run-R/              the compared pre-training runs (bestrq, wav2vec2), seed R,
+                                           the same number of updates on the same batch size
+    OUT/pretrain/NAME/                     the ablation and the timing run, once each
+    OUT/probes/MODEL/run-R/cache/          each encoder's hidden states, shared by its probe seeds
+    OUT/probes/MODEL/run-R/seed-S/probe_TASK.json  one probe: trained until its dev score stops improving
     OUT/sessions.json                      each invocation: start, seconds, commit, command
     OUT/results.json, OUT/report.md, *.png the comparison (see study/report.py)
 
@@ -51,6 +53,12 @@ class CorpusConfig:
 @dataclass
 class PretrainSection:
     steps: int = setting(4000, "updates of every model: the same for all", ge=1)
+    runs: int = setting(3, "pre-training runs of each compared objective, seeds 0.. (train.seed); BEST-RQ's "
+                        "initial weights of each are a random-init encoder", ge=1)
+    bestrq_lrs: list = setting([], "BEST-RQ's peak learning rates to sweep ([]: the config's)")  # noqa: RUF009
+    wav2vec2_lrs: list = setting([], "wav2vec 2.0's peak learning rates to sweep ([]: the config's)")  # noqa: RUF009
+    sweep_steps: int = setting(500, "updates of each sweep run; the rate with the best last dev accuracy is used",
+                               ge=1)
     train_split: str = setting("train", "the pre-training corpus's splits to train on (a+b joins them)")
     bestrq: str = setting("bestrq_tiny", "BEST-RQ's config (a preset or YAML file)")
     wav2vec2: str = setting("wav2vec2_tiny", "wav2vec 2.0's config (a preset or YAML file)")
@@ -80,9 +88,11 @@ class MarginSection:
 @dataclass
 class ProbeSection:
     models: list = setting(list(MODELS), "encoders to probe: bestrq, wav2vec2, random (BEST-RQ's "  # noqa: RUF009
-                           "initial weights), fbank, or the ablation's name")
+                           "initial weights), fbank, or the ablation's name; each of the first four once per "
+                           "pre-training run (fbank: a replicate of its probes), the ablation once")
     tasks: list = setting(["asr", "speaker", "emotion", "intent"], "downstream tasks")  # noqa: RUF009
-    seeds: int = setting(3, "probe seeds per encoder and task", ge=1)
+    seeds: int = setting(1, "probe seeds per pre-training run, encoder and task (seeds vary with the run too)",
+                         ge=1)
     epochs: int = setting(200, "at most; each probe stops when its dev score has not improved for patience epochs",
                           ge=1)
     patience: int = setting(5, "epochs without a better dev score before a probe stops", ge=1)
@@ -111,6 +121,12 @@ class StudyConfig:
 
         check_bounds(self)
         names = {*MODELS, self.pretrain.ablation_name} - {""}
+        for key in ("bestrq_lrs", "wav2vec2_lrs"):
+            lrs = getattr(self.pretrain, key)
+            if not all(isinstance(v, (int, float)) and v > 0 for v in lrs) or len(set(lrs)) != len(lrs):
+                raise ConfigError(f"pretrain.{key}: give distinct learning rates > 0, not {lrs!r}")
+        if {self.pretrain.timing_name, self.pretrain.ablation_name} & {"sweep"}:
+            raise ConfigError("pretrain: 'sweep' names the learning-rate sweep's folder, not a run")
         if self.pretrain.timing_name and self.pretrain.timing_name in (*MODELS, self.pretrain.ablation_name):
             raise ConfigError(f"pretrain.timing_name: {self.pretrain.timing_name!r} is the name of another run")
         for key, values, allowed in (("probe.models", self.probe.models, names),
@@ -176,33 +192,17 @@ def machine() -> str:
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores{gpu}; torch {torch.__version__}, {platform.system()}"
 
 
-def corpus(c: CorpusConfig, folder: Path, progress: bool) -> Path:
-    """The corpus folder: the one given, or synthesised into ``folder`` (kept, and resumed, across runs)."""
+def corpus(c: CorpusConfig, folder: Path, progress: bool, avoid: tuple[Path, ...] = ()) -> Path:
+    """The corpus folder: the one given, or synthesised into ``folder`` (kept, and resumed, across runs), its
+    dev and test transcripts none of those in the corpora ``avoid``."""
     if c.folder:
         return Path(c.folder)
     from ..synth.corpus import SynthConfig, synthesize
 
     synthesize(folder, SynthConfig(hours=c.hours, seed=c.seed, speakers=c.speakers or None,
                                    sv_speakers=c.sv_speakers or None, commands=c.commands, heldout=c.heldout,
-                                   trials=c.trials), progress=progress)
+                                   trials=c.trials, avoid=tuple(str(a) for a in avoid)), progress=progress)
     return folder
-
-
-def pretraining_runs(cfg: StudyConfig, data: Path, out: Path) -> dict[str, tuple[str, list[str]]]:
-    """Name -> (config, --set items) of every pre-training run."""
-    p = cfg.pretrain
-    base = [f"data.corpus={data}", f"data.train_split={p.train_split}", f"train.steps={p.steps}",
-            "train.max_minutes=0", *p.common_set]
-    runs = {"bestrq": (p.bestrq, [*base, *p.bestrq_set]), "wav2vec2": (p.wav2vec2, [*base, *p.wav2vec2_set])}
-    if p.ablation_name:
-        runs[p.ablation_name] = (p.bestrq, [*base, *p.bestrq_set, *p.ablation_set])
-    if p.timing_name:  # the same batches and settings, fewer updates: a time per update, not a model
-        runs[p.timing_name] = (p.timing_config, [*base, *p.wav2vec2_set, f"train.steps={p.timing_steps}"])
-    return {name: (config, [*sets, f"train.out_dir={out / name}"]) for name, (config, sets) in runs.items()}
-
-
-def run_steps(cfg: StudyConfig, name: str) -> int:
-    return cfg.pretrain.timing_steps if name == cfg.pretrain.timing_name else cfg.pretrain.steps
 
 
 def finished_step(run: Path) -> int:
@@ -245,25 +245,27 @@ def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int
     try:
         stage("1/4 corpora", session)
         pre_data = corpus(cfg.pretrain_corpus, out / "data" / "pretrain", progress)
-        probe_data = corpus(cfg.probe_corpus, out / "data" / "probe", progress)
+        # the probe corpus's dev and test say nothing the pre-training corpus said (results.json counts it)
+        probe_data = corpus(cfg.probe_corpus, out / "data" / "probe", progress, avoid=(pre_data,))
         session.save("corpora")
 
-        runs = pretraining_runs(cfg, pre_data, out / "pretrain")
-        for i, (name, (config, sets)) in enumerate(runs.items()):
-            stage(f"2/4 pre-training {name} ({i + 1} of {len(runs)}, {run_steps(cfg, name)} updates)", session)
-            if finished_step(out / "pretrain" / name) >= run_steps(cfg, name):
-                print(f"  done before: {out / 'pretrain' / name}")
-                continue
-            result = pretrain(load_config(config, sets))
-            session.save(f"pretrain {name}")
-            if result.signal is not None:
-                print(f"stopped during the pre-training of {name}: the same command resumes")
-                return 128 + int(result.signal)
+        for title, runs in pretraining_stages(cfg, pre_data, out):
+            for i, run in enumerate(runs):
+                stage(f"2/4 {title}: {run.name} ({i + 1} of {len(runs)}, {run.steps} updates)", session)
+                folder = out / "pretrain" / run.name
+                if finished_step(folder) >= run.steps:
+                    print(f"  done before: {folder}")
+                    continue
+                result = pretrain(load_config(run.config, list(run.sets)))
+                session.save(f"pretrain {run.name}")
+                if result.signal is not None:
+                    print(f"stopped during the pre-training of {run.name}: the same command resumes")
+                    return 128 + int(result.signal)
 
         probe_all(cfg, out, probe_data, session, progress)
         stage("4/4 results", session)
         session.save()  # the time so far, which results.json reports
-        results = write_results(cfg, out, runs, pre_data, probe_data, session)
+        results = write_results(cfg, out, pre_data, probe_data, session)
         session.save("results")
         print((out / "report.md").read_text())
         print(f"study folder: {out.resolve()} ({results['seconds'] / 3600:.2f} h over {len(session.sessions)} "
@@ -282,16 +284,47 @@ def stage(title: str, session: Session) -> None:
     print(f"\n== study {title} (this session: {time.monotonic() - session.started:.0f} s)", flush=True)
 
 
-def encoder_spec(name: str, out: Path) -> str:
+def pretraining_stages(cfg: StudyConfig, data: Path, out: Path):
+    """(title, runs) of each pre-training stage, in order: the sweep, then the runs with its learning rates
+    (planned once the sweep has finished, as they depend on it)."""
+    from .pretraining import COMPARED, compared_runs, sweep_result, sweep_runs
+
+    sweep = sweep_runs(cfg, data, out)
+    if sweep:
+        yield "learning-rate sweep", sweep
+    lrs = {}
+    for model in COMPARED:
+        found = sweep_result(cfg, out, model)
+        lrs[model] = found["chosen"] if found else None
+        if found:
+            print(f"  {model}: peak learning rate {found['chosen']:g} (dev accuracy "
+                  + ", ".join(f"{t['lr']:g}: {t['dev_accuracy']:.4f}" for t in found["tried"]) + ")")
+    yield "pre-training", compared_runs(cfg, data, out, lrs)
+
+
+def replicates(cfg: StudyConfig, name: str) -> int:
+    """Pre-training runs of a probed model: the compared objectives' and the random inits' (one per BEST-RQ
+    run), and fbank's replicates of its probes; one for the ablation."""
+    return cfg.pretrain.runs if name in MODELS else 1
+
+
+def encoder_spec(name: str, out: Path, run: int = 0) -> str:
     if name == "fbank":
         return "fbank"
-    if name == "random":  # exactly the network BEST-RQ's pre-training started from
-        return f"random:{out / 'pretrain' / 'bestrq' / 'config.json'}"
+    if name == "random":  # exactly the network BEST-RQ's run started from (loaded with seed ``run``)
+        return f"random:{out / 'pretrain' / 'bestrq' / f'run-{run}' / 'config.json'}"
+    if name in MODELS:
+        return str(out / "pretrain" / name / f"run-{run}")
     return str(out / "pretrain" / name)
 
 
-def probe_folder(out: Path, name: str, seed: int) -> Path:
-    return out / "probes" / name / f"seed-{seed}"
+def probe_folder(out: Path, name: str, run: int, seed: int) -> Path:
+    return out / "probes" / name / f"run-{run}" / f"seed-{seed}"
+
+
+def probe_seed(cfg: StudyConfig, run: int, seed: int) -> int:
+    """The probe's own seed: another for every run, so that runs differ in their probes as well."""
+    return run * cfg.probe.seeds + seed
 
 
 def probe_config(cfg: StudyConfig, seed: int):
@@ -318,9 +351,8 @@ def _done(path: Path, cfg, record: dict) -> bool:
     # a setting added since the result was written counts as its default: the result is not redone for it
     made = {**asdict(type(cfg)()), **made} if isinstance(made, dict) else None
     sheets = result.get("sheets")
-    # a speaker result from before its sheets named each item's speaker cannot be resampled by speaker
-    units = path.stem != "probe_speaker" or (isinstance(sheets, dict)
-                                              and all("unit" in s for s in sheets.values()))
+    # a result from before its sheets named each item's speaker cannot be resampled by speaker
+    units = isinstance(sheets, dict) and all(isinstance(s, dict) and "unit" in s for s in sheets.values())
     return (made == asdict(cfg) and isinstance(sheets, dict) and units
             and isinstance(result.get("encoder"), dict) and same_encoder(result["encoder"], record))
 
@@ -332,18 +364,21 @@ def probe_all(cfg: StudyConfig, out: Path, data: Path, session: Session, progres
 
     p = cfg.probe
     for i, name in enumerate(p.models):
-        stage(f"3/4 probes of {name} ({i + 1} of {len(p.models)}; {p.seeds} seeds x {', '.join(p.tasks)})", session)
-        encoder = load_encoder(encoder_spec(name, out), p.device, seed=0)
-        record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
-        for seed in range(p.seeds):
-            folder, pcfg = probe_folder(out, name, seed), probe_config(cfg, seed)
-            todo = [t for t in p.tasks if not _done(result_path(folder, t), pcfg, record)]
-            if not todo:
-                continue
-            print(f"  seed {seed}: {', '.join(todo)}", flush=True)
-            run_probes(encoder, todo, data, folder, pcfg, device=p.device, progress=progress,
-                       cache_dir=out / "probes" / name / "cache")
-            session.save(f"probes {name} seed {seed}")
+        runs = replicates(cfg, name)
+        stage(f"3/4 probes of {name} ({i + 1} of {len(p.models)}; {runs} run(s) x {p.seeds} seed(s) x "
+              f"{', '.join(p.tasks)})", session)
+        for run in range(runs):
+            encoder = load_encoder(encoder_spec(name, out, run), p.device, seed=run)
+            record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
+            cache = out / "probes" / name / ("cache" if name == "fbank" else f"run-{run}/cache")
+            for seed in range(p.seeds):
+                folder, pcfg = probe_folder(out, name, run, seed), probe_config(cfg, probe_seed(cfg, run, seed))
+                todo = [t for t in p.tasks if not _done(result_path(folder, t), pcfg, record)]
+                if not todo:
+                    continue
+                print(f"  run {run}, seed {seed}: {', '.join(todo)}", flush=True)
+                run_probes(encoder, todo, data, folder, pcfg, device=p.device, progress=progress, cache_dir=cache)
+                session.save(f"probes {name} run {run} seed {seed}")
 
 
 def load_study_config(name: str, overrides: list[str]) -> StudyConfig:

@@ -2,20 +2,34 @@
 
 ``results.json`` (fractions throughout)::
 
-    {"commit", "commits", "machine", "command", "seconds", "sessions",
-     "pretraining": {NAME: {"steps", "seconds", "seconds_per_update", "audio_hours", "dev_accuracy",
-                            "dev_reference", "reference", "curve": [...]}},
-     "tasks": {TASK: {"metric", "higher_is_better", "n_test", "unit",
-                      "models": {MODEL: {"value", "ci", "seeds", "epochs", "stopped"}}}},
+    {"commit", "commits", "machine", "command", "seconds", "sessions", "stages": {STAGE: seconds},
+     "corpora": {"pretrain", "probe"},
+     "leakage": {"probe_test_texts_in_probe_train", "probe_test_texts_in_pretraining", ... : 0, "sv_voices", ...},
+     "pretraining": {MODEL: {"config", "role", "parameters", "peak_lr",
+                             "sweep": {"steps", "tried": [{"lr", "dev_accuracy", "dev_reference"}], "chosen"},
+                             "runs": [{"name", "seed", "steps", "seconds", "update_seconds", "update_windows",
+                                       "audio_hours", "dev_accuracy", "dev_reference", "reference", "peak_lr",
+                                       "curve"}],
+                             "time_per_update": {"value", "ci", "windows"}, "dev_ratio": {"mean", "sd"},
+                             "flattening", and the means over runs of "steps", "seconds", "audio_hours",
+                             "dev_accuracy", "dev_reference"; "seconds_per_update"}},
+     "time_per_update_vs_bestrq": {MODEL: {"value", "ci"}},
+     "tasks": {TASK: {"metric", "higher_is_better", "n_test", "unit", "units", "margin",
+                      "models": {MODEL: {"value", "ci", "runs", "run_sd", "probes", "epochs", "best_epochs",
+                                         "stopped", "layer_weights"}},
+                      "comparisons": {"A-B": {"diff", "ci90", "ci95", "verdict"}}}},
      "differences": {TASK: {"A-B": {"value", "ci", "ci90", "margin", "verdict"}}}}
 
-A verdict (``probes.stats.verdict``) is better, worse, equivalent (within the margin of
-``probe.margins``, fixed before the run) or inconclusive, said of A against B.
+MODEL is bestrq, wav2vec2 (each ``pretrain.runs`` runs), random (the initial weights of each BEST-RQ
+run), fbank, or the ablation's or timing run's name. A model's ``runs`` under ``tasks`` are each
+run's value (the mean of its probe seeds); ``probes`` each probe's. A verdict (``probes.stats.verdict``)
+is better, worse, equivalent (within the margin of ``probe.margins``, fixed before the run) or
+inconclusive, said of A against B; ``differences`` holds the same comparisons as ``comparisons``.
 
 TASK is asr (CER), speaker_id (accuracy), speaker_eer (EER), emotion (accuracy) or intent
 (accuracy); intervals are those of :mod:`bestrq.probes.stats`. ``unit`` is what their bootstrap
-resamples: ``speaker`` where the probes named each item's speaker (the speaker tasks), else
-``utterance`` (``trial`` for the EER).
+resamples: ``speaker`` where the probes named each item's speaker (every task of a corpus with
+speakers), else ``utterance`` (``trial`` for the EER); ``units`` how many there are.
 """
 
 from __future__ import annotations
@@ -27,7 +41,6 @@ from pathlib import Path
 import numpy as np
 
 from ..probes.stats import LOWER_IS_BETTER, VERDICTS, difference, estimate, verdict
-from ..train.run import METRICS, read_metrics
 
 # study task -> (probe task, metric)
 TASKS = {"asr": ("asr", "cer"), "speaker_id": ("speaker", "accuracy"), "speaker_eer": ("speaker", "eer"),
@@ -37,74 +50,123 @@ LABELS = {"bestrq": "BEST-RQ", "wav2vec2": "wav2vec 2.0", "random": "random init
 FILES = ("results.json", "report.md", "pretraining.png", "tasks.png", "layer_weights.png")
 
 
-def pretraining_summary(run: Path) -> dict:
-    """Updates, training time, audio seen and the last dev accuracy against its reference, from metrics.jsonl."""
-    from . import finished_step
+def pretraining(cfg, out: Path, data: Path) -> dict:
+    """Per model: its runs' summaries, its encoder's parameters, its sweep, its time per update over the
+    timing windows of all its runs, and the means over runs of today's per-run fields."""
+    from . import pretraining_stages
+    from .pretraining import encoder_parameters, run_summary, sweep_result, time_per_update
 
-    records = read_metrics(run / METRICS) if (run / METRICS).is_file() else []
-    train = [r for r in records if r["split"] == "train"]
-    valid = [r for r in records if r["split"] == "valid" and "accuracy" in r]
-    steps = finished_step(run)
-    seconds = max((r.get("elapsed", 0.0) for r in train), default=0.0)
-    last = valid[-1] if valid else {}
-    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-    return {"steps": steps, "seconds": seconds, "seconds_per_update": seconds / max(steps, 1),
-            "audio_hours": sum(r.get("audio_seconds", 0.0) for r in train) / 3600,
-            "dev_accuracy": last.get("accuracy"), "dev_reference": last.get("baseline_accuracy"),
-            "reference": "chance" if cfg.get("objective") == "wav2vec2" else "most frequent code",
-            "curve": [{k: r[k] for k in ("step", "split", "accuracy", "baseline_accuracy", "chance_accuracy",
-                                         "loss", "elapsed") if k in r} for r in records]}
+    sweep, planned = [], []
+    for title, runs in pretraining_stages(cfg, data, out):
+        (sweep if title.endswith("sweep") else planned).extend(runs)
+    models: dict[str, dict] = {}
+    for run in planned:
+        entry = models.setdefault(run.model, {"config": run.config, "role": run.role, "runs": []})
+        entry["runs"].append(run_summary(out / "pretrain" / run.name, run))
+    for model, entry in models.items():
+        runs = entry["runs"]
+        entry["parameters"] = encoder_parameters(out / "pretrain" / runs[0]["name"])
+        entry["sweep"] = sweep_result(cfg, out, model) if model in ("bestrq", "wav2vec2") else None
+        windows = [w for r in runs for w in r["update_windows"]]
+        entry["time_per_update"] = time_per_update(windows)
+        for key in ("steps", "seconds", "audio_hours", "dev_accuracy", "dev_reference"):
+            values = [r[key] for r in runs if r[key] is not None]
+            entry[key] = float(np.mean(values)) if values else None
+        entry["steps"] = min(r["steps"] for r in runs)
+        entry["seconds_per_update"] = entry["time_per_update"]["value"]
+        entry["reference"], entry["peak_lr"] = runs[0]["reference"], runs[0]["peak_lr"]
+        ratios = [r["dev_accuracy"] / r["dev_reference"] for r in runs if r["dev_accuracy"] and r["dev_reference"]]
+        entry["dev_ratio"] = {"mean": float(np.mean(ratios)) if ratios else None,
+                              "sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else None}
+        entry["flattening"] = _flattening(runs)
+    return models
+
+
+def _flattening(runs: list[dict]) -> float | None:
+    """How much the dev accuracy over its reference still rose over the last quarter of the updates, as a
+    fraction of its value there (mean over runs): near 0 once the curve has flattened."""
+    rises = []
+    for r in runs:
+        valid = [c for c in r["curve"] if c["split"] == "valid" and c.get("baseline_accuracy")]
+        if len(valid) < 2:
+            continue
+        last = valid[-1]
+        before = min(valid, key=lambda c: abs(c["step"] - 0.75 * last["step"]))
+        ratio = [c["accuracy"] / c["baseline_accuracy"] for c in (before, last)]
+        if before is not last and ratio[0] > 0:
+            rises.append(ratio[1] / ratio[0] - 1)
+    return float(np.mean(rises)) if rises else None
 
 
 def gather(cfg, out: Path) -> tuple[dict, dict]:
-    """Per study task: each model's estimate; and the differences between the pairs probed."""
+    """Per study task: each model's estimate over its runs; and the comparisons of the pairs probed."""
     from ..probes.results import read_result, result_path
-    from . import probe_folder
+    from . import probe_folder, replicates
 
     tasks, differences, sheets_of = {}, {}, {}
     for task, (probe_task, metric) in TASKS.items():
         if probe_task not in cfg.probe.tasks:
             continue
         entry = {"metric": metric, "higher_is_better": metric not in LOWER_IS_BETTER, "n_test": 0, "models": {}}
+        margin = getattr(cfg.probe.margins, metric)
         for name in cfg.probe.models:
-            results = [read_result(result_path(probe_folder(out, name, s), probe_task), probe_task)
-                       for s in range(cfg.probe.seeds)]
-            sheets = [r["sheets"][metric] for r in results if metric in r.get("sheets", {})]
-            if not sheets:  # e.g. no verification trials in this corpus
+            probes = [(run, read_result(result_path(probe_folder(out, name, run, s), probe_task), probe_task))
+                      for run in range(replicates(cfg, name)) for s in range(cfg.probe.seeds)]
+            probes = [(run, r) for run, r in probes if metric in r.get("sheets", {})]
+            if not probes:  # e.g. no verification trials in this corpus
                 continue
-            e = estimate(metric, sheets, cfg.probe.replicates)
-            sheets_of[task, name] = sheets
+            sheets, runs = [r["sheets"][metric] for _, r in probes], [run for run, _ in probes]
+            e = estimate(metric, sheets, cfg.probe.replicates, runs=runs)
+            sheets_of[task, name] = sheets, runs
             entry["n_test"] = e.n
-            entry["unit"] = "speaker" if "unit" in sheets[0] else "trial" if metric == "eer" else "utterance"
-            entry["models"][name] = {"value": e.value, "ci": list(e.ci), "seeds": e.seeds,
+            entry["unit"] = ("speaker" if "unit" in sheets[0] else "trial" if metric == "eer" else "utterance")
+            entry["units"] = len(set(sheets[0]["unit"])) if "unit" in sheets[0] else e.n
+            results = [r for _, r in probes]
+            entry["models"][name] = {"value": e.value, "ci": list(e.ci), "runs": e.runs,
+                                     "run_sd": float(np.std(e.runs, ddof=1)) if len(e.runs) > 1 else None,
+                                     "probes": [r["test"][metric] for r in results],
                                      "epochs": [r["epochs"] for r in results],
                                      "best_epochs": [r["best_epoch"] for r in results],
                                      "stopped": [r.get("stopped", "?") for r in results],
                                      "layer_weights": np.mean([r["layer_weights"] for r in results], axis=0).tolist()}
         if entry["models"]:
+            entry["margin"] = margin
             tasks[task] = entry
         for a, b in PAIRS:
             if (task, a) in sheets_of and (task, b) in sheets_of:
-                d = difference(metric, sheets_of[task, a], sheets_of[task, b], cfg.probe.replicates)
-                margin = getattr(cfg.probe.margins, metric)
+                (sa, ra), (sb, rb) = sheets_of[task, a], sheets_of[task, b]
+                d = difference(metric, sa, sb, cfg.probe.replicates, runs_a=ra, runs_b=rb)
                 differences.setdefault(task, {})[f"{a}-{b}"] = {
                     "value": d.value, "ci": list(d.ci), "ci90": list(d.ci90), "margin": margin,
                     "verdict": verdict(d, metric, margin)}
+    for task, pairs in differences.items():  # the issue's layout: each task's comparisons beside its models
+        tasks[task]["comparisons"] = {pair: {"diff": d["value"], "ci90": d["ci90"], "ci95": d["ci"],
+                                             "verdict": d["verdict"]} for pair, d in pairs.items()}
     return tasks, differences
 
 
-def write_results(cfg, out: Path, runs: dict, pre_data: Path, probe_data: Path, session) -> dict:
+def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session) -> dict:
+    from ..synth.leakage import overlaps
     from . import machine
+    from .pretraining import time_ratio
 
     tasks, differences = gather(cfg, out)
     commits = list(dict.fromkeys(s["commit"] for s in session.sessions))
+    pre = pretraining(cfg, out, pre_data)
+    speed = {}
+    if "bestrq" in pre:
+        base = [w for r in pre["bestrq"]["runs"] for w in r["update_windows"]]
+        for name, p in pre.items():
+            if name != "bestrq":
+                speed[name] = time_ratio([w for r in p["runs"] for w in r["update_windows"]], base)
     results = {
         "commit": commits[-1], "commits": commits, "machine": machine(),
         "command": session.sessions[0]["command"], "seconds": session.seconds,
         "sessions": [{k: s[k] for k in ("started", "seconds", "commit")} for s in session.sessions],
+        "stages": _stage_seconds(session.sessions),
         "corpora": {"pretrain": _summary(pre_data), "probe": _summary(probe_data)},
-        "pretraining": {name: {**pretraining_summary(out / "pretrain" / name), "config": runs[name][0],
-                               "role": role(cfg, name)} for name in runs},
+        "leakage": overlaps(probe_data, pre_data),
+        "pretraining": pre, "time_per_update_vs_bestrq": speed,
         "tasks": tasks, "differences": differences,
     }
     with open(out / "results.json", "w", encoding="utf-8") as fh:
@@ -120,9 +182,15 @@ def write_results(cfg, out: Path, runs: dict, pre_data: Path, probe_data: Path, 
     return results
 
 
-def role(cfg, name: str) -> str:
-    p = cfg.pretrain
-    return "timing" if name == p.timing_name else "ablation" if name == p.ablation_name else "compared"
+def _stage_seconds(sessions: list[dict]) -> dict[str, float]:
+    """Seconds of each finished stage, summed over sessions: from the stage before it to it."""
+    seconds: dict[str, float] = {}
+    for s in sessions:
+        at = 0.0
+        for st in s.get("stages", []):
+            seconds[st["stage"]] = seconds.get(st["stage"], 0.0) + st["at"] - at
+            at = st["at"]
+    return {k: round(v, 1) for k, v in seconds.items()}
 
 
 def _summary(folder: Path) -> dict:
@@ -140,32 +208,69 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
+def _ratio(p: dict) -> str:
+    acc, ref = p["dev_accuracy"], p["dev_reference"]
+    return f"{acc / ref:.2f}" if acc is not None and ref else "–"
+
+
+def _seconds(t: dict) -> str:
+    return "–" if t["value"] is None else f"{t['value']:.3f} [{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]"
+
+
 def markdown(r: dict) -> str:
+    from .pretraining import time_per_update
+
     pre = r["pretraining"]
     lines = ["# BEST-RQ against wav2vec 2.0: the study", "",
              f"- command: `{r['command']}`", f"- commit: {', '.join(r['commits'])}", f"- machine: {r['machine']}",
              f"- total time: {r['seconds'] / 3600:.2f} h over {len(r['sessions'])} session(s)", "",
              "## Pre-training at equal updates", "",
-             "| run | updates | time (min) | s / update | audio seen (h) | dev accuracy | reference | x reference |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]
-    for name, p in pre.items():
-        acc, ref = p["dev_accuracy"], p["dev_reference"]
-        ratio = f"{acc / ref:.2f}" if acc is not None and ref else "–"
-        lines.append(f"| {name} | {p['steps']} | {p['seconds'] / 60:.1f} | {p['seconds_per_update']:.3f} | "
-                     f"{p['audio_hours']:.2f} | {_pct(acc)}% | {p['reference']} {_pct(ref)}% | {ratio} |")
-    if "bestrq" in pre and "wav2vec2" in pre and pre["bestrq"]["seconds"]:
-        b = pre["bestrq"]["seconds_per_update"]
-        lines += ["", (f"wav2vec 2.0 (`{pre['wav2vec2']['config']}`) took **{pre['wav2vec2']['seconds_per_update'] / b:.2f}x**"
-                       " BEST-RQ's time per update, on the same batches (the paper: 2.4x, on GPUs at BASE size).")]
-        for name, p in pre.items():
-            if p["role"] == "timing" and p["steps"]:
-                lines.append(f"`{p['config']}` ({name}, {p['steps']} updates, timed only) took "
-                             f"**{p['seconds_per_update'] / b:.2f}x** BEST-RQ's time per update.")
-    lines += ["", "![pre-training curves](pretraining.png)", "", "## Downstream tasks (frozen encoders)", "",
-              ("Each value is the mean over the probe seeds, with the 95% interval of that mean: a bootstrap "
-               "over the task's unit (speakers for the speaker tasks, with all their utterances or trials; "
-               "else test utterances) combined with the seeds' spread (see `src/bestrq/probes/stats.py`). "
-               "Percent."), ""]
+             ("Time per update leaves validation and checkpoints out; its interval is a bootstrap over timing "
+              "windows (10 per run, of its logged training windows). x reference: the last dev masked accuracy "
+              "over its reference (the most frequent code for BEST-RQ, chance for wav2vec 2.0)."), "",
+             ("| run | seed | peak lr | updates | time (min) | s / update [95%] | audio seen (h) | dev accuracy | "
+              "reference | x reference |"), "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for m in pre.values():
+        for run in m["runs"]:
+            lr = "–" if run["peak_lr"] is None else f"{run['peak_lr']:g}"
+            lines.append(f"| {run['name']} | {run['seed']} | {lr} | {run['steps']} | {run['seconds'] / 60:.1f} | "
+                         f"{_seconds(time_per_update(run['update_windows']))} | {run['audio_hours']:.2f} | "
+                         f"{_pct(run['dev_accuracy'])}% | {run['reference']} {_pct(run['dev_reference'])}% | "
+                         f"{_ratio(run)} |")
+    lines += ["", ("| model | role | encoder parameters | runs | peak lr (sweep: dev accuracy) | s / update [95%] | "
+                   "x reference (mean ± sd over runs) | rise over the last quarter |"), "|---|---|---:|---:|---|---:|---:|---:|"]
+    for name, m in pre.items():
+        sweep = m.get("sweep")
+        lr = "–" if m["peak_lr"] is None else f"{m['peak_lr']:g}"
+        if sweep:
+            lr += " (" + ", ".join(f"{t['lr']:g}: {_pct(t['dev_accuracy'])}%" for t in sweep["tried"]) + \
+                  f"; {sweep['steps']} updates)"
+        ratio = m["dev_ratio"]
+        said = "–" if ratio["mean"] is None else f"{ratio['mean']:.2f}" + (
+            f" ± {ratio['sd']:.2f}" if ratio["sd"] is not None else "")
+        rise = "–" if m["flattening"] is None else f"{100 * m['flattening']:+.1f}%"
+        params = "–" if m["parameters"] is None else f"{m['parameters']:,}"
+        lines.append(f"| {name} (`{m['config']}`) | {m['role']} | {params} | {len(m['runs'])} | {lr} | "
+                     f"{_seconds(m['time_per_update'])} | {said} | {rise} |")
+    for name, t in r["time_per_update_vs_bestrq"].items():
+        if t["value"] is not None:
+            lines += ["", (f"`{pre[name]['config']}` ({name}) took **{t['value']:.2f}x** [{t['ci'][0]:.2f}, "
+                           f"{t['ci'][1]:.2f}] BEST-RQ's time per update, on the same batches (the paper: 2.4x, on "
+                           "GPUs at BASE size, with the conv waveform encoder).")]
+    leak = r.get("leakage") or {}
+    lines += ["", "![pre-training curves](pretraining.png)", "", "## Leakage", "",
+              ("Probe test and dev utterances whose exact transcript occurs in the probe's train split or in the "
+               "pre-training corpus (each must be 0):"), ""]
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in leak.items()
+              if k.startswith("probe_") and not isinstance(v, list)]
+    if leak.get("sv_voices") is not None:
+        lines.append(f"- the verification speakers use {leak['sv_voices']} eSpeak voices (accent and variant); "
+                     f"{leak['sv_voices_in_pretraining']} of them also speak in the pre-training corpus (with "
+                     "other speakers' pitch, rate and vocal-tract warp)")
+    lines += ["", "## Downstream tasks (frozen encoders)", "",
+              ("Each value is the mean over the pre-training runs (each the mean of its probe seeds), with the "
+               "95% interval of that mean: a bootstrap over the task's unit (speakers, with all their utterances "
+               "or trials) combined with the runs' spread (see `src/bestrq/probes/stats.py`). Percent."), ""]
     models = list(dict.fromkeys(m for t in r["tasks"].values() for m in t["models"]))
     lines += ["| task (metric, test items) | " + " | ".join(LABELS.get(m, m) for m in models) + " |",
               "|---|" + "---:|" * len(models)]
@@ -175,7 +280,8 @@ def markdown(r: dict) -> str:
             e = t["models"].get(m)
             cells.append("–" if e is None else f"{_pct(e['value'])} [{_pct(e['ci'][0])}, {_pct(e['ci'][1])}]")
         arrow = "higher" if t["higher_is_better"] else "lower"
-        lines.append(f"| {task} ({t['metric']}, {arrow} is better, n={t['n_test']}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {task} ({t['metric']}, {arrow} is better, n={t['n_test']}, {t.get('units', '?')} "
+                     f"{t['unit']}s) | " + " | ".join(cells) + " |")
     lines += ["", "![tasks with intervals](tasks.png)", "", "## Comparisons (A minus B, percentage points)", "",
               ("Each ends in a verdict on A: *equivalent* when the 90% interval of the difference lies inside "
                "the margin fixed before the run (two one-sided tests), else *better* or *worse* when the 95% "
@@ -198,7 +304,7 @@ def markdown(r: dict) -> str:
               "Every probe trains until its dev score has not improved for the patience; "
               + (f"these reached the epoch limit instead: {', '.join(f'{t}/{m}' for t, m in cut)}." if cut
                  else "none reached the epoch limit."),
-              "", "| task | model | epochs (per seed) | best epoch |", "|---|---|---|---|"]
+              "", "| task | model | epochs (per probe) | best epoch |", "|---|---|---|---|"]
     for task, t in r["tasks"].items():
         for m, e in t["models"].items():
             lines.append(f"| {task} | {m} | {', '.join(map(str, e['epochs']))} | "
@@ -214,16 +320,20 @@ def plots(r: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for name, p in r["pretraining"].items():
-        valid = [c for c in p["curve"] if c["split"] == "valid" and c.get("baseline_accuracy")]
-        train = [c for c in p["curve"] if c["split"] == "train" and "elapsed" in c]
-        if not valid or not train:
-            continue
-        ratio = [c["accuracy"] / c["baseline_accuracy"] for c in valid]
-        minutes = np.interp([c["step"] for c in valid], [c["step"] for c in train], [c["elapsed"] for c in train]) / 60
-        axes[0].plot([c["step"] for c in valid], ratio, marker=".", label=name)
-        axes[1].plot(minutes, ratio, marker=".", label=name)
-        axes[2].plot([c["step"] for c in train], [c["loss"] for c in train], label=name)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, m) in enumerate(r["pretraining"].items()):
+        for j, run in enumerate(m["runs"]):
+            valid = [c for c in run["curve"] if c["split"] == "valid" and c.get("baseline_accuracy")]
+            train = [c for c in run["curve"] if c["split"] == "train" and "elapsed" in c]
+            if not valid or not train:
+                continue
+            ratio = [c["accuracy"] / c["baseline_accuracy"] for c in valid]
+            minutes = np.interp([c["step"] for c in valid], [c["step"] for c in train],
+                                [c["elapsed"] for c in train]) / 60
+            style = {"color": colours[i % len(colours)], "label": name if j == 0 else None, "alpha": 0.8}
+            axes[0].plot([c["step"] for c in valid], ratio, marker=".", **style)
+            axes[1].plot(minutes, ratio, marker=".", **style)
+            axes[2].plot([c["step"] for c in train], [c["loss"] for c in train], **style)
     axes[0].set(title="dev masked accuracy / its reference", xlabel="updates", ylabel="x reference")
     axes[1].set(title="the same against training time", xlabel="minutes", ylabel="x reference")
     axes[2].set(title="training loss (each objective its own)", xlabel="updates", ylabel="loss")

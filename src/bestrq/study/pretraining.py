@@ -1,0 +1,193 @@
+"""The study's pre-training runs: the learning-rate sweep, the replicated runs, and what each one measured.
+
+    OUT/pretrain/sweep/MODEL-lrLR/   a short run per peak learning rate tried (seed 0)
+    OUT/pretrain/MODEL/run-R/        the compared runs: ``pretrain.runs`` per objective, seed R
+    OUT/pretrain/NAME/               the ablation and the timing run, once each
+
+Each objective's peak learning rate is the one of its sweep whose last dev masked accuracy is the
+highest (each objective on its own dev metric: the share of masked frames whose target it
+predicts); without a sweep it is the config's own. Time per update is read from the runs'
+logging windows, whose ``update_seconds`` leave validation and checkpoints out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..train.run import METRICS, read_metrics
+
+COMPARED = ("bestrq", "wav2vec2")
+TIMING_WINDOWS = 10  # per run: enough for an interval of the time per update, and to see a drift
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # its folder under OUT/pretrain
+    model: str  # bestrq, wav2vec2, the ablation's or the timing run's name
+    config: str  # a preset or YAML file
+    sets: tuple[str, ...]  # --set items, its folder included
+    steps: int
+    role: str  # sweep, compared, ablation or timing
+    seed: int  # train.seed
+    lr: float | None = None  # the peak learning rate it was given (None: the config's)
+
+
+def _base(cfg, data: Path) -> list[str]:
+    p = cfg.pretrain
+    return [f"data.corpus={data}", f"data.train_split={p.train_split}", "train.max_minutes=0", *p.common_set]
+
+
+def _own_sets(cfg, model: str) -> list[str]:
+    p = cfg.pretrain
+    return list(p.bestrq_set if model == "bestrq" else p.wav2vec2_set)
+
+
+def _config(cfg, model: str) -> str:
+    return cfg.pretrain.bestrq if model == "bestrq" else cfg.pretrain.wav2vec2
+
+
+def _lr_name(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def sweep_runs(cfg, data: Path, out: Path) -> list[Run]:
+    """The short runs of the learning-rate sweep: every peak learning rate of each objective, seed 0."""
+    p, runs = cfg.pretrain, []
+    for model in COMPARED:
+        for lr in (p.bestrq_lrs if model == "bestrq" else p.wav2vec2_lrs):
+            name = f"sweep/{model}-lr{_lr_name(lr)}"
+            sets = [*_base(cfg, data), *_own_sets(cfg, model), f"train.steps={p.sweep_steps}", f"optim.lr={lr}",
+                    "train.seed=0", f"train.out_dir={out / 'pretrain' / name}"]
+            runs.append(Run(name, model, _config(cfg, model), tuple(sets), p.sweep_steps, "sweep", 0, float(lr)))
+    return runs
+
+
+def last_dev(run: Path) -> dict:
+    """The last validation record of a run folder (empty if none)."""
+    valid = [r for r in read_metrics(run / METRICS) if r["split"] == "valid" and "accuracy" in r]
+    return valid[-1] if valid else {}
+
+
+def sweep_result(cfg, out: Path, model: str) -> dict | None:
+    """The sweep of one objective: each learning rate's dev accuracy and the chosen one; None without a sweep.
+    The chosen rate is the one with the highest last dev accuracy; before every run of the sweep has
+    finished there is none (``chosen`` None)."""
+    lrs = cfg.pretrain.bestrq_lrs if model == "bestrq" else cfg.pretrain.wav2vec2_lrs
+    if not lrs:
+        return None
+    from . import finished_step
+
+    tried = []
+    for lr in lrs:
+        folder = out / "pretrain" / "sweep" / f"{model}-lr{_lr_name(lr)}"
+        dev = last_dev(folder) if finished_step(folder) >= cfg.pretrain.sweep_steps else {}
+        tried.append({"lr": float(lr), "dev_accuracy": dev.get("accuracy"),
+                      "dev_reference": dev.get("baseline_accuracy")})
+    done = all(t["dev_accuracy"] is not None for t in tried)
+    chosen = max(tried, key=lambda t: t["dev_accuracy"])["lr"] if done else None
+    return {"steps": cfg.pretrain.sweep_steps, "tried": tried, "chosen": chosen}
+
+
+def compared_runs(cfg, data: Path, out: Path, lrs: dict[str, float | None]) -> list[Run]:
+    """The replicated runs, run R of every objective in turn (so that a drift of the machine over the
+    hours hits both alike), then the ablation (BEST-RQ's settings and peak learning rate, seed 0) and
+    the timing run (wav2vec 2.0's settings, with the timing config)."""
+    p, runs = cfg.pretrain, []
+
+    def run(name: str, model: str, config: str, sets: list[str], steps: int, role: str, seed: int,
+            lr: float | None) -> Run:
+        sets = [*_base(cfg, data), *sets, f"train.steps={steps}", f"train.seed={seed}",
+                *([f"optim.lr={lr}"] if lr is not None else []), f"train.out_dir={out / 'pretrain' / name}"]
+        return Run(name, model, config, tuple(sets), steps, role, seed, lr)
+
+    for seed in range(p.runs):
+        for model in COMPARED:
+            runs.append(run(f"{model}/run-{seed}", model, _config(cfg, model), _own_sets(cfg, model), p.steps,
+                            "compared", seed, lrs.get(model)))
+    if p.ablation_name:
+        runs.append(run(p.ablation_name, p.ablation_name, p.bestrq, [*p.bestrq_set, *p.ablation_set], p.steps,
+                        "ablation", 0, lrs.get("bestrq")))
+    if p.timing_name:  # the same batches and settings, fewer updates: a time per update, not a model
+        runs.append(run(p.timing_name, p.timing_name, p.timing_config, list(p.wav2vec2_set), p.timing_steps,
+                        "timing", 0, lrs.get("wav2vec2")))
+    return runs
+
+
+def update_windows(records: list[dict], windows: int = TIMING_WINDOWS) -> list[float]:
+    """Seconds per update in ``windows`` consecutive stretches of a run's logged training windows, each
+    the sum of its windows' update time over their updates; validation and checkpoints are not in them.
+    Records from before ``update_seconds`` was logged fall back on ``elapsed``, which holds them."""
+    train = [r for r in records if r["split"] == "train"]
+    spans, last, previous = [], 0, 0.0
+    for r in train:
+        n = r["step"] - last
+        if n <= 0:
+            continue
+        seconds = r["update_seconds"] * n if "update_seconds" in r else r.get("elapsed", 0.0) - previous
+        spans.append((n, seconds))
+        last, previous = r["step"], r.get("elapsed", previous)
+    if not spans:
+        return []
+    groups = np.array_split(np.arange(len(spans)), min(windows, len(spans)))
+    return [sum(spans[i][1] for i in g) / sum(spans[i][0] for i in g) for g in groups]
+
+
+def run_summary(folder: Path, run: Run) -> dict:
+    """What one run measured: updates, time, audio, last dev accuracy and its reference, time per update."""
+    from . import finished_step
+
+    records = read_metrics(folder / METRICS)
+    train = [r for r in records if r["split"] == "train"]
+    dev = last_dev(folder)
+    cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    windows = update_windows(records)
+    return {"name": run.name, "seed": run.seed, "steps": finished_step(folder),
+            "seconds": max((r.get("elapsed", 0.0) for r in train), default=0.0),
+            "update_seconds": windows and float(np.mean(windows)), "update_windows": windows,
+            "audio_hours": sum(r.get("audio_seconds", 0.0) for r in train) / 3600,
+            "dev_accuracy": dev.get("accuracy"), "dev_reference": dev.get("baseline_accuracy"),
+            "reference": "chance" if cfg.get("objective") == "wav2vec2" else "most frequent code",
+            "peak_lr": cfg.get("optim", {}).get("lr"),
+            "curve": [{k: r[k] for k in ("step", "split", "accuracy", "baseline_accuracy", "loss", "elapsed",
+                                         "update_seconds") if k in r} for r in records]}
+
+
+def time_per_update(windows: list[float], seed: int = 0, replicates: int = 2000) -> dict:
+    """Mean seconds per update over timing windows, with a 95% bootstrap interval over the windows."""
+    w = np.asarray(windows, dtype=float)
+    if w.size == 0:
+        return {"value": None, "ci": None, "windows": 0}
+    draws = np.random.default_rng(seed).choice(w, size=(replicates, w.size)).mean(axis=1)
+    return {"value": float(w.mean()), "ci": [float(x) for x in np.percentile(draws, [2.5, 97.5])], "windows": int(w.size)}
+
+
+def time_ratio(a: list[float], b: list[float], seed: int = 0, replicates: int = 2000) -> dict:
+    """Mean seconds per update of a over b's, with a 95% interval resampling each one's windows."""
+    wa, wb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if wa.size == 0 or wb.size == 0:
+        return {"value": None, "ci": None}
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(wa, size=(replicates, wa.size)).mean(axis=1) / rng.choice(wb, size=(replicates, wb.size)).mean(axis=1)
+    return {"value": float(wa.mean() / wb.mean()), "ci": [float(x) for x in np.percentile(draws, [2.5, 97.5])]}
+
+
+def encoder_parameters(folder: Path) -> int | None:
+    """Parameters of the network a probe reads (front-end and encoder: what ``encode`` runs), counted as
+    those that get a gradient from its hidden states; None if the run folder has no config."""
+    import torch
+
+    from ..config import load_config
+    from ..objectives import build_model
+
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    model = build_model(load_config(str(path)))
+    waveform = torch.randn(1, model.sample_rate)
+    out = model.encode(waveform, torch.tensor([model.sample_rate]))
+    sum(h.sum() for h in out.hidden_states).backward()
+    return sum(p.numel() for p in model.parameters() if p.grad is not None)
