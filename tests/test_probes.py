@@ -347,8 +347,8 @@ def test_a_probe_keeps_per_item_outcomes_that_rescore_to_its_test_metrics(small_
         # with a patience of 1, an epoch that does not improve ends the probe; the limit ends one that does
         assert r["stopped"] == ("patience" if r["best_epoch"] < r["epochs"] else "epochs"), task
     assert len(results["speaker"]["sheets"]["eer"]["labels"]) == results["speaker"]["trials"]
-    # every sheet names each item's speaker, the unit its bootstrap resamples (verification: the first
-    # utterance's speaker of each trial)
+    # every sheet names each item's speaker, the unit its bootstrap resamples (verification: both speakers
+    # of each trial)
     test = {c.id: c.supervisions[0].speaker for c in load_split(small_corpus, "test")}
     for task, r in results.items():
         for metric, sheet in r["sheets"].items():
@@ -357,6 +357,7 @@ def test_a_probe_keeps_per_item_outcomes_that_rescore_to_its_test_metrics(small_
     sv = {c.id: c.supervisions[0].speaker for c in load_split(small_corpus, "sv")}
     trials = [line.split() for line in (small_corpus / "sv_trials.txt").read_text().splitlines()]
     assert results["speaker"]["sheets"]["eer"]["unit"] == [sv[a] for _, a, _ in trials]
+    assert results["speaker"]["sheets"]["eer"]["unit2"] == [sv[b] for _, _, b in trials]
 
 
 def test_asr_train_hours_trains_asr_on_the_first_hours_of_train_only(small_corpus, tmp_path):

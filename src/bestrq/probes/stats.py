@@ -10,10 +10,10 @@ A probe's test metric is a function of per-item outcomes, which every probe resu
 
 A sheet may also name each item's ``unit`` (``{"unit": [speaker, ...]}``): then the bootstrap draws
 whole units with replacement, each with all its items, as items of one speaker are not independent;
-"items" below are then units. The probes name each test utterance's speaker on every task
-(verification: the speaker of each trial's first utterance, a one-way grouping, as a speaker also
-takes part in other speakers' non-target trials); where the corpus names no speaker, utterances
-are resampled.
+"items" below are then units. The probes name each test utterance's speaker on every task;
+verification trials name both speakers (``unit`` and ``unit2``), and a draw of speakers keeps
+each trial once per pair of drawn copies of its speakers (see ``_resamples``). Where the corpus
+names no speaker, utterances are resampled.
 
 A model is replicated: pre-trained R times (each run its own seed) and each run probed with one or
 more seeds, one sheet per probe, all over the same test items. A run's value is the mean over its
@@ -40,11 +40,15 @@ then the replicates, as for a model with no pre-training (the features alone). I
 (tests/test_stats.py) the intervals cover the true value 92-97% of the time: with 3 seeds and
 300 items whether the seeds' effect is nil or twice the test sample's standard error; with 3
 pre-training runs of 1 or 2 probe seeds each, a run effect of twice that error and 40 speakers
-of 10 utterances drawn speaker by speaker; with one seed and 40 speakers of 20 utterances,
+of 10 utterances drawn speaker by speaker (2 probe seeds per run taken as 6 runs: 86%); a
+model against its own initial weights, run by run, 97%, with an interval less than half as wide
+as when each model's runs are drawn apart; with one seed and 40 speakers of 20 utterances,
 drawing speakers covers it 94% of the time, drawing utterances 73%.
 
 A difference between two models resamples the same items for both (a paired bootstrap) and
-adds each model's run effect, drawn on its own (Welch-Satterthwaite degrees of freedom).
+adds each model's run effect, drawn on its own (Welch-Satterthwaite degrees of freedom); where
+the two share their runs (a pre-trained model and its own initial weights), the differences are
+taken run by run and their spread is the run effect.
 
 A comparison ends in one of four verdicts (:func:`verdict`), with a margin fixed before the run:
 *equivalent* within the margin when the difference's 90% interval lies inside it (two one-sided
@@ -106,23 +110,38 @@ def _arrays(sheet: dict) -> dict[str, np.ndarray]:
 def _resamples(rng: np.random.Generator, sheet: dict[str, np.ndarray], replicates: int) -> list[np.ndarray]:
     """Each replicate's item indices. Items are drawn with replacement; where the sheet names each item's
     ``unit`` (its speaker, say), whole units are drawn with replacement instead, each with all its items:
-    the outcomes of one unit are alike, and resampling them as if independent makes intervals too narrow."""
+    the outcomes of one unit are alike, and resampling them as if independent makes intervals too narrow.
+
+    Where it also names a second unit (``unit2``: a verification trial's two speakers), the units of both
+    are drawn together and an item is kept once for each pair of drawn copies of its units: a trial of a
+    speaker drawn c times comes c times, one between speakers drawn c and d times c * d times."""
     n = len(next(iter(sheet.values())))
     if "unit" not in sheet:
         return list(rng.integers(n, size=(replicates, n)))
-    _, group = np.unique(sheet["unit"], return_inverse=True)
-    members = [np.flatnonzero(group == g) for g in range(group.max() + 1)]
-    return [np.concatenate([members[g] for g in rng.integers(len(members), size=len(members))])
-            for _ in range(replicates)]
+    if "unit2" not in sheet:
+        _, group = np.unique(sheet["unit"], return_inverse=True)
+        members = [np.flatnonzero(group == g) for g in range(group.max() + 1)]
+        return [np.concatenate([members[g] for g in rng.integers(len(members), size=len(members))])
+                for _ in range(replicates)]
+    names, group = np.unique(np.concatenate([sheet["unit"], sheet["unit2"]]), return_inverse=True)
+    first, second = group[:n], group[n:]
+    same = first == second
+    out = []
+    for _ in range(replicates):
+        copies = np.bincount(rng.integers(len(names), size=len(names)), minlength=len(names))
+        weight = np.where(same, copies[first], copies[first] * copies[second])
+        out.append(np.repeat(np.arange(n), weight))
+    return out
 
 
 def _units(*arrays: dict[str, np.ndarray]) -> None:
-    """Every sheet names the same unit for each item, or none does."""
-    first = arrays[0].get("unit")
-    for a in arrays[1:]:
-        unit = a.get("unit")
-        if (first is None) != (unit is None) or (first is not None and not np.array_equal(first, unit)):
-            raise ValueError("score sheets of the same test items name different units (or only some name one)")
+    """Every sheet names the same units for each item, or none does."""
+    for key in ("unit", "unit2"):
+        first = arrays[0].get(key)
+        for a in arrays[1:]:
+            unit = a.get(key)
+            if (first is None) != (unit is None) or (first is not None and not np.array_equal(first, unit)):
+                raise ValueError("score sheets of the same test items name different units (or only some name one)")
 
 
 def _size(sheets: list[dict[str, np.ndarray]]) -> int:
@@ -151,26 +170,28 @@ def _groups(n_sheets: int, runs: Sequence | None) -> list[np.ndarray]:
     return [np.array([i for i, r in enumerate(runs) if r == label]) for label in labels]
 
 
-def _draws(metric: str, arrays: list[dict[str, np.ndarray]], groups: list[np.ndarray], items: list[np.ndarray]
-           ) -> tuple[np.ndarray, list[float], float]:
-    """Each replicate's mean over the runs over the resampled ``items``, each run's whole-test metric, and
-    the runs' effect variance of the mean (0 for one run).
-
-    A run's value is the mean over its seeds' sheets. ``items`` holds one resample of item indices per
-    replicate; replicates where the metric is undefined (an EER over trials of one kind) come out as NaN."""
+def _per_run(metric: str, arrays: list[dict[str, np.ndarray]], groups: list[np.ndarray], items: list[np.ndarray]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Each replicate's value of each run over the resampled ``items`` (replicate x run), and each run's
+    whole-test value: a run's value is the mean over its seeds' sheets. Replicates where the metric is
+    undefined (an EER over trials of one kind) come out as NaN."""
     whole = np.arange(len(next(iter(arrays[0].values()))))
     sheet_values = np.array([_metric_of(metric, a, whole) for a in arrays])
-    values = [float(sheet_values[g].mean()) for g in groups]
+    values = np.array([sheet_values[g].mean() for g in groups])
     per_sheet = np.array([[_metric_of(metric, a, idx) for a in arrays] for idx in items])  # replicate x sheet
-    per = np.stack([per_sheet[:, g].mean(axis=1) for g in groups], axis=1)  # replicate x run
-    k = len(groups)
-    means = per.mean(axis=1)
+    return np.stack([per_sheet[:, g].mean(axis=1) for g in groups], axis=1), values
+
+
+def _run_variance(per: np.ndarray, values: np.ndarray) -> float:
+    """The runs' effect variance of their mean (0 for one run): the variance of the runs' values net of
+    their item-by-item part, over the number of runs."""
+    k = per.shape[1]
     if k == 1:
-        return means, values, 0.0
+        return 0.0
     ok = ~np.isnan(per).any(axis=1)
-    within = (per[ok].var(axis=0, ddof=1).mean() - means[ok].var(ddof=1)) * k / (k - 1)
+    within = (per[ok].var(axis=0, ddof=1).mean() - per[ok].mean(axis=1).var(ddof=1)) * k / (k - 1)
     run_var = float(np.var(values, ddof=1) - within)
-    return means, values, run_var / k if run_var > 1e-12 else 0.0  # runs that agree up to rounding: none
+    return run_var / k if run_var > 1e-12 else 0.0  # runs that agree up to rounding: none
 
 
 def _welch_df(*parts: tuple[float, int]) -> float:
@@ -191,16 +212,23 @@ def estimate(metric: str, sheets: Sequence[dict], replicates: int = 1000, seed: 
     _units(*arrays)
     groups = _groups(len(arrays), runs)
     rng = np.random.default_rng(seed)
-    means, values, run_var = _draws(metric, arrays, groups, _resamples(rng, arrays[0], replicates))
-    draws = means + np.sqrt(run_var) * rng.standard_t(max(len(groups) - 1, 1), size=replicates)
-    return Estimate(float(np.mean(values)), _interval(metric, draws), values, n, _interval(metric, draws, level=0.9))
+    per, values = _per_run(metric, arrays, groups, _resamples(rng, arrays[0], replicates))
+    draws = per.mean(axis=1) + np.sqrt(_run_variance(per, values)) * rng.standard_t(max(len(groups) - 1, 1),
+                                                                                    size=replicates)
+    return Estimate(float(values.mean()), _interval(metric, draws), values.tolist(), n,
+                    _interval(metric, draws, level=0.9))
 
 
 def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: int = 1000, seed: int = 0,
-               runs_a: Sequence | None = None, runs_b: Sequence | None = None) -> Estimate:
+               runs_a: Sequence | None = None, runs_b: Sequence | None = None, paired_runs: bool = False
+               ) -> Estimate:
     """Model a's metric minus model b's, with a paired 95% interval (both scored on the same test items).
-    Each model's runs are drawn on their own (a run of a is not paired with a run of b); ``runs`` holds
-    each run's value of a minus the mean of b's."""
+
+    By default each model's runs are drawn on their own, and ``runs`` holds each run's value of a minus
+    the mean of b's. With ``paired_runs`` (the two models name the same runs: BEST-RQ's run R and the
+    random init it started from), the difference is taken run by run and its run effect estimated from
+    the R differences (R - 1 degrees of freedom): what the runs share cancels; ``runs`` holds the run's
+    differences."""
     arrays_a, arrays_b = [_arrays(s) for s in a], [_arrays(s) for s in b]
     n = _size(arrays_a)
     if _size(arrays_b) != n:
@@ -209,13 +237,25 @@ def difference(metric: str, a: Sequence[dict], b: Sequence[dict], replicates: in
     groups_a, groups_b = _groups(len(arrays_a), runs_a), _groups(len(arrays_b), runs_b)
     rng = np.random.default_rng(seed)
     items = _resamples(rng, arrays_a[0], replicates)
-    means_a, values_a, var_a = _draws(metric, arrays_a, groups_a, items)
-    means_b, values_b, var_b = _draws(metric, arrays_b, groups_b, items)
-    df = _welch_df((var_a, len(groups_a)), (var_b, len(groups_b)))
-    draws = means_a - means_b + np.sqrt(var_a + var_b) * rng.standard_t(df, size=replicates)
-    value = float(np.mean(values_a) - np.mean(values_b))
-    return Estimate(value, _interval(metric, draws, difference=True), [x - float(np.mean(values_b)) for x in values_a],
-                    n, _interval(metric, draws, difference=True, level=0.9))
+    per_a, values_a = _per_run(metric, arrays_a, groups_a, items)
+    per_b, values_b = _per_run(metric, arrays_b, groups_b, items)
+    if paired_runs:
+        labels_a = list(dict.fromkeys(runs_a if runs_a is not None else range(len(arrays_a))))
+        labels_b = list(dict.fromkeys(runs_b if runs_b is not None else range(len(arrays_b))))
+        if labels_a != labels_b:
+            raise ValueError(f"paired runs: the two models name other runs ({labels_a} and {labels_b})")
+        per, values = per_a - per_b, values_a - values_b
+        draws = per.mean(axis=1) + np.sqrt(_run_variance(per, values)) * rng.standard_t(
+            max(len(labels_a) - 1, 1), size=replicates)
+        runs = values.tolist()
+    else:
+        var_a, var_b = _run_variance(per_a, values_a), _run_variance(per_b, values_b)
+        df = _welch_df((var_a, len(groups_a)), (var_b, len(groups_b)))
+        draws = per_a.mean(axis=1) - per_b.mean(axis=1) + np.sqrt(var_a + var_b) * rng.standard_t(df, size=replicates)
+        runs = (values_a - values_b.mean()).tolist()
+    value = float(values_a.mean() - values_b.mean())
+    return Estimate(value, _interval(metric, draws, difference=True), runs, n,
+                    _interval(metric, draws, difference=True, level=0.9))
 
 
 def verdict(d: Estimate, metric: str, margin: float) -> str:

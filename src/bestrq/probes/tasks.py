@@ -220,7 +220,7 @@ def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetS
                      device: torch.device, durations: dict[str, float], sheets: dict | None = None,
                      speakers: dict[str, str] | None = None) -> float:
     """The EER over ``trials``; with ``sheets``, their scores and labels, and with ``speakers`` (cut id ->
-    speaker) each trial's unit for the bootstrap: the speaker of its first utterance."""
+    speaker) each trial's units for the bootstrap: the speakers of its two utterances."""
     probe.eval()
     ids = sorted({i for _, a, b in trials for i in (a, b)})
     items = [Item(i, durations[i], None) for i in ids]
@@ -234,6 +234,7 @@ def verification_eer(probe: Probe, trials: list[tuple[int, str, str]], get: GetS
         sheets["eer"] = {"scores": scores, "labels": [y for y, _, _ in trials]}
         if speakers is not None:
             sheets["eer"]["unit"] = [speakers[a] for _, a, _ in trials]
+            sheets["eer"]["unit2"] = [speakers[b] for _, _, b in trials]
     return equal_error_rate(scores, [y for y, _, _ in trials])
 
 
