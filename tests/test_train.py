@@ -378,7 +378,7 @@ def test_a_logging_windows_time_per_update_leaves_validation_and_checkpoints_out
         now[0] += 3.0
     w = clock.window(torch.device("cpu"))
     assert w["update_seconds"] == pytest.approx(2.0) and w["audio_per_second"] == pytest.approx(15.0)
-    assert w["elapsed"] == pytest.approx(50.0 + 30.0)
+    assert w["elapsed"] == pytest.approx(50.0 + 30.0) and w["updates"] == 10
     now[0] += 4.0  # the next window starts afresh
     clock.updates += 1
     assert clock.window(torch.device("cpu"))["update_seconds"] == pytest.approx(4.0)

@@ -411,12 +411,14 @@ class _Clock:
 
     def window(self, device: torch.device) -> dict[str, float]:
         """Since the last call: ``audio_per_second`` over all ranks and ``update_seconds``, the mean time of
-        an update, both without validation and checkpoints; and ``elapsed``. Starts a new window."""
+        an update, both without validation and checkpoints; ``updates``, how many this process made (after
+        a resume from a checkpoint saved between two logs, fewer than the steps since the last log); and
+        ``elapsed``. Starts a new window."""
         now = time.monotonic()
         audio = distributed.all_reduce_sum(torch.tensor([self.audio], device=device)).item()
         training = max(now - self.window_start - self.set_aside, 1e-9)
         out = {"audio_per_second": audio / training, "update_seconds": training / max(self.updates, 1),
-               "elapsed": now - self.started}
+               "updates": float(self.updates), "elapsed": now - self.started}
         self.window_start, self.audio, self.updates, self.set_aside = now, 0.0, 0, 0.0
         return out
 
