@@ -127,14 +127,20 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(co
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(corpus, tmp_path, reference, sig):
+    """SIGINT as Ctrl-C sends it to the trainer; SIGTERM as a scheduler sends it, to every process of the
+    job, the trainer's data-loading worker included (which once killed the worker and failed the run)."""
     out = tmp_path / "run"
     # checkpoints only at the end: the one that exists after the signal is the signal's doing
-    proc = subprocess.Popen(command(corpus, out, f"train.checkpoint_every={STEPS}"), env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = ["data.num_workers=1"] if sig == signal.SIGTERM else []
+    proc = subprocess.Popen(command(corpus, out, f"train.checkpoint_every={STEPS}", *workers), env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while logged_steps(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(sig)
+    if sig == signal.SIGTERM:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, stderr[-3000:]
     assert "Traceback" not in stderr

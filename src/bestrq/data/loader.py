@@ -33,14 +33,19 @@ log = logging.getLogger("bestrq.data")
 
 
 def die_with_parent(parent: int, worker_id: int = 0) -> None:
-    """In a loader worker: be killed as soon as the process that forked it dies (Linux).
+    """In a loader worker: leave SIGTERM to the trainer, and be killed as soon as the process that
+    forked it dies (Linux).
 
-    A worker otherwise notices its trainer is gone only at its next status check, seconds
+    A scheduler (or the end of a session) sends SIGTERM to every process of a job: a worker killed
+    by it made the trainer fail at its next batch ("DataLoader worker ... is killed by signal"),
+    before the checkpoint its own SIGTERM handler was about to save. The trainer stops its workers
+    itself. A worker otherwise notices its trainer is gone only at its next status check, seconds
     later, and holds the trainer's memory and open files until then."""
     import ctypes
     import signal
     import sys
 
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if not sys.platform.startswith("linux"):
         return
     try:
