@@ -163,6 +163,7 @@ def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_
         assert _done(result, cfg, record)
         result.write_text(json.dumps({"config": older, **scores, "sheets": {"accuracy": {"correct": [1, 0]}}}))
         assert not _done(result, cfg, record)
+        assert _done(result, cfg, record, units=False)  # a corpus that names no speakers: none to wait for
 
 
 def test_a_sigterm_while_audio_is_read_stops_the_study_instead_of_counting_a_bad_clip(tmp_path, monkeypatch):
@@ -202,3 +203,30 @@ def test_time_per_update_comes_from_windows_of_training_time_only():
     assert t["value"] == pytest.approx(1.5) and t["windows"] == 5 and 1.0 < t["ci"][0] < 1.5 < t["ci"][1] < 2.0
     r = time_ratio([3.0, 3.2, 2.8], [1.0, 1.1, 0.9])
     assert r["value"] == pytest.approx(3.0) and r["ci"][0] < 3.0 < r["ci"][1]
+
+
+def test_a_run_made_with_another_seed_or_learning_rate_is_refused_and_margins_stay_fixed(tmp_path):
+    """A resumed study whose preset (or sweep) changed since its runs were made stops with their settings
+    named, rather than mix runs of two plans; margins changed after the study began are refused."""
+    from bestrq.config import ConfigError
+    from bestrq.study import Session, check_planned
+    from bestrq.study.pretraining import Run
+
+    folder = tmp_path / "bestrq" / "run-1"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"train": {"seed": 1}, "optim": {"lr": 0.002}}))
+    check_planned(Run("bestrq/run-1", "bestrq", "bestrq_tiny", (), 10, "compared", 1, 0.002), folder)
+    check_planned(Run("bestrq/run-1", "bestrq", "bestrq_tiny", (), 10, "compared", 1, None), folder)
+    with pytest.raises(ConfigError, match=r"made with optim.lr=0.002, but the study now plans optim.lr=0.004"):
+        check_planned(Run("bestrq/run-1", "bestrq", "bestrq_tiny", (), 10, "compared", 1, 0.004), folder)
+    with pytest.raises(ConfigError, match=r"train.seed=1, .*train.seed=2"):
+        check_planned(Run("bestrq/run-1", "bestrq", "bestrq_tiny", (), 10, "compared", 2, 0.002), folder)
+    check_planned(Run("x", "bestrq", "bestrq_tiny", (), 10, "compared", 5, 1.0), tmp_path / "none")  # not made yet
+
+    path = tmp_path / "sessions.json"
+    first = Session(path, "bestrq study", {"probe": {"margins": {"cer": 0.015}}})
+    first.check_margins()
+    first.save()
+    Session(path, "bestrq study", {"probe": {"margins": {"cer": 0.015}}}).check_margins()
+    with pytest.raises(ConfigError, match="probe.margins were .*fixed before the run"):
+        Session(path, "bestrq study", {"probe": {"margins": {"cer": 0.03}}}).check_margins()

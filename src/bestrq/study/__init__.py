@@ -10,7 +10,9 @@ resumes where it stopped:
                                            the same number of updates on the same batch size
     OUT/pretrain/NAME/                     the ablation and the timing run, once each
     OUT/probes/MODEL/run-R/cache/          each encoder's hidden states, shared by its probe seeds
+                                           (fbank: OUT/probes/fbank/cache, one for all)
     OUT/probes/MODEL/run-R/seed-S/probe_TASK.json  one probe: trained until its dev score stops improving
+                                           (the ablation: run-0 only)
     OUT/sessions.json                      each invocation: start, seconds, commit, command
     OUT/results.json, OUT/report.md, *.png the comparison (see study/report.py)
 
@@ -146,12 +148,21 @@ class Session:
 
     path: Path
     command: str
+    config: dict = field(default_factory=dict)  # the study's settings in this invocation
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.sessions = json.loads(self.path.read_text()) if self.path.is_file() else []
         self.sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": 0.0,
-                              "commit": commit(), "command": self.command, "stages": []})
+                              "commit": commit(), "command": self.command, "config": self.config, "stages": []})
+
+    def check_margins(self) -> None:
+        """The equivalence margins are fixed before the run: a session that changes them is refused."""
+        margins = [s["config"]["probe"]["margins"] for s in self.sessions if s.get("config")]
+        if any(m != margins[-1] for m in margins[:-1]):
+            raise ConfigError(f"{self.path.parent}: probe.margins were {margins[0]} when this study began; a "
+                              f"verdict's margin is fixed before the run, not changed to {margins[-1]} (start "
+                              "another study folder to use other margins)")
 
     def save(self, stage: str | None = None) -> None:
         now = self.sessions[-1]
@@ -238,7 +249,10 @@ def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    session = Session(out / "sessions.json", command)
+    from dataclasses import asdict
+
+    session = Session(out / "sessions.json", command, asdict(cfg))
+    session.check_margins()
     main = threading.current_thread() is threading.main_thread()  # handlers live in the main thread only
     _OWNER[0] = os.getpid()
     previous = signal.signal(signal.SIGTERM, _stop) if main else None
@@ -253,6 +267,7 @@ def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int
             for i, run in enumerate(runs):
                 stage(f"2/4 {title}: {run.name} ({i + 1} of {len(runs)}, {run.steps} updates)", session)
                 folder = out / "pretrain" / run.name
+                check_planned(run, folder)
                 if finished_step(folder) >= run.steps:
                     print(f"  done before: {folder}")
                     continue
@@ -302,6 +317,22 @@ def pretraining_stages(cfg: StudyConfig, data: Path, out: Path):
     yield "pre-training", compared_runs(cfg, data, out, lrs)
 
 
+def check_planned(run, folder: Path) -> None:
+    """A run folder made by an earlier session has the seed and peak learning rate planned now; else (the
+    preset or its sweep changed since) the study stops, rather than mix runs of two plans."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return
+    made = json.loads(path.read_text())
+    have = {"train.seed": made.get("train", {}).get("seed"), "optim.lr": made.get("optim", {}).get("lr")}
+    want = {"train.seed": run.seed, **({"optim.lr": run.lr} if run.lr is not None else {})}
+    bad = [k for k, v in want.items() if have[k] != v]
+    if bad:
+        raise ConfigError(f"{folder}: made with {', '.join(f'{k}={have[k]}' for k in bad)}, but the study now plans "
+                          f"{', '.join(f'{k}={want[k]}' for k in bad)}: its preset or sweep changed since; restore "
+                          "them, or remove the folder to train that run again")
+
+
 def replicates(cfg: StudyConfig, name: str) -> int:
     """Pre-training runs of a probed model: the compared objectives' and the random inits' (one per BEST-RQ
     run), and fbank's replicates of its probes; one for the ablation."""
@@ -322,9 +353,18 @@ def probe_folder(out: Path, name: str, run: int, seed: int) -> Path:
     return out / "probes" / name / f"run-{run}" / f"seed-{seed}"
 
 
-def probe_seed(cfg: StudyConfig, run: int, seed: int) -> int:
-    """The probe's own seed: another for every run, so that runs differ in their probes as well."""
-    return run * cfg.probe.seeds + seed
+def probe_seed(run: int, seed: int) -> int:
+    """The probe's own seed: another for every run, so that runs differ in their probes as well; the same
+    whatever ``probe.seeds`` (more seeds add probes, and keep those made)."""
+    return run * 1000 + seed
+
+
+def init_seed(name: str, out: Path, run: int) -> int:
+    """The seed ``random:`` builds BEST-RQ's run ``run`` with: its ``train.seed``, as its run folder says."""
+    if name != "random":
+        return 0
+    config = out / "pretrain" / "bestrq" / f"run-{run}" / "config.json"
+    return int(json.loads(config.read_text())["train"]["seed"])
 
 
 def probe_config(cfg: StudyConfig, seed: int):
@@ -336,8 +376,17 @@ def probe_config(cfg: StudyConfig, seed: int):
                        intent_head=p.intent_head)
 
 
-def _done(path: Path, cfg, record: dict) -> bool:
-    """Whether a probe result exists for this encoder and these settings (a resumed study skips it)."""
+def _names_speakers(data: Path) -> bool:
+    """Whether the probe corpus's test utterances name their speakers (then every score sheet names them)."""
+    from ..data.manifest import open_split
+
+    cut = next(iter(open_split(data, "test")), None)
+    return cut is not None and bool(cut.supervisions) and bool(cut.supervisions[0].speaker)
+
+
+def _done(path: Path, cfg, record: dict, units: bool = True) -> bool:
+    """Whether a probe result exists for this encoder and these settings (a resumed study skips it); with
+    ``units``, whether its score sheets name each item's speaker too."""
     from dataclasses import asdict
 
     from ..probes.encoders import same_encoder
@@ -352,8 +401,8 @@ def _done(path: Path, cfg, record: dict) -> bool:
     made = {**asdict(type(cfg)()), **made} if isinstance(made, dict) else None
     sheets = result.get("sheets")
     # a result from before its sheets named each item's speaker cannot be resampled by speaker
-    units = isinstance(sheets, dict) and all(isinstance(s, dict) and "unit" in s for s in sheets.values())
-    return (made == asdict(cfg) and isinstance(sheets, dict) and units
+    named = isinstance(sheets, dict) and all(isinstance(s, dict) and "unit" in s for s in sheets.values())
+    return (made == asdict(cfg) and isinstance(sheets, dict) and (named or not units)
             and isinstance(result.get("encoder"), dict) and same_encoder(result["encoder"], record))
 
 
@@ -363,17 +412,18 @@ def probe_all(cfg: StudyConfig, out: Path, data: Path, session: Session, progres
     from ..probes.results import result_path
 
     p = cfg.probe
+    units = _names_speakers(data)
     for i, name in enumerate(p.models):
         runs = replicates(cfg, name)
         stage(f"3/4 probes of {name} ({i + 1} of {len(p.models)}; {runs} run(s) x {p.seeds} seed(s) x "
               f"{', '.join(p.tasks)})", session)
         for run in range(runs):
-            encoder = load_encoder(encoder_spec(name, out, run), p.device, seed=run)
+            encoder = load_encoder(encoder_spec(name, out, run), p.device, seed=init_seed(name, out, run))
             record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
             cache = out / "probes" / name / ("cache" if name == "fbank" else f"run-{run}/cache")
             for seed in range(p.seeds):
-                folder, pcfg = probe_folder(out, name, run, seed), probe_config(cfg, probe_seed(cfg, run, seed))
-                todo = [t for t in p.tasks if not _done(result_path(folder, t), pcfg, record)]
+                folder, pcfg = probe_folder(out, name, run, seed), probe_config(cfg, probe_seed(run, seed))
+                todo = [t for t in p.tasks if not _done(result_path(folder, t), pcfg, record, units)]
                 if not todo:
                     continue
                 print(f"  run {run}, seed {seed}: {', '.join(todo)}", flush=True)

@@ -120,12 +120,13 @@ def compared_runs(cfg, data: Path, out: Path, lrs: dict[str, float | None]) -> l
 def update_windows(records: list[dict], windows: int = TIMING_WINDOWS) -> list[float]:
     """Seconds per update in ``windows`` consecutive stretches of a run's logged training windows, each
     the sum of its windows' update time over their updates; validation and checkpoints are not in them.
+    A window counts the updates its process made (``updates``: after a resume, fewer than its steps).
     Records from before ``update_seconds`` was logged fall back on ``elapsed``, which holds them."""
     train = [r for r in records if r["split"] == "train"]
     spans, last, previous = [], 0, 0.0
     for r in train:
-        n = r["step"] - last
-        if n <= 0:
+        n = int(r.get("updates", r["step"] - last))
+        if r["step"] <= last or n <= 0:
             continue
         seconds = r["update_seconds"] * n if "update_seconds" in r else r.get("elapsed", 0.0) - previous
         spans.append((n, seconds))
@@ -147,7 +148,7 @@ def run_summary(folder: Path, run: Run) -> dict:
     windows = update_windows(records)
     return {"name": run.name, "seed": run.seed, "steps": finished_step(folder),
             "seconds": max((r.get("elapsed", 0.0) for r in train), default=0.0),
-            "update_seconds": windows and float(np.mean(windows)), "update_windows": windows,
+            "update_seconds": float(np.mean(windows)) if windows else None, "update_windows": windows,
             "audio_hours": sum(r.get("audio_seconds", 0.0) for r in train) / 3600,
             "dev_accuracy": dev.get("accuracy"), "dev_reference": dev.get("baseline_accuracy"),
             "reference": "chance" if cfg.get("objective") == "wav2vec2" else "most frequent code",

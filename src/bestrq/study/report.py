@@ -35,6 +35,7 @@ speakers), else ``utterance`` (``trial`` for the EER); ``units`` how many there 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -42,17 +43,21 @@ import numpy as np
 
 from ..probes.stats import LOWER_IS_BETTER, VERDICTS, difference, estimate, verdict
 
+log = logging.getLogger(__name__)
+
 # study task -> (probe task, metric)
 TASKS = {"asr": ("asr", "cer"), "speaker_id": ("speaker", "accuracy"), "speaker_eer": ("speaker", "eer"),
          "emotion": ("emotion", "accuracy"), "intent": ("intent", "accuracy")}
-PAIRS = (("bestrq", "wav2vec2"), ("bestrq", "random"), ("bestrq", "fbank"), ("wav2vec2", "random"))
+# (A, B, whether their runs pair up: BEST-RQ's run R and the random init it started from)
+PAIRS = (("bestrq", "wav2vec2", False), ("bestrq", "random", True), ("bestrq", "fbank", False),
+         ("wav2vec2", "fbank", False))
 LABELS = {"bestrq": "BEST-RQ", "wav2vec2": "wav2vec 2.0", "random": "random init", "fbank": "fbank"}
 FILES = ("results.json", "report.md", "pretraining.png", "tasks.png", "layer_weights.png")
 
 
 def pretraining(cfg, out: Path, data: Path) -> dict:
     """Per model: its runs' summaries, its encoder's parameters, its sweep, its time per update over the
-    timing windows of all its runs, and the means over runs of today's per-run fields."""
+    timing windows of all its runs, and the means over runs of the per-run figures."""
     from . import pretraining_stages
     from .pretraining import encoder_parameters, run_summary, sweep_result, time_per_update
 
@@ -103,7 +108,7 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
     from ..probes.results import read_result, result_path
     from . import probe_folder, replicates
 
-    tasks, differences, sheets_of = {}, {}, {}
+    tasks, differences, sheets_of, test_ids = {}, {}, {}, {}
     for task, (probe_task, metric) in TASKS.items():
         if probe_task not in cfg.probe.tasks:
             continue
@@ -116,6 +121,11 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
             if not probes:  # e.g. no verification trials in this corpus
                 continue
             sheets, runs = [r["sheets"][metric] for _, r in probes], [run for run, _ in probes]
+            ids = {json.dumps(r.get("test_ids")) for _, r in probes} | set(test_ids.get(task, ()))
+            if len(ids) > 1:
+                raise ValueError(f"{task}: the probes of {name} (or of another model) were tested on other "
+                                 "utterances: probe them again on the same corpus")
+            test_ids[task] = ids
             e = estimate(metric, sheets, cfg.probe.replicates, runs=runs)
             sheets_of[task, name] = sheets, runs
             entry["n_test"] = e.n
@@ -132,13 +142,14 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
         if entry["models"]:
             entry["margin"] = margin
             tasks[task] = entry
-        for a, b in PAIRS:
+        for a, b, paired in PAIRS:
             if (task, a) in sheets_of and (task, b) in sheets_of:
                 (sa, ra), (sb, rb) = sheets_of[task, a], sheets_of[task, b]
-                d = difference(metric, sa, sb, cfg.probe.replicates, runs_a=ra, runs_b=rb)
+                paired = paired and sorted(set(ra)) == sorted(set(rb))
+                d = difference(metric, sa, sb, cfg.probe.replicates, runs_a=ra, runs_b=rb, paired_runs=paired)
                 differences.setdefault(task, {})[f"{a}-{b}"] = {
                     "value": d.value, "ci": list(d.ci), "ci90": list(d.ci90), "margin": margin,
-                    "verdict": verdict(d, metric, margin)}
+                    "verdict": verdict(d, metric, margin), "runs": d.runs, "paired_runs": paired}
     for task, pairs in differences.items():  # the issue's layout: each task's comparisons beside its models
         tasks[task]["comparisons"] = {pair: {"diff": d["value"], "ci90": d["ci90"], "ci95": d["ci"],
                                              "verdict": d["verdict"]} for pair, d in pairs.items()}
@@ -153,6 +164,12 @@ def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session) -> 
     tasks, differences = gather(cfg, out)
     commits = list(dict.fromkeys(s["commit"] for s in session.sessions))
     pre = pretraining(cfg, out, pre_data)
+    if pre.get("bestrq", {}).get("parameters") and pre.get("wav2vec2", {}).get("parameters"):
+        pre["wav2vec2"]["parameters_vs_bestrq"] = pre["wav2vec2"]["parameters"] / pre["bestrq"]["parameters"]
+    leakage = overlaps(probe_data, pre_data)
+    leaked = {k: v for k, v in leakage.items() if k.startswith("probe_") and isinstance(v, int) and v}
+    if leaked:
+        log.warning("the probe corpus shares transcripts with what the models learnt from: %s", leaked)
     speed = {}
     if "bestrq" in pre:
         base = [w for r in pre["bestrq"]["runs"] for w in r["update_windows"]]
@@ -165,7 +182,7 @@ def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session) -> 
         "sessions": [{k: s[k] for k in ("started", "seconds", "commit")} for s in session.sessions],
         "stages": _stage_seconds(session.sessions),
         "corpora": {"pretrain": _summary(pre_data), "probe": _summary(probe_data)},
-        "leakage": overlaps(probe_data, pre_data),
+        "leakage": leakage,
         "pretraining": pre, "time_per_update_vs_bestrq": speed,
         "tasks": tasks, "differences": differences,
     }
@@ -250,6 +267,8 @@ def markdown(r: dict) -> str:
             f" ± {ratio['sd']:.2f}" if ratio["sd"] is not None else "")
         rise = "–" if m["flattening"] is None else f"{100 * m['flattening']:+.1f}%"
         params = "–" if m["parameters"] is None else f"{m['parameters']:,}"
+        if m.get("parameters_vs_bestrq"):
+            params += f" ({m['parameters_vs_bestrq']:.2f}x BEST-RQ's)"
         lines.append(f"| {name} (`{m['config']}`) | {m['role']} | {params} | {len(m['runs'])} | {lr} | "
                      f"{_seconds(m['time_per_update'])} | {said} | {rise} |")
     for name, t in r["time_per_update_vs_bestrq"].items():
@@ -263,7 +282,7 @@ def markdown(r: dict) -> str:
                "pre-training corpus (each must be 0):"), ""]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in leak.items()
               if k.startswith("probe_") and not isinstance(v, list)]
-    if leak.get("sv_voices") is not None:
+    if leak.get("sv_voices") is not None and leak.get("sv_voices_in_pretraining") is not None:
         lines.append(f"- the verification speakers use {leak['sv_voices']} eSpeak voices (accent and variant); "
                      f"{leak['sv_voices_in_pretraining']} of them also speak in the pre-training corpus (with "
                      "other speakers' pitch, rate and vocal-tract warp)")
@@ -348,8 +367,8 @@ def plots(r: dict, out: Path) -> None:
     for ax, (task, t) in zip(axes[0], tasks.items()):
         names = list(t["models"])
         values = [100 * t["models"][m]["value"] for m in names]
-        err = [[100 * (t["models"][m]["value"] - t["models"][m]["ci"][0]) for m in names],
-               [100 * (t["models"][m]["ci"][1] - t["models"][m]["value"]) for m in names]]
+        err = [[max(100 * (t["models"][m]["value"] - t["models"][m]["ci"][0]), 0) for m in names],
+               [max(100 * (t["models"][m]["ci"][1] - t["models"][m]["value"]), 0) for m in names]]
         ax.errorbar(range(len(names)), values, yerr=err, fmt="o", capsize=4)
         ax.set_xticks(range(len(names)), [LABELS.get(m, m) for m in names], rotation=30, fontsize=7)
         ax.set(title=f"{task}: {t['metric']} % ({'higher' if t['higher_is_better'] else 'lower'} better)")

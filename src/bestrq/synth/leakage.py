@@ -75,11 +75,16 @@ def overlaps(probe: Path, pretrain: Path | None) -> dict:
       and which (sorted), some speaker of ``pretrain`` (any split) also has; None without
       ``pretrain`` or without a speakers file in either corpus.
     """
-    train, _ = split_texts(probe, "train")
+    present = set(list_splits(probe))
+
+    def read(split: str) -> tuple[list[str], set[str]]:  # a split the corpus lacks holds nothing
+        return split_texts(probe, split) if split in present else ([], set())
+
+    train, _ = read("train")
     seen = set(train)
-    dev, _ = split_texts(probe, "dev")
-    test, _ = split_texts(probe, "test")
-    _, sv_speakers = split_texts(probe, "sv")
+    dev, _ = read("dev")
+    test, _ = read("test")
+    _, sv_speakers = read("sv")
     out: dict = {
         "probe_test_texts_in_probe_train": sum(t in seen for t in test),
         "probe_dev_texts_in_probe_train": sum(t in seen for t in dev),
