@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="import an existing corpus into bestrq manifests")
     p.add_argument("format", choices=sorted(IMPORTERS), help="layout of SRC")
-    p.add_argument("src", help="corpus folder or manifest file")
+    p.add_argument("src", help="corpus folder or manifest file (recorded: the folder of the Debian packages, "
+                               "fetched into it with apt-get download where missing)")
     p.add_argument("--out", required=True, help="output folder for the manifests")
     p.add_argument("--jobs", type=int, default=4, help="threads reading audio headers")
     p.add_argument("--max-duration", type=float, default=30.0,

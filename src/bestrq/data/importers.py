@@ -48,6 +48,7 @@ from tqdm import tqdm
 from ..files import atomic_path
 from .audio import MISSING, audio_source, by_kind, length_problem, rate_problem
 from .manifest import ManifestError, is_sharded, list_splits, write_split
+from .recorded import from_recorded
 from .shards import write_shards
 
 log = logging.getLogger("bestrq.data")
@@ -435,6 +436,7 @@ IMPORTERS: dict[str, Callable[..., dict[str, Iterable]]] = {  # split -> its cut
     "lhotse": from_lhotse,
     "voxceleb1": from_voxceleb1,
     "iemocap": from_iemocap,
+    "recorded": from_recorded,
 }
 
 
@@ -450,6 +452,8 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, shard_size
     if fmt not in IMPORTERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
     src = Path(src)
+    if fmt == "recorded":  # the packages' folder: made, and filled, where it is not yet
+        src.mkdir(parents=True, exist_ok=True)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder")
     if options.get("jobs", 1) < 1:
@@ -457,7 +461,7 @@ def prepare(fmt: str, src: str | os.PathLike, out: str | os.PathLike, shard_size
     report = ImportReport()
     out = Path(out)
     earlier = list_splits(out) if out.is_dir() else []  # from an earlier import into the same folder
-    for split, cuts in IMPORTERS[fmt](src, report, **options).items():
+    for split, cuts in IMPORTERS[fmt](src, report, out=out, **options).items():  # out: for audio it makes
         cuts = iter(cuts)  # cut by cut: an importer may stream them
         first = next(cuts, None)  # a split with none is not written, nor is the folder made for it
         n, seconds = 0, 0.0

@@ -166,7 +166,8 @@ def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session) -> 
     pre = pretraining(cfg, out, pre_data)
     if pre.get("bestrq", {}).get("parameters") and pre.get("wav2vec2", {}).get("parameters"):
         pre["wav2vec2"]["parameters_vs_bestrq"] = pre["wav2vec2"]["parameters"] / pre["bestrq"]["parameters"]
-    leakage = overlaps(probe_data, pre_data)
+    same = Path(probe_data).resolve() == Path(pre_data).resolve()  # one corpus: pre-training reads some splits
+    leakage = overlaps(probe_data, pre_data, cfg.pretrain.train_split.split("+") if same else None)
     leaked = {k: v for k, v in leakage.items() if k.startswith("probe_") and isinstance(v, int) and v}
     if leaked:
         log.warning("the probe corpus shares transcripts with what the models learnt from: %s", leaked)

@@ -31,9 +31,12 @@ def split_texts(folder: str | os.PathLike, split: str) -> tuple[list[str], set[s
     return texts, speakers
 
 
-def _whole(folder: str | os.PathLike) -> tuple[set[str], set[str]]:
-    """The transcripts and the speakers of every split of a corpus (a manifest folder)."""
+def _whole(folder: str | os.PathLike, only: Iterable[str] | None = None) -> tuple[set[str], set[str]]:
+    """The transcripts and the speakers of every split of a corpus (a manifest folder), or of the splits
+    ``only``."""
     splits = list_splits(folder)
+    if only is not None:
+        splits = [s for s in splits if s in set(only)]
     if not splits:
         raise ManifestError(f"{folder}: no manifests (cuts_*.jsonl.gz or shards): no transcripts to read")
     texts: set[str] = set()
@@ -60,8 +63,10 @@ def speaker_voices(folder: str | os.PathLike) -> dict[str, str] | None:
     return {s.id: s.voice for s in speakers}
 
 
-def overlaps(probe: Path, pretrain: Path | None) -> dict:
-    """How much the probe corpus ``probe`` shares with its own training split and with ``pretrain``.
+def overlaps(probe: Path, pretrain: Path | None, pretrain_splits: Iterable[str] | None = None) -> dict:
+    """How much the probe corpus ``probe`` shares with its own training split and with ``pretrain`` (its
+    splits ``pretrain_splits``, default all: a pre-training corpus that is the probe corpus itself
+    names the splits pre-training reads).
 
     Fields (counts of utterances, not of distinct texts; a transcript is compared exactly):
 
@@ -100,7 +105,7 @@ def overlaps(probe: Path, pretrain: Path | None) -> dict:
         out["sv_voices"] = len(sv_voices)
     if pretrain is None:
         return out
-    pre_texts, pre_speakers = _whole(pretrain)
+    pre_texts, pre_speakers = _whole(pretrain, pretrain_splits)
     out["probe_test_texts_in_pretraining"] = sum(t in pre_texts for t in test)
     out["probe_dev_texts_in_pretraining"] = sum(t in pre_texts for t in dev)
     pre_voices = speaker_voices(pretrain)
