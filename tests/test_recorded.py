@@ -142,3 +142,18 @@ def test_a_missing_package_is_named_with_how_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(ManifestError, match="not a .deb"):
         recorded.unpack(tmp_path / "bad_1_all.deb", tmp_path / "u")
 
+
+def test_the_language_probe_reads_lhotse_language_and_needs_two_of_them(packages, tmp_path):
+    from bestrq.probes import ProbeConfig, run_probes
+    from bestrq.probes.tasks import task_data
+
+    out = tmp_path / "corpus"
+    prepare("recorded", packages, out, jobs=2)
+    result = run_probes("fbank", ["language"], out, tmp_path / "probe", ProbeConfig(epochs=2, patience=1),
+                        progress=False)["language"]
+    train = {c.supervisions[0].language for c in load_split(out, "train")}
+    assert result["classes"] == sorted(train) and len(train) >= 3
+    assert 0 <= result["test"]["accuracy"] <= 1 and "unit" in result["sheets"]["accuracy"]  # resampled by voice
+    one = {s: [c for c in load_split(out, s) if c.supervisions[0].language == "ru"] for s in ("train", "dev", "test")}
+    with pytest.raises(ValueError, match="of one class \\(ru\\): nothing to tell apart"):
+        task_data("language", one)

@@ -221,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "quantizer and heads, a fresh optimizer (same as --set train.init_from=...)")
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("probe", help="downstream probes (ASR, speaker, emotion, intent) on a frozen encoder")
+    p = sub.add_parser("probe", help="downstream probes (ASR, speaker, emotion, intent, language) on a frozen encoder")
     p.add_argument("--checkpoint", required=True,
                    help="a run folder or checkpoint folder of ours, 'fbank' (features alone) or 'random:CONFIG'")
-    p.add_argument("--task", default="all", choices=["asr", "speaker", "emotion", "intent", "all"],
+    p.add_argument("--task", default="all", choices=["asr", "speaker", "emotion", "intent", "language", "all"],
                    help="the downstream task to probe (default all four; all leaves out, with a warning, a task whose "
                         "labels the corpus lacks)")
     p.add_argument("--data", required=True, help="manifest folder with train, dev, test (and sv) splits")

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 COLUMNS = [("asr", "wer", "ASR WER %", True), ("asr", "cer", "ASR CER %", True),
            ("speaker", "accuracy", "Speaker ID acc %", False), ("speaker", "eer", "SV EER %", True),
            ("emotion", "accuracy", "Emotion acc %", False), ("emotion", "macro_f1", "Emotion F1 %", False),
-           ("intent", "accuracy", "Intent acc %", False)]
+           ("intent", "accuracy", "Intent acc %", False), ("language", "accuracy", "Language acc %", False)]
+OPTIONAL = {"language"}  # columns shown only where some model was probed on them
 
 
 @dataclass
@@ -80,14 +81,15 @@ def table(models: list[Model]) -> str:
     and nothing in it is bold; a missing or NaN score is never bold, nor is any score of a task
     whose models were tested on different test sets.
     """
-    header = ["model", "objective", "pre-training", "audio seen"] + [c[2] for c in COLUMNS]
-    values = [[m.results.get(t, {}).get("test", {}).get(k) for t, k, _, _ in COLUMNS] for m in models]
+    columns = [c for c in COLUMNS if c[0] not in OPTIONAL or any(c[0] in m.results for m in models)]
+    header = ["model", "objective", "pre-training", "audio seen"] + [c[2] for c in columns]
+    values = [[m.results.get(t, {}).get("test", {}).get(k) for t, k, _, _ in columns] for m in models]
     apart = incomparable(models)
     best = []
-    for j, (task, _, _, lower) in enumerate(COLUMNS):
+    for j, (task, _, _, lower) in enumerate(columns):
         col = [v[j] for v in values if _scored(v[j])]
         best.append((min(col) if lower else max(col)) if len(set(col)) > 1 and task not in apart else None)
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * 4 + "---:|" * len(COLUMNS)]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * 4 + "---:|" * len(columns)]
     for m, vals in zip(models, values):
         audio = m.encoder.get("pretrain_audio_hours")
         cells = [m.name, m.encoder.get("objective", "?"), _hours(m.encoder.get("pretrain_seconds")),

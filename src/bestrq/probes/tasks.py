@@ -1,4 +1,4 @@
-"""The four downstream tasks: labels from the manifest, a head, training with early stopping, metrics.
+"""The downstream tasks: labels from the manifest, a head, training with early stopping, metrics.
 
     asr      characters of ``text``; BiLSTM + CTC; greedy decoding; WER and CER
     speaker  ``speaker``; attentive statistics pooling -> embedding -> classes; identification
@@ -7,6 +7,8 @@
     emotion  ``custom["emotion"]``; statistics pooling + linear; accuracy and macro-F1
     intent   ``custom["intent"]`` (utterances without one are left out); statistics pooling +
              MLP (or BiLSTM); accuracy
+    language lhotse's ``language`` of the supervision (VoxLingua107, Common Voice, ``bestrq
+             prepare recorded``); statistics pooling + linear, as emotion; accuracy
 
 A probe trains on ``train``, keeps the epoch with the best ``dev`` score and reports ``test``
 (and ``sv``) with it. The encoder stays frozen unless ASR is fine-tuned (``unfreeze``).
@@ -31,8 +33,9 @@ from .cache import by_duration
 from .heads import CTCHead, PooledClassifier, SpeakerHead, WeightedLayerSum
 from .metrics import accuracy, ctc_greedy, equal_error_rate, error_rates, macro_f1, utterance_errors
 
-TASKS = ("asr", "speaker", "emotion", "intent")
-MAIN_METRIC = {"asr": "cer", "speaker": "accuracy", "emotion": "accuracy", "intent": "accuracy"}
+TASKS = ("asr", "speaker", "emotion", "intent", "language")
+MAIN_METRIC = {"asr": "cer", "speaker": "accuracy", "emotion": "accuracy", "intent": "accuracy",
+               "language": "accuracy"}
 LOWER_IS_BETTER = {"cer", "wer", "eer"}
 ASR_RATE = 50.0  # CTC labels per second, whatever the encoder's frame rate (see CTCHead)
 LSTM_RATE = 25.0  # BiLSTM steps per second at most: faster encoders' frames are stacked
@@ -80,7 +83,7 @@ class TaskData:
 
 
 LABEL_FIELDS = {"asr": "the supervision's text", "speaker": "the supervision's speaker",
-                "emotion": 'custom["emotion"]', "intent": 'custom["intent"]'}
+                "emotion": 'custom["emotion"]', "intent": 'custom["intent"]', "language": "the supervision's language"}
 
 
 def _label(cut, task: str) -> str | None:
@@ -91,6 +94,8 @@ def _label(cut, task: str) -> str | None:
         return (sup.text or "").strip().lower() or None
     if task == "speaker":
         return sup.speaker
+    if task == "language":
+        return sup.language
     return (sup.custom or {}).get(task)
 
 
@@ -108,6 +113,9 @@ def task_data(task: str, splits: dict[str, list], trials: list[tuple[int, str, s
             return "".join(ch for ch in text if ch in keep) or None
     else:
         classes = sorted({lab for _, lab in labelled["train"]})
+        if len(classes) < 2:  # e.g. a corpus all in one language
+            raise ValueError(f"{task}: every labelled utterance of train is of one class ({classes[0]}): nothing "
+                             "to tell apart")
         index = {c: i for i, c in enumerate(classes)}
 
         def convert(lab: str) -> int | None:
@@ -137,7 +145,7 @@ class Probe(nn.Module):
                                 upsample=upsample)
         elif task == "speaker":
             self.head = SpeakerHead(dim, num_classes)
-        elif task == "emotion":
+        elif task in ("emotion", "language"):
             self.head = PooledClassifier(dim, num_classes)
         elif cfg.intent_head == "lstm":
             self.head = PooledClassifier(dim, num_classes, mlp_hidden=256, lstm_hidden=128)

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # study task -> (probe task, metric)
 TASKS = {"asr": ("asr", "cer"), "speaker_id": ("speaker", "accuracy"), "speaker_eer": ("speaker", "eer"),
-         "emotion": ("emotion", "accuracy"), "intent": ("intent", "accuracy")}
+         "emotion": ("emotion", "accuracy"), "intent": ("intent", "accuracy"), "language": ("language", "accuracy")}
 # (A, B, whether their runs pair up: BEST-RQ's run R and the random init it started from)
 PAIRS = (("bestrq", "wav2vec2", False), ("bestrq", "random", True), ("bestrq", "fbank", False),
          ("wav2vec2", "fbank", False))
