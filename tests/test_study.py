@@ -23,7 +23,7 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
     results = json.loads((out / "results.json").read_text())
     assert {"commit", "machine", "command", "seconds", "stages", "leakage", "pretraining", "tasks"} <= results.keys()
     pre = results["pretraining"]
-    assert set(pre) == {"bestrq", "wav2vec2", "bestrq_paper_masking", "wav2vec2_conv"}
+    assert set(pre) == {"bestrq", "wav2vec2", "bestrq_paper_masking"}
     sweep = pre["bestrq"]["sweep"]
     assert [t["lr"] for t in sweep["tried"]] == [1e-3, 2e-3] and sweep["steps"] == 4
     best = max(sweep["tried"], key=lambda t: t["dev_accuracy"])["lr"]
@@ -37,11 +37,17 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
         assert lo <= pre[name]["time_per_update"]["value"] <= hi
     losses = [[c["loss"] for c in r["curve"] if c["split"] == "train"] for r in pre["bestrq"]["runs"]]
     assert losses[0] != losses[1]  # two seeds: other initial weights, other batches
-    assert {r["steps"] for p in pre.values() for r in p["runs"] if p["role"] != "timing"} == {12}
-    assert pre["wav2vec2_conv"]["steps"] == 4 and pre["wav2vec2_conv"]["config"] == "wav2vec2_tiny"
+    assert {r["steps"] for p in pre.values() for r in p["runs"]} == {12}
     for p in pre.values():
         assert p["seconds"] > 0 and p["audio_hours"] > 0 and 0 < p["dev_reference"] < 1
-    assert set(results["time_per_update_vs_bestrq"]) == {"wav2vec2", "bestrq_paper_masking", "wav2vec2_conv"}
+    # the timing stage: 2 rounds of every model in turn on this machine, 6 updates each, logged every update,
+    # the first window of each left out
+    timed = results["timing"]
+    assert timed["machine"] == results["machine"] and set(timed["models"]) == {"bestrq", "wav2vec2", "wav2vec2_conv"}
+    assert all(t["windows"] == 2 * 5 for t in timed["models"].values())
+    assert set(results["time_per_update_vs_bestrq"]) == {"wav2vec2", "wav2vec2_conv"}
+    conv = json.loads((out / "pretrain" / "timing" / "round-1" / "wav2vec2_conv" / "config.json").read_text())
+    assert conv["wav2vec2"]["feature_encoder"] != "fbank" and conv["train"]["seed"] == 1
     leak = results["leakage"]
     assert leak["probe_test_texts_in_probe_train"] == 0 and leak["probe_test_texts_in_pretraining"] == 0
     assert set(results["tasks"]) == {"asr", "speaker_id", "speaker_eer", "emotion", "intent"}
@@ -132,7 +138,7 @@ def test_sigterm_during_the_probes_stops_with_143_and_keeps_the_sessions_time(tm
     assert time.monotonic() - started < 30
     session = json.loads((out / "sessions.json").read_text())[-1]
     last = session["stages"][-1]
-    assert last["stage"] == "pretrain wav2vec2_conv" and session["seconds"] > last["at"] + 1.5
+    assert last["stage"] == "pretrain timing/round-1/wav2vec2_conv" and session["seconds"] > last["at"] + 1.5
 
 
 def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_changed_one(tmp_path):
@@ -230,3 +236,19 @@ def test_a_run_made_with_another_seed_or_learning_rate_is_refused_and_margins_st
     Session(path, "bestrq study", {"probe": {"margins": {"cer": 0.015}}}).check_margins()
     with pytest.raises(ConfigError, match="probe.margins were .*fixed before the run"):
         Session(path, "bestrq study", {"probe": {"margins": {"cer": 0.03}}}).check_margins()
+
+
+def test_timing_runs_of_another_machine_are_made_again(tmp_path, monkeypatch):
+    """The timing stage compares speed on one machine: a session on another CPU removes the runs made on the
+    first, and writes its own name down."""
+    import bestrq.study as study
+
+    folder = tmp_path / "timing"
+    (folder / "round-0" / "bestrq").mkdir(parents=True)
+    (folder / "machine.txt").write_text("another CPU, 2 cores\n")
+    monkeypatch.setattr(study, "machine", lambda: "this CPU, 2 cores")
+    study.same_machine(folder)
+    assert not (folder / "round-0").exists() and (folder / "machine.txt").read_text() == "this CPU, 2 cores\n"
+    (folder / "round-0").mkdir()
+    study.same_machine(folder)  # the same machine: kept
+    assert (folder / "round-0").is_dir()

@@ -8,7 +8,9 @@ resumes where it stopped:
     OUT/pretrain/sweep/MODEL-lrLR/         the learning-rate sweep: a short run per peak rate
     OUT/pretrain/MODEL/run-R/              the compared pre-training runs (bestrq, wav2vec2), seed R,
                                            the same number of updates on the same batch size
-    OUT/pretrain/NAME/                     the ablation and the timing run, once each
+    OUT/pretrain/NAME/                     the ablation, if any
+    OUT/pretrain/timing/round-K/MODEL/     the timing stage: short runs of every model in turn, on
+                                           one machine (redone whole on another)
     OUT/probes/MODEL/run-R/cache/          each encoder's hidden states, shared by its probe seeds
                                            (fbank: OUT/probes/fbank/cache, one for all)
     OUT/probes/MODEL/run-R/seed-S/probe_TASK.json  one probe: trained until its dev score stops improving
@@ -67,9 +69,12 @@ class PretrainSection:
     common_set: list = setting([], "--set items for every run: batch size, device, threads, ...")  # noqa: RUF009
     bestrq_set: list = setting([], "--set items for BEST-RQ only")  # noqa: RUF009
     wav2vec2_set: list = setting([], "--set items for wav2vec 2.0 only")  # noqa: RUF009
-    timing_name: str = setting("", "name of a run that only times updates of another config ('' for none)")
+    timing_rounds: int = setting(3, "rounds of the timing stage, each timing every model in turn on one machine "
+                                 "(0: none)", ge=0)
+    timing_steps: int = setting(60, "updates of each model in each round; its first sixth (warm-up) is left out",
+                                ge=6)
+    timing_name: str = setting("", "name of one more config timed beside the compared ones ('' for none)")
     timing_config: str = setting("wav2vec2_tiny", "its config: e.g. wav2vec 2.0 with its conv waveform encoder")
-    timing_steps: int = setting(200, "its updates", ge=1)
     ablation_name: str = setting("bestrq_paper_masking", "name of one more BEST-RQ run ('' for none)")
     ablation_set: list = setting(["masking.span=0"], "--set items of that run, on top of BEST-RQ's (span=0: "  # noqa: RUF009
                                  "the masking preset's own 4-frame spans)")
@@ -127,8 +132,8 @@ class StudyConfig:
             lrs = getattr(self.pretrain, key)
             if not all(isinstance(v, (int, float)) and v > 0 for v in lrs) or len(set(lrs)) != len(lrs):
                 raise ConfigError(f"pretrain.{key}: give distinct learning rates > 0, not {lrs!r}")
-        if {self.pretrain.timing_name, self.pretrain.ablation_name} & {"sweep"}:
-            raise ConfigError("pretrain: 'sweep' names the learning-rate sweep's folder, not a run")
+        if {self.pretrain.timing_name, self.pretrain.ablation_name} & {"sweep", "timing"}:
+            raise ConfigError("pretrain: 'sweep' and 'timing' name the stages' folders, not a run")
         if self.pretrain.timing_name and self.pretrain.timing_name in (*MODELS, self.pretrain.ablation_name):
             raise ConfigError(f"pretrain.timing_name: {self.pretrain.timing_name!r} is the name of another run")
         for key, values, allowed in (("probe.models", self.probe.models, names),
@@ -264,6 +269,8 @@ def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int
         session.save("corpora")
 
         for title, runs in pretraining_stages(cfg, pre_data, out):
+            if title == "timing":
+                same_machine(out / "pretrain" / "timing")
             for i, run in enumerate(runs):
                 stage(f"2/4 {title}: {run.name} ({i + 1} of {len(runs)}, {run.steps} updates)", session)
                 folder = out / "pretrain" / run.name
@@ -299,10 +306,24 @@ def stage(title: str, session: Session) -> None:
     print(f"\n== study {title} (this session: {time.monotonic() - session.started:.0f} s)", flush=True)
 
 
+def same_machine(folder: Path) -> None:
+    """The timing stage's runs are of one machine: those of another (a session on another CPU) are removed,
+    to be made again on this one; the machine is written down."""
+    import shutil
+
+    path = folder / "machine.txt"
+    if path.is_file() and path.read_text().strip() != machine():
+        print(f"  the timing runs in {folder} were made on {path.read_text().strip()}: timed again on this machine")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(machine() + "\n")
+
+
 def pretraining_stages(cfg: StudyConfig, data: Path, out: Path):
     """(title, runs) of each pre-training stage, in order: the sweep, then the runs with its learning rates
-    (planned once the sweep has finished, as they depend on it)."""
-    from .pretraining import COMPARED, compared_runs, sweep_result, sweep_runs
+    (planned once the sweep has finished, as they depend on it), then the timing stage."""
+    from .pretraining import COMPARED, compared_runs, sweep_result, sweep_runs, timing_runs
 
     sweep = sweep_runs(cfg, data, out)
     if sweep:
@@ -315,6 +336,9 @@ def pretraining_stages(cfg: StudyConfig, data: Path, out: Path):
             print(f"  {model}: peak learning rate {found['chosen']:g} (dev accuracy "
                   + ", ".join(f"{t['lr']:g}: {t['dev_accuracy']:.4f}" for t in found["tried"]) + ")")
     yield "pre-training", compared_runs(cfg, data, out, lrs)
+    timing = timing_runs(cfg, data, out, lrs)
+    if timing:
+        yield "timing", timing
 
 
 def check_planned(run, folder: Path) -> None:

@@ -2,12 +2,17 @@
 
     OUT/pretrain/sweep/MODEL-lrLR/   a short run per peak learning rate tried (seed 0)
     OUT/pretrain/MODEL/run-R/        the compared runs: ``pretrain.runs`` per objective, seed R
-    OUT/pretrain/NAME/               the ablation and the timing run, once each
+    OUT/pretrain/NAME/               the ablation, once
+    OUT/pretrain/timing/round-K/M/   the timing stage: every model in turn, ``timing_rounds`` times
 
 Each objective's peak learning rate is the one of its sweep whose last dev masked accuracy is the
 highest (each objective on its own dev metric: the share of masked frames whose target it
-predicts); without a sweep it is the config's own. Time per update is read from the runs'
-logging windows, whose ``update_seconds`` leave validation and checkpoints out.
+predicts); without a sweep it is the config's own. Time per update is read from logging windows,
+whose ``update_seconds`` leave validation and checkpoints out. The compared runs' own windows are
+reported run by run, but a study resumed across sessions may run them on machines of different
+speed; the comparison of speed comes from the timing stage, whose short runs of every model take
+turns on one machine (``machine.txt``; a session on another redoes the stage), in rounds, so that a
+drift of the machine reaches every model alike.
 """
 
 from __future__ import annotations
@@ -92,17 +97,20 @@ def sweep_result(cfg, out: Path, model: str) -> dict | None:
     return {"steps": cfg.pretrain.sweep_steps, "tried": tried, "chosen": chosen}
 
 
+def _run(cfg, data: Path, out: Path, name: str, model: str, config: str, sets: list[str], steps: int, role: str,
+         seed: int, lr: float | None) -> Run:
+    sets = [*_base(cfg, data), *sets, f"train.steps={steps}", f"train.seed={seed}",
+            *([f"optim.lr={lr}"] if lr is not None else []), f"train.out_dir={out / 'pretrain' / name}"]
+    return Run(name, model, config, tuple(sets), steps, role, seed, lr)
+
+
 def compared_runs(cfg, data: Path, out: Path, lrs: dict[str, float | None]) -> list[Run]:
     """The replicated runs, run R of every objective in turn (so that a drift of the machine over the
-    hours hits both alike), then the ablation (BEST-RQ's settings and peak learning rate, seed 0) and
-    the timing run (wav2vec 2.0's settings, with the timing config)."""
+    hours hits both alike), then the ablation (BEST-RQ's settings and peak learning rate, seed 0)."""
     p, runs = cfg.pretrain, []
 
-    def run(name: str, model: str, config: str, sets: list[str], steps: int, role: str, seed: int,
-            lr: float | None) -> Run:
-        sets = [*_base(cfg, data), *sets, f"train.steps={steps}", f"train.seed={seed}",
-                *([f"optim.lr={lr}"] if lr is not None else []), f"train.out_dir={out / 'pretrain' / name}"]
-        return Run(name, model, config, tuple(sets), steps, role, seed, lr)
+    def run(*args) -> Run:
+        return _run(cfg, data, out, *args)
 
     for seed in range(p.runs):
         for model in COMPARED:
@@ -111,10 +119,45 @@ def compared_runs(cfg, data: Path, out: Path, lrs: dict[str, float | None]) -> l
     if p.ablation_name:
         runs.append(run(p.ablation_name, p.ablation_name, p.bestrq, [*p.bestrq_set, *p.ablation_set], p.steps,
                         "ablation", 0, lrs.get("bestrq")))
-    if p.timing_name:  # the same batches and settings, fewer updates: a time per update, not a model
-        runs.append(run(p.timing_name, p.timing_name, p.timing_config, list(p.wav2vec2_set), p.timing_steps,
-                        "timing", 0, lrs.get("wav2vec2")))
     return runs
+
+
+def timing_models(cfg) -> list[tuple[str, str, list[str], str]]:
+    """(name, config, its --set items, whose learning rate) of each model the timing stage times."""
+    p = cfg.pretrain
+    models = [("bestrq", p.bestrq, list(p.bestrq_set), "bestrq"), ("wav2vec2", p.wav2vec2, list(p.wav2vec2_set),
+                                                                    "wav2vec2")]
+    if p.timing_name:  # wav2vec 2.0's settings with another config: its conv waveform encoder
+        models.append((p.timing_name, p.timing_config, list(p.wav2vec2_set), "wav2vec2"))
+    return models
+
+
+def timing_runs(cfg, data: Path, out: Path, lrs: dict[str, float | None]) -> list[Run]:
+    """The timing stage: in each round, every model for ``timing_steps`` updates on the same batches (seed of
+    the round), without validation, one checkpoint at the end, logged in windows of a sixth of the run."""
+    p, runs = cfg.pretrain, []
+    quiet = ["train.valid_every=0", f"train.checkpoint_every={p.timing_steps}",
+             f"train.log_every={p.timing_steps // 6}"]
+    for k in range(p.timing_rounds):
+        for name, config, sets, lr_of in timing_models(cfg):
+            runs.append(_run(cfg, data, out, f"timing/round-{k}/{name}", name, config, [*sets, *quiet], p.timing_steps,
+                             "timing", k, lrs.get(lr_of)))
+    return runs
+
+
+def timing(cfg, out: Path, runs: list[Run]) -> dict:
+    """The timing stage's result: each model's seconds per update over its windows (the first window of each
+    run, its warm-up, left out), and each one's ratio to BEST-RQ's, with 95% intervals."""
+    folder = out / "pretrain" / "timing"
+    windows: dict[str, list[float]] = {}
+    for run in runs:
+        records = read_metrics(out / "pretrain" / run.name / METRICS)
+        windows.setdefault(run.model, []).extend(update_windows(records, windows=10**6)[1:])
+    machine = (folder / "machine.txt").read_text().strip() if (folder / "machine.txt").is_file() else None
+    models = {m: time_per_update(w) for m, w in windows.items()}
+    ratios = {m: time_ratio(w, windows.get("bestrq", [])) for m, w in windows.items() if m != "bestrq"}
+    return {"machine": machine, "rounds": cfg.pretrain.timing_rounds, "steps": cfg.pretrain.timing_steps,
+            "models": models, "vs_bestrq": ratios}
 
 
 def update_windows(records: list[dict], windows: int = TIMING_WINDOWS) -> list[float]:

@@ -13,7 +13,9 @@
                              "time_per_update": {"value", "ci", "windows"}, "dev_ratio": {"mean", "sd"},
                              "flattening", and the means over runs of "steps", "seconds", "audio_hours",
                              "dev_accuracy", "dev_reference"; "seconds_per_update"}},
-     "time_per_update_vs_bestrq": {MODEL: {"value", "ci"}},
+     "timing": {"machine", "rounds", "steps", "models": {MODEL: {"value", "ci", "windows"}},
+                "vs_bestrq": {MODEL: {"value", "ci"}}},
+     "time_per_update_vs_bestrq": the timing stage's vs_bestrq,
      "tasks": {TASK: {"metric", "higher_is_better", "n_test", "unit", "units", "margin",
                       "models": {MODEL: {"value", "ci", "runs", "run_sd", "probes", "epochs", "best_epochs",
                                          "stopped", "layer_weights"}},
@@ -21,7 +23,8 @@
      "differences": {TASK: {"A-B": {"value", "ci", "ci90", "margin", "verdict"}}}}
 
 MODEL is bestrq, wav2vec2 (each ``pretrain.runs`` runs), random (the initial weights of each BEST-RQ
-run), fbank, or the ablation's or timing run's name. A model's ``runs`` under ``tasks`` are each
+run), fbank, or the ablation's name; the timing stage times bestrq, wav2vec2 and
+``pretrain.timing_name``. A model's ``runs`` under ``tasks`` are each
 run's value (the mean of its probe seeds); ``probes`` each probe's. A verdict (``probes.stats.verdict``)
 is better, worse, equivalent (within the margin of ``probe.margins``, fixed before the run) or
 inconclusive, said of A against B; ``differences`` holds the same comparisons as ``comparisons``.
@@ -61,9 +64,7 @@ def pretraining(cfg, out: Path, data: Path) -> dict:
     from . import pretraining_stages
     from .pretraining import encoder_parameters, run_summary, sweep_result, time_per_update
 
-    sweep, planned = [], []
-    for title, runs in pretraining_stages(cfg, data, out):
-        (sweep if title.endswith("sweep") else planned).extend(runs)
+    planned = [run for title, runs in pretraining_stages(cfg, data, out) if title == "pre-training" for run in runs]
     models: dict[str, dict] = {}
     for run in planned:
         entry = models.setdefault(run.model, {"config": run.config, "role": run.role, "runs": []})
@@ -158,12 +159,14 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
 
 def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session) -> dict:
     from ..synth.leakage import overlaps
-    from . import machine
-    from .pretraining import time_ratio
+    from . import machine, pretraining_stages
+    from .pretraining import timing
 
     tasks, differences = gather(cfg, out)
     commits = list(dict.fromkeys(s["commit"] for s in session.sessions))
     pre = pretraining(cfg, out, pre_data)
+    timed = timing(cfg, out, [r for title, runs in pretraining_stages(cfg, pre_data, out) if title == "timing"
+                              for r in runs])
     if pre.get("bestrq", {}).get("parameters") and pre.get("wav2vec2", {}).get("parameters"):
         pre["wav2vec2"]["parameters_vs_bestrq"] = pre["wav2vec2"]["parameters"] / pre["bestrq"]["parameters"]
     same = Path(probe_data).resolve() == Path(pre_data).resolve()  # one corpus: pre-training reads some splits
@@ -171,12 +174,6 @@ def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session) -> 
     leaked = {k: v for k, v in leakage.items() if k.startswith("probe_") and isinstance(v, int) and v}
     if leaked:
         log.warning("the probe corpus shares transcripts with what the models learnt from: %s", leaked)
-    speed = {}
-    if "bestrq" in pre:
-        base = [w for r in pre["bestrq"]["runs"] for w in r["update_windows"]]
-        for name, p in pre.items():
-            if name != "bestrq":
-                speed[name] = time_ratio([w for r in p["runs"] for w in r["update_windows"]], base)
     results = {
         "commit": commits[-1], "commits": commits, "machine": machine(),
         "command": session.sessions[0]["command"], "seconds": session.seconds,
@@ -184,7 +181,7 @@ def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session) -> 
         "stages": _stage_seconds(session.sessions),
         "corpora": {"pretrain": _summary(pre_data), "probe": _summary(probe_data)},
         "leakage": leakage,
-        "pretraining": pre, "time_per_update_vs_bestrq": speed,
+        "pretraining": pre, "timing": timed, "time_per_update_vs_bestrq": timed["vs_bestrq"],
         "tasks": tasks, "differences": differences,
     }
     with open(out / "results.json", "w", encoding="utf-8") as fh:
@@ -243,9 +240,10 @@ def markdown(r: dict) -> str:
              f"- command: `{r['command']}`", f"- commit: {', '.join(r['commits'])}", f"- machine: {r['machine']}",
              f"- total time: {r['seconds'] / 3600:.2f} h over {len(r['sessions'])} session(s)", "",
              "## Pre-training at equal updates", "",
-             ("Time per update leaves validation and checkpoints out; its interval is a bootstrap over timing "
-              "windows (10 per run, of its logged training windows). x reference: the last dev masked accuracy "
-              "over its reference (the most frequent code for BEST-RQ, chance for wav2vec 2.0)."), "",
+             ("Time per update leaves validation and checkpoints out; its interval is a bootstrap over 10 "
+              "windows per run (a study resumed across sessions may run them on machines of different speed: the "
+              "timing stage below compares speed on one). x reference: the last dev masked accuracy over its "
+              "reference (the most frequent code for BEST-RQ, chance for wav2vec 2.0)."), "",
              ("| run | seed | peak lr | updates | time (min) | s / update [95%] | audio seen (h) | dev accuracy | "
               "reference | x reference |"), "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for m in pre.values():
@@ -272,11 +270,19 @@ def markdown(r: dict) -> str:
             params += f" ({m['parameters_vs_bestrq']:.2f}x BEST-RQ's)"
         lines.append(f"| {name} (`{m['config']}`) | {m['role']} | {params} | {len(m['runs'])} | {lr} | "
                      f"{_seconds(m['time_per_update'])} | {said} | {rise} |")
-    for name, t in r["time_per_update_vs_bestrq"].items():
-        if t["value"] is not None:
-            lines += ["", (f"`{pre[name]['config']}` ({name}) took **{t['value']:.2f}x** [{t['ci'][0]:.2f}, "
-                           f"{t['ci'][1]:.2f}] BEST-RQ's time per update, on the same batches (the paper: 2.4x, on "
-                           "GPUs at BASE size, with the conv waveform encoder).")]
+    timed = r.get("timing") or {}
+    if timed.get("models"):
+        lines += ["", "### Time per update, in the timing stage", "",
+                  (f"{timed['rounds']} rounds on one machine ({timed['machine']}), each training every model for "
+                   f"{timed['steps']} updates in turn on the same batches; each run's first window (warm-up) left out. "
+                   "Seconds per update with 95% intervals over the windows:"), "",
+                  "| model | s / update [95%] | windows | x BEST-RQ's [95%] |", "|---|---:|---:|---:|"]
+        for name, t in timed["models"].items():
+            ratio = timed["vs_bestrq"].get(name)
+            said = "1" if name == "bestrq" else "–" if not ratio or ratio["value"] is None else \
+                f"**{ratio['value']:.2f}** [{ratio['ci'][0]:.2f}, {ratio['ci'][1]:.2f}]"
+            lines.append(f"| {name} | {_seconds(t)} | {t['windows']} | {said} |")
+        lines += ["", "The paper: wav2vec 2.0 BASE took 2.4x BEST-RQ's time, on GPUs, with its conv waveform encoder."]
     leak = r.get("leakage") or {}
     lines += ["", "![pre-training curves](pretraining.png)", "", "## Leakage", "",
               ("Probe test and dev utterances whose exact transcript occurs in the probe's train split or in the "
