@@ -59,13 +59,14 @@ demo: install
 	$(BESTRQ) probe --checkpoint fbank --data $(DEMO_DIR) --out $(DEMO_RUN)/fbank $(PROBE_ARGS)
 	$(BESTRQ) report $(DEMO_RUN)/bestrq $(DEMO_RUN)/wav2vec2 $(DEMO_RUN)/random $(DEMO_RUN)/fbank --out $(DEMO_RUN)/report
 
-# the study: BEST-RQ against wav2vec 2.0 at equal updates, probes with 3 seeds, intervals on every
-# figure (hours on 2 cores, nothing else running: docs/study/README.md); the same command resumes
-# after a stop.
-# `make study STUDY=study_quick`: every stage in a minute. The default preset's results also go to
-# docs/study (the published ones)
+# the study: BEST-RQ against wav2vec 2.0 at equal updates, 3 pre-training runs of each, intervals on
+# every figure (hours on 2 cores, nothing else running: docs/study/README.md); the same command resumes
+# after a stop. The default preset's results go to docs/study (the published ones), and its record
+# (the small files they come from) to docs/study/record: committed, the same command resumes the study
+# on another machine.
+# `make study STUDY=study_quick`: every stage in a minute.
 STUDY ?= study
-STUDY_ARGS ?= $(if $(filter study,$(STUDY)),--set publish=docs/study)
+STUDY_ARGS ?= $(if $(filter study,$(STUDY)),--set publish=docs/study --set record=docs/study/record)
 
 study: install
 	$(BESTRQ) study --config $(STUDY) $(STUDY_ARGS)

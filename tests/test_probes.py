@@ -535,7 +535,7 @@ def test_report_names_a_malformed_result_file_and_reads_past_bad_metric_lines(tm
 def test_the_probe_writes_only_results_its_readers_take_and_reads_back_what_it_wrote(tmp_path):
     """One definition of probe_<task>.json and encoder.json serves the writer and the readers."""
     from bestrq.probes.results import read_encoder, read_result, write_encoder, write_result
-    from bestrq.study import _done
+    from bestrq.study.probing import _done
 
     good = {"test": {"accuracy": 0.5, "macro_f1": None}, "curve": [{"epoch": 1, "dev_accuracy": 0.4}],
             "layer_weights": [0.6, 0.4], "sheets": {}, "config": {}, "encoder": {"name": "m"}}

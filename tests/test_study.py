@@ -16,9 +16,10 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
     """`bestrq study --config study_quick`: corpora, a learning-rate sweep, two pre-training runs of each
     objective with the swept rate, the ablation and the timing run, four encoders probed once per run,
     results.json in the documented schema; run again, it redoes only what is missing, and gives the
-    same figures."""
+    same figures; on another machine, from its record alone, it redoes only what needs weights it lacks."""
     out = tmp_path / "study"
-    args = ["study", "--config", "study_quick", "--out", str(out), "--quiet"]
+    args = ["study", "--config", "study_quick", "--out", str(out), "--quiet", "--set",
+            f"record={tmp_path / 'record'}"]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert {"commit", "machine", "command", "seconds", "stages", "leakage", "pretraining", "tasks"} <= results.keys()
@@ -77,8 +78,13 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
     random_init = json.loads((out / "probes" / "random" / "run-1" / "seed-0" / "encoder.json").read_text())
     assert random_init["seed"] == 1 and random_init["spec"].endswith("bestrq/run-1/config.json")
 
-    # an interrupted study: a probe result and the last pre-training checkpoint lost
-    (out / "probes" / "wav2vec2" / "run-1" / "seed-0" / "probe_emotion.json").unlink()
+    # an interrupted study: a probe result and the last pre-training checkpoint lost (the run unfinished)
+    record = out.parent / "record"
+    assert (record / "probes" / "wav2vec2" / "run-1" / "seed-0" / "probe_emotion.json").is_file()
+    assert not any(p.name in ("checkpoints", "cache", "data") for p in record.rglob("*"))
+    for folder in (out, record):
+        (folder / "probes" / "wav2vec2" / "run-1" / "seed-0" / "probe_emotion.json").unlink()
+        (folder / "pretrain" / "bestrq_paper_masking" / "finished.json").unlink()
     shutil.rmtree(max((out / "pretrain" / "bestrq_paper_masking" / "checkpoints").iterdir()))
     capsys.readouterr()
     assert main(args) == 0
@@ -92,6 +98,28 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
         for name, m in t["models"].items():
             assert again["tasks"][task]["models"][name]["runs"] == pytest.approx(m["runs"]), (task, name)
     assert again["seconds"] == pytest.approx(sum(s["seconds"] for s in sessions), abs=10)  # both sessions
+
+    # another machine: the study folder gone, its record kept; one probe of BEST-RQ's run 1 was still to
+    # make, whose weights stayed on the first machine: that run alone is trained and probed again
+    shutil.rmtree(out)
+    (record / "probes" / "bestrq" / "run-1" / "seed-0" / "probe_intent.json").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "files restored from the study's record" in capsys.readouterr().out
+    sessions = json.loads((out / "sessions.json").read_text())
+    assert len(sessions) == 3
+    assert [s["stage"] for s in sessions[2]["stages"]] == ["corpora", "pretrain bestrq/run-1",
+                                                           "probes bestrq run 1 seed 0", "results"]
+    third = json.loads((out / "results.json").read_text())
+    for task, t in again["tasks"].items():
+        for name, m in t["models"].items():
+            runs = third["tasks"][task]["models"][name]["runs"]
+            assert runs[0] == pytest.approx(m["runs"][0]), (task, name)  # made on the first machine
+            if name != "bestrq":
+                assert runs == pytest.approx(m["runs"]), (task, name)
+    assert third["pretraining"]["wav2vec2"]["runs"] == again["pretraining"]["wav2vec2"]["runs"]
+    assert len(sessions) == len(third["sessions"]) and (record / "sessions.json").read_text() == (
+        out / "sessions.json").read_text()
 
 
 def test_study_settings_are_checked():
@@ -138,7 +166,7 @@ def test_sigterm_during_the_probes_stops_with_143_and_keeps_the_sessions_time(tm
     assert time.monotonic() - started < 30
     session = json.loads((out / "sessions.json").read_text())[-1]
     last = session["stages"][-1]
-    assert last["stage"] == "pretrain timing/round-1/wav2vec2_conv" and session["seconds"] > last["at"] + 1.5
+    assert last["stage"] == "pretrain bestrq/run-0" and session["seconds"] > last["at"] + 1.5
 
 
 def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_changed_one(tmp_path):
@@ -146,7 +174,8 @@ def test_a_probe_result_is_reused_across_a_new_setting_at_its_default_but_not_a_
     setting at its default is what they ran with); a result of other settings is redone."""
     from dataclasses import asdict
 
-    from bestrq.study import _done, load_study_config, probe_config
+    from bestrq.study import load_study_config
+    from bestrq.study.probing import _done, probe_config
 
     cfg = probe_config(load_study_config("study_quick", []), seed=1)
     record = {"name": "fbank", "spec": "fbank", "seed": 1}
@@ -215,8 +244,8 @@ def test_a_run_made_with_another_seed_or_learning_rate_is_refused_and_margins_st
     """A resumed study whose preset (or sweep) changed since its runs were made stops with their settings
     named, rather than mix runs of two plans; margins changed after the study began are refused."""
     from bestrq.config import ConfigError
-    from bestrq.study import Session, check_planned
-    from bestrq.study.pretraining import Run
+    from bestrq.study import Session
+    from bestrq.study.pretraining import Run, check_planned
 
     folder = tmp_path / "bestrq" / "run-1"
     folder.mkdir(parents=True)
@@ -241,7 +270,7 @@ def test_a_run_made_with_another_seed_or_learning_rate_is_refused_and_margins_st
 def test_timing_runs_of_another_machine_are_made_again(tmp_path, monkeypatch):
     """The timing stage compares speed on one machine: a session on another CPU removes the runs made on the
     first, and writes its own name down."""
-    import bestrq.study as study
+    from bestrq import study
 
     folder = tmp_path / "timing"
     (folder / "round-0" / "bestrq").mkdir(parents=True)
@@ -252,3 +281,42 @@ def test_timing_runs_of_another_machine_are_made_again(tmp_path, monkeypatch):
     (folder / "round-0").mkdir()
     study.same_machine(folder)  # the same machine: kept
     assert (folder / "round-0").is_dir()
+
+
+def test_the_record_mirrors_the_small_files_only_and_restores_what_is_missing(tmp_path):
+    """The record holds what results are computed from, never the bulk beside it; kept, it follows what the
+    study removed; restored, it fills in only what the study folder lacks."""
+    from bestrq.study.record import MAX_BYTES, Record
+
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    files = {"sessions.json": "[]", "pretrain/bestrq/run-0/metrics.jsonl": "{}\n",
+             "pretrain/bestrq/run-0/config.json": "{}", "pretrain/bestrq/run-0/finished.json": "{}",
+             "pretrain/bestrq/run-0/checkpoints/step-10/config.json": "{}",  # bulk: a checkpoint's
+             "pretrain/timing/machine.txt": "cpu", "probes/fbank/run-0/seed-0/probe_asr.json": "{}",
+             "probes/fbank/run-0/seed-0/encoder.json": "{}", "probes/fbank/cache/index.json": "{}",
+             "data/probe/summary.json": "{}", "results.json": "{}", "report.md": "#"}
+    for rel, text in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    record = Record(kept, out)
+    record.keep()
+    bulk = {"pretrain/bestrq/run-0/checkpoints/step-10/config.json", "probes/fbank/cache/index.json",
+            "data/probe/summary.json", "results.json", "report.md"}
+    assert {str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file()} == set(files) - bulk
+    (out / "probes" / "fbank" / "run-0" / "seed-0" / "probe_asr.json").write_text('{"a": 1}')
+    (out / "pretrain" / "timing" / "machine.txt").unlink()
+    record.keep()
+    assert (kept / "probes" / "fbank" / "run-0" / "seed-0" / "probe_asr.json").read_text() == '{"a": 1}'
+    assert not (kept / "pretrain" / "timing").exists()  # removed, and its folder with it
+
+    (out / "sessions.json").write_text("[1]")  # newer here than in the record: kept as it is
+    (kept / "pretrain" / "bestrq" / "run-0" / "config.json").unlink()
+    (out / "pretrain" / "bestrq" / "run-0" / "metrics.jsonl").unlink()
+    assert record.restore() == 1
+    assert (out / "pretrain" / "bestrq" / "run-0" / "metrics.jsonl").read_text() == "{}\n"
+    assert (out / "sessions.json").read_text() == "[1]"
+    (out / "probes" / "fbank" / "run-0" / "seed-0" / "probe_asr.json").write_bytes(b" " * (MAX_BYTES + 1))
+    with pytest.raises(ValueError, match="too large for the study's record"):
+        record.keep()
+    with pytest.raises(ValueError, match="the study's own folder"):
+        Record(out, out)

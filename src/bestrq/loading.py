@@ -93,12 +93,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise ckpt_io.CheckpointError(f"{folder}: not a usable model config: {e}") from None
     model = build_model(cfg)
     ckpt_io.fit_weights(model, weights, folder, f"a {cfg.objective} model of its own config")
-    stat = (folder / WEIGHTS).stat()
-    info = {"objective": cfg.objective, "step": step, "checkpoint": str(folder),
-            "weights_id": f"{stat.st_size}-{stat.st_mtime_ns}"}  # a new run with the same steps differs
+    info = {"objective": cfg.objective, "step": step, "checkpoint": str(folder), "weights_id": weights_id(folder)}
     if source:
         info["exported_from"] = source
     return Loaded(model.to(device).eval().requires_grad_(False), cfg, step, folder, info)
+
+
+def weights_id(folder: Path) -> str:
+    """The id of a checkpoint's (or export's) weights file: its size and modification time, so that a run
+    trained again to the same step gets another id."""
+    stat = (Path(folder) / WEIGHTS).stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def _older_checkpoint(run: Path) -> str:

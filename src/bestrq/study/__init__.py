@@ -2,21 +2,20 @@
 
 One command runs the comparison end to end; every stage keeps its outputs, so running the
 same command again after an interruption (Ctrl-C, SIGTERM, a kill, the end of a session)
-resumes where it stopped:
+resumes where it stopped. The stages, in order (``Stages``):
 
-    OUT/data/pretrain/, OUT/data/probe/    the corpora: synthesised, unless a folder is given
-    OUT/pretrain/sweep/MODEL-lrLR/         the learning-rate sweep: a short run per peak rate
-    OUT/pretrain/MODEL/run-R/              the compared pre-training runs (bestrq, wav2vec2), seed R,
-                                           the same number of updates on the same batch size
-    OUT/pretrain/NAME/                     the ablation, if any
-    OUT/pretrain/timing/round-K/MODEL/     the timing stage: short runs of every model in turn, on
-                                           one machine (redone whole on another)
-    OUT/probes/MODEL/run-R/cache/          each encoder's hidden states, shared by its probe seeds
-                                           (fbank: OUT/probes/fbank/cache, one for all)
-    OUT/probes/MODEL/run-R/seed-S/probe_TASK.json  one probe: trained until its dev score stops improving
-                                           (the ablation: run-0 only)
-    OUT/sessions.json                      each invocation: start, seconds, commit, command
-    OUT/results.json, OUT/report.md, *.png the comparison (see study/report.py)
+1. the corpora: synthesised, unless a folder is given (``OUT/data/``);
+2. the learning-rate sweep, a short run per peak rate (``study/pretraining.py``);
+3. the timing stage, short runs of every model in turn on one machine (redone whole on another);
+4. for each pre-training run R: BEST-RQ's run R and its probes, wav2vec 2.0's and its probes, then
+   the probes of run R's random init and of fbank (``study/probing.py``); the ablation, if any,
+   with run 0;
+5. the results: ``OUT/results.json``, ``OUT/report.md`` and plots (``study/report.py``).
+
+``OUT/sessions.json`` notes each invocation: start, seconds, commit, command, stages finished.
+With ``record``, the small files the results come from are mirrored into a folder of their own
+as each stage finishes, and restored from it first (``study/record.py``): kept in git, it carries
+a study across machines, as a session's machine may not be the next one's.
 
 The scale is a preset (``configs/study*.yaml``) plus ``--set`` overrides.
 """
@@ -36,9 +35,9 @@ from pathlib import Path
 
 from ..config import ConfigError, check_bounds, load_config, setting
 from ..files import atomic_path
+from .probing import MODELS
 
 log = logging.getLogger(__name__)
-MODELS = ("bestrq", "wav2vec2", "random", "fbank")
 
 
 @dataclass
@@ -118,6 +117,9 @@ class ProbeSection:
 class StudyConfig:
     out: str = setting("runs/study", "the study's folder: corpora, runs, probes, results")
     publish: str = setting("", "also copy results.json, report.md and the plots here (e.g. docs/study)")
+    record: str = setting("", "keep the study's record here too: the small files its results come from (each "
+                          "run's metrics, each probe's result; study/record.py); kept in git, it carries the "
+                          "study to another machine")
     pretrain_corpus: CorpusConfig = field(default_factory=CorpusConfig)
     probe_corpus: CorpusConfig = field(default_factory=CorpusConfig)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
@@ -221,13 +223,6 @@ def corpus(c: CorpusConfig, folder: Path, progress: bool, avoid: tuple[Path, ...
     return folder
 
 
-def finished_step(run: Path) -> int:
-    """The step of a run folder's newest complete checkpoint (0: none)."""
-    from ..train.checkpoint import latest
-
-    last = latest(run)
-    return int(last.name.split("-")[1]) if last else 0
-
 
 class Stopped(BaseException):
     """SIGTERM outside pre-training (which handles it itself, saving a checkpoint). A BaseException, as
@@ -245,50 +240,40 @@ def _stop(signum: int, frame) -> None:
         return
     raise Stopped(signum)
 
-
 def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int:
     """Run (or resume) every stage; 0 when the results are written, 128 + signal when stopped by SIGTERM
     (pre-training saves a checkpoint first; a probe under way is redone by the next run)."""
-    from ..train.loop import pretrain
+    from dataclasses import asdict
+
+    from .record import Record
     from .report import write_results
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    from dataclasses import asdict
-
+    record = Record(cfg.record or None, out)
+    restored = record.restore()  # first: sessions.json may be among them
+    if restored:
+        print(f"  {restored} files restored from the study's record in {cfg.record}")
     session = Session(out / "sessions.json", command, asdict(cfg))
     session.check_margins()
     main = threading.current_thread() is threading.main_thread()  # handlers live in the main thread only
     _OWNER[0] = os.getpid()
     previous = signal.signal(signal.SIGTERM, _stop) if main else None
+
     try:
-        stage("1/4 corpora", session)
+        stage("1/5 corpora", session)
         pre_data = corpus(cfg.pretrain_corpus, out / "data" / "pretrain", progress)
         # the probe corpus's dev and test say nothing the pre-training corpus said (results.json counts it)
         probe_data = corpus(cfg.probe_corpus, out / "data" / "probe", progress, avoid=(pre_data,))
-        session.save("corpora")
-
-        for title, runs in pretraining_stages(cfg, pre_data, out):
-            if title == "timing":
-                same_machine(out / "pretrain" / "timing")
-            for i, run in enumerate(runs):
-                stage(f"2/4 {title}: {run.name} ({i + 1} of {len(runs)}, {run.steps} updates)", session)
-                folder = out / "pretrain" / run.name
-                check_planned(run, folder)
-                if finished_step(folder) >= run.steps:
-                    print(f"  done before: {folder}")
-                    continue
-                result = pretrain(load_config(run.config, list(run.sets)))
-                session.save(f"pretrain {run.name}")
-                if result.signal is not None:
-                    print(f"stopped during the pre-training of {run.name}: the same command resumes")
-                    return 128 + int(result.signal)
-
-        probe_all(cfg, out, probe_data, session, progress)
-        stage("4/4 results", session)
+        stages = Stages(cfg, pre_data, out, session, record)
+        stages.saved("corpora")
+        stopped = stages.run(probe_data, progress)
+        if stopped is not None:
+            return stopped
+        stage("5/5 results", session)
         session.save()  # the time so far, which results.json reports
-        results = write_results(cfg, out, pre_data, probe_data, session)
-        session.save("results")
+        results = write_results(cfg, out, pre_data, probe_data, session, stages.compared, stages.timing)
+        stages.saved("results")
         print((out / "report.md").read_text())
         print(f"study folder: {out.resolve()} ({results['seconds'] / 3600:.2f} h over {len(session.sessions)} "
               "session(s))")
@@ -298,8 +283,93 @@ def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int
         return 128 + e.args[0]
     finally:
         session.save()  # this session's time, whatever ended it
+        record.keep()
         if main:
             signal.signal(signal.SIGTERM, previous)
+
+
+class Stages:
+    """The study's stages after its corpora, in order: the learning-rate sweep; the timing stage (on one
+    machine); then for each pre-training run R, each objective's run R followed at once by its probes
+    (its weights are needed only until they are made), and run R's random init and fbank probes; last,
+    the ablation. Each run and probe is done once: a resumed study skips what it finds made."""
+
+    def __init__(self, cfg: StudyConfig, data: Path, out: Path, session: Session, record) -> None:
+        self.cfg, self.data, self.out, self.session, self.record = cfg, data, out, session, record
+        self.compared: list = []  # planned once the sweep has finished
+        self.timing: list = []
+
+    def saved(self, name: str) -> None:
+        """A stage finished: the session's time noted, the record brought up to date."""
+        self.session.save(name)
+        self.record.keep()
+
+    def run(self, probe_data: Path, progress: bool) -> int | None:
+        """None when every stage is done, else 128 + the signal that stopped pre-training."""
+        from .pretraining import chosen_rates, compared_runs, sweep_runs, timing_runs
+        from .probing import names_speakers, probe_model
+
+        cfg, out = self.cfg, self.out
+        sweep = sweep_runs(cfg, self.data, out)
+        for i, run in enumerate(sweep):
+            stage(f"2/5 learning-rate sweep: {run.name} ({i + 1} of {len(sweep)}, {run.steps} updates)", self.session)
+            if (stopped := self.train(run)) is not None:
+                return stopped
+        lrs = chosen_rates(cfg, out)
+        self.compared = compared_runs(cfg, self.data, out, lrs)
+        self.timing = timing_runs(cfg, self.data, out, lrs)
+        if self.timing:
+            same_machine(out / "pretrain" / "timing")
+        for i, run in enumerate(self.timing):
+            stage(f"3/5 timing: {run.name} ({i + 1} of {len(self.timing)}, {run.steps} updates)", self.session)
+            if (stopped := self.train(run)) is not None:
+                return stopped
+
+        units = names_speakers(probe_data)
+        probed = set(cfg.probe.models)
+        for r in range(cfg.pretrain.runs):
+            trained = [run for run in self.compared if run.seed == r and run.role == "compared"]
+            if r == 0:
+                trained += [run for run in self.compared if run.role == "ablation"]
+            for run in trained:  # each objective's run R, then its probes at once
+                stage(f"4/5 run {r + 1} of {cfg.pretrain.runs}: {run.name}", self.session)
+                probes = (run.model, r) if run.model in probed else None
+                if (stopped := self.train(run, probes, units)) is not None:
+                    return stopped
+                if probes:
+                    probe_model(cfg, out, probe_data, run.model, r, self.saved, progress, units)
+            for name in ("random", "fbank"):
+                if name in probed:
+                    stage(f"4/5 run {r + 1} of {cfg.pretrain.runs}: {name}", self.session)
+                    probe_model(cfg, out, probe_data, name, r, self.saved, progress, units)
+        return None
+
+    def train(self, run, probes: tuple[str, int] | None = None, units: bool = True) -> int | None:
+        """Train a run unless it has finished; a finished run whose weights are gone (a record carried to
+        another machine) is trained again only if ``probes`` (its model and run) are still to be made."""
+        from ..config import load_config
+        from ..train.loop import pretrain
+        from .pretraining import FINISHED, check_planned, finished_step, has_weights, mark_finished
+        from .probing import todo, trained_record
+
+        folder = self.out / "pretrain" / run.name
+        check_planned(run, folder)
+        if finished_step(folder) >= run.steps:
+            mark_finished(folder)
+            left = probes is not None and todo(self.cfg, self.out, *probes, trained_record(self.out, *probes), units)
+            if has_weights(folder) or not left:
+                print(f"  done before: {folder}")
+                return None
+            print(f"  {folder} finished on another machine and its weights were left there, but its probes are "
+                  "not all made: trained again")
+            (folder / FINISHED).unlink()
+        result = pretrain(load_config(run.config, list(run.sets)))
+        if result.signal is not None:
+            print(f"stopped during the pre-training of {run.name}: the same command resumes")
+            return 128 + int(result.signal)
+        mark_finished(folder)
+        self.saved(f"pretrain {run.name}")
+        return None
 
 
 def stage(title: str, session: Session) -> None:
@@ -318,141 +388,6 @@ def same_machine(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(machine() + "\n")
-
-
-def pretraining_stages(cfg: StudyConfig, data: Path, out: Path):
-    """(title, runs) of each pre-training stage, in order: the sweep, then the runs with its learning rates
-    (planned once the sweep has finished, as they depend on it), then the timing stage."""
-    from .pretraining import COMPARED, compared_runs, sweep_result, sweep_runs, timing_runs
-
-    sweep = sweep_runs(cfg, data, out)
-    if sweep:
-        yield "learning-rate sweep", sweep
-    lrs = {}
-    for model in COMPARED:
-        found = sweep_result(cfg, out, model)
-        lrs[model] = found["chosen"] if found else None
-        if found:
-            print(f"  {model}: peak learning rate {found['chosen']:g} (dev accuracy "
-                  + ", ".join(f"{t['lr']:g}: {t['dev_accuracy']:.4f}" for t in found["tried"]) + ")")
-    yield "pre-training", compared_runs(cfg, data, out, lrs)
-    timing = timing_runs(cfg, data, out, lrs)
-    if timing:
-        yield "timing", timing
-
-
-def check_planned(run, folder: Path) -> None:
-    """A run folder made by an earlier session has the seed and peak learning rate planned now; else (the
-    preset or its sweep changed since) the study stops, rather than mix runs of two plans."""
-    path = folder / "config.json"
-    if not path.is_file():
-        return
-    made = json.loads(path.read_text())
-    have = {"train.seed": made.get("train", {}).get("seed"), "optim.lr": made.get("optim", {}).get("lr")}
-    want = {"train.seed": run.seed, **({"optim.lr": run.lr} if run.lr is not None else {})}
-    bad = [k for k, v in want.items() if have[k] != v]
-    if bad:
-        raise ConfigError(f"{folder}: made with {', '.join(f'{k}={have[k]}' for k in bad)}, but the study now plans "
-                          f"{', '.join(f'{k}={want[k]}' for k in bad)}: its preset or sweep changed since; restore "
-                          "them, or remove the folder to train that run again")
-
-
-def replicates(cfg: StudyConfig, name: str) -> int:
-    """Pre-training runs of a probed model: the compared objectives' and the random inits' (one per BEST-RQ
-    run), and fbank's replicates of its probes; one for the ablation."""
-    return cfg.pretrain.runs if name in MODELS else 1
-
-
-def encoder_spec(name: str, out: Path, run: int = 0) -> str:
-    if name == "fbank":
-        return "fbank"
-    if name == "random":  # exactly the network BEST-RQ's run started from (loaded with seed ``run``)
-        return f"random:{out / 'pretrain' / 'bestrq' / f'run-{run}' / 'config.json'}"
-    if name in MODELS:
-        return str(out / "pretrain" / name / f"run-{run}")
-    return str(out / "pretrain" / name)
-
-
-def probe_folder(out: Path, name: str, run: int, seed: int) -> Path:
-    return out / "probes" / name / f"run-{run}" / f"seed-{seed}"
-
-
-def probe_seed(run: int, seed: int) -> int:
-    """The probe's own seed: another for every run, so that runs differ in their probes as well; the same
-    whatever ``probe.seeds`` (more seeds add probes, and keep those made)."""
-    return run * 1000 + seed
-
-
-def init_seed(name: str, out: Path, run: int) -> int:
-    """The seed ``random:`` builds BEST-RQ's run ``run`` with: its ``train.seed``, as its run folder says."""
-    if name != "random":
-        return 0
-    config = out / "pretrain" / "bestrq" / f"run-{run}" / "config.json"
-    return int(json.loads(config.read_text())["train"]["seed"])
-
-
-def probe_config(cfg: StudyConfig, seed: int):
-    from ..probes.tasks import ProbeConfig
-
-    p = cfg.probe
-    return ProbeConfig(epochs=p.epochs, patience=p.patience, lr=p.lr, batch_seconds=p.batch_seconds, seed=seed,
-                       asr_hidden=p.asr_hidden, asr_layers=p.asr_layers, asr_train_hours=p.asr_train_hours,
-                       intent_head=p.intent_head)
-
-
-def _names_speakers(data: Path) -> bool:
-    """Whether the probe corpus's test utterances name their speakers (then every score sheet names them)."""
-    from ..data.manifest import open_split
-
-    cut = next(iter(open_split(data, "test")), None)
-    return cut is not None and bool(cut.supervisions) and bool(cut.supervisions[0].speaker)
-
-
-def _done(path: Path, cfg, record: dict, units: bool = True) -> bool:
-    """Whether a probe result exists for this encoder and these settings (a resumed study skips it); with
-    ``units``, whether its score sheets name each item's speaker too."""
-    from dataclasses import asdict
-
-    from ..probes.encoders import same_encoder
-    from ..probes.results import read_result
-
-    try:
-        result = read_result(path, path.stem.removeprefix("probe_"))
-    except ValueError:  # none yet, or unreadable: probed again
-        return False
-    made = result.get("config")
-    # a setting added since the result was written counts as its default: the result is not redone for it
-    made = {**asdict(type(cfg)()), **made} if isinstance(made, dict) else None
-    sheets = result.get("sheets")
-    # a result from before its sheets named each item's speaker cannot be resampled by speaker
-    named = isinstance(sheets, dict) and all(isinstance(s, dict) and "unit" in s for s in sheets.values())
-    return (made == asdict(cfg) and isinstance(sheets, dict) and (named or not units)
-            and isinstance(result.get("encoder"), dict) and same_encoder(result["encoder"], record))
-
-
-def probe_all(cfg: StudyConfig, out: Path, data: Path, session: Session, progress: bool) -> None:
-    from ..probes import run_probes
-    from ..probes.encoders import load_encoder
-    from ..probes.results import result_path
-
-    p = cfg.probe
-    units = _names_speakers(data)
-    for i, name in enumerate(p.models):
-        runs = replicates(cfg, name)
-        stage(f"3/4 probes of {name} ({i + 1} of {len(p.models)}; {runs} run(s) x {p.seeds} seed(s) x "
-              f"{', '.join(p.tasks)})", session)
-        for run in range(runs):
-            encoder = load_encoder(encoder_spec(name, out, run), p.device, seed=init_seed(name, out, run))
-            record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
-            cache = out / "probes" / name / ("cache" if name == "fbank" else f"run-{run}/cache")
-            for seed in range(p.seeds):
-                folder, pcfg = probe_folder(out, name, run, seed), probe_config(cfg, probe_seed(run, seed))
-                todo = [t for t in p.tasks if not _done(result_path(folder, t), pcfg, record, units)]
-                if not todo:
-                    continue
-                print(f"  run {run}, seed {seed}: {', '.join(todo)}", flush=True)
-                run_probes(encoder, todo, data, folder, pcfg, device=p.device, progress=progress, cache_dir=cache)
-                session.save(f"probes {name} run {run} seed {seed}")
 
 
 def load_study_config(name: str, overrides: list[str]) -> StudyConfig:

@@ -5,6 +5,10 @@
     OUT/pretrain/NAME/               the ablation, once
     OUT/pretrain/timing/round-K/M/   the timing stage: every model in turn, ``timing_rounds`` times
 
+Each run folder gets a ``finished.json`` when its run reaches its updates: its step and the id of its
+final weights, so that a study whose record (``study/record.py``) moved to another machine knows the
+run finished, and which weights its probes were made of, without its checkpoints.
+
 Each objective's peak learning rate is the one of its sweep whose last dev masked accuracy is the
 highest (each objective on its own dev metric: the share of masked frames whose target it
 predicts); without a sweep it is the config's own. Time per update is read from logging windows,
@@ -39,6 +43,76 @@ class Run:
     role: str  # sweep, compared, ablation or timing
     seed: int  # train.seed
     lr: float | None = None  # the peak learning rate it was given (None: the config's)
+
+
+FINISHED = "finished.json"
+
+
+def _checkpoint_step(run: Path) -> tuple[Path | None, int]:
+    from ..train.checkpoint import latest
+
+    last = latest(run)
+    return last, int(last.name.split("-")[1]) if last else 0
+
+
+def finished_step(run: Path) -> int:
+    """The step a run folder reached: its newest complete checkpoint's, or what its ``finished.json`` says
+    (a run finished on another machine, its checkpoints left there); 0 for none."""
+    return max(_checkpoint_step(run)[1], int(_finished(run).get("step", 0)))
+
+
+def _finished(run: Path) -> dict:
+    try:
+        marker = json.loads((run / FINISHED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) and isinstance(marker.get("step"), int) else {}
+
+
+def has_weights(run: Path) -> bool:
+    """Whether the run's weights at the step it reached are here (not only its ``finished.json``)."""
+    last, step = _checkpoint_step(run)
+    return last is not None and step >= finished_step(run)
+
+
+def weights_id(run: Path) -> str | None:
+    """The id of the weights of the step a run reached, as ``bestrq.load`` gives it (``info["weights_id"]``)
+    and probe results record it: from that checkpoint, else from ``finished.json``; None if neither."""
+    from ..loading import weights_id as file_id
+
+    if has_weights(run):
+        return file_id(_checkpoint_step(run)[0])
+    return _finished(run).get("weights_id")
+
+
+def mark_finished(run: Path) -> None:
+    """Write a finished run's ``finished.json`` (its step and weights' id), once its checkpoint has it."""
+    from ..files import atomic_path
+
+    if not has_weights(run):
+        return
+    marker = {"step": finished_step(run), "weights_id": weights_id(run)}
+    if _finished(run) != marker:
+        with atomic_path(run / FINISHED) as tmp:
+            tmp.write_text(json.dumps(marker) + "\n")
+
+
+def check_planned(run: Run, folder: Path) -> None:
+    """A run folder made by an earlier session has the seed and peak learning rate planned now; else (the
+    preset or its sweep changed since) the study stops, rather than mix runs of two plans."""
+    from ..config import ConfigError
+
+    path = folder / "config.json"
+    if not path.is_file():
+        return
+    made = json.loads(path.read_text())
+    have = {"train.seed": made.get("train", {}).get("seed"), "optim.lr": made.get("optim", {}).get("lr")}
+    want = {"train.seed": run.seed, **({"optim.lr": run.lr} if run.lr is not None else {})}
+    bad = [k for k, v in want.items() if have[k] != v]
+    if bad:
+        raise ConfigError(f"{folder}: made with {', '.join(f'{k}={have[k]}' for k in bad)}, but the study now plans "
+                          f"{', '.join(f'{k}={want[k]}' for k in bad)}: its preset or sweep changed since; restore "
+                          "them, or remove the folder to train that run again")
 
 
 def _base(cfg, data: Path) -> list[str]:
@@ -84,8 +158,6 @@ def sweep_result(cfg, out: Path, model: str) -> dict | None:
     lrs = cfg.pretrain.bestrq_lrs if model == "bestrq" else cfg.pretrain.wav2vec2_lrs
     if not lrs:
         return None
-    from . import finished_step
-
     tried = []
     for lr in lrs:
         folder = out / "pretrain" / "sweep" / f"{model}-lr{_lr_name(lr)}"
@@ -95,6 +167,18 @@ def sweep_result(cfg, out: Path, model: str) -> dict | None:
     done = all(t["dev_accuracy"] is not None for t in tried)
     chosen = max(tried, key=lambda t: t["dev_accuracy"])["lr"] if done else None
     return {"steps": cfg.pretrain.sweep_steps, "tried": tried, "chosen": chosen}
+
+
+def chosen_rates(cfg, out: Path) -> dict[str, float | None]:
+    """Each compared objective's peak learning rate from its finished sweep (None: the config's own), said."""
+    lrs = {}
+    for model in COMPARED:
+        found = sweep_result(cfg, out, model)
+        lrs[model] = found["chosen"] if found else None
+        if found:
+            print(f"  {model}: peak learning rate {found['chosen']:g} (dev accuracy "
+                  + ", ".join(f"{t['lr']:g}: {t['dev_accuracy']:.4f}" for t in found["tried"]) + ")")
+    return lrs
 
 
 def _run(cfg, data: Path, out: Path, name: str, model: str, config: str, sets: list[str], steps: int, role: str,
@@ -182,8 +266,6 @@ def update_windows(records: list[dict], windows: int = TIMING_WINDOWS) -> list[f
 
 def run_summary(folder: Path, run: Run) -> dict:
     """What one run measured: updates, time, audio, last dev accuracy and its reference, time per update."""
-    from . import finished_step
-
     records = read_metrics(folder / METRICS)
     train = [r for r in records if r["split"] == "train"]
     dev = last_dev(folder)

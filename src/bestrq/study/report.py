@@ -58,13 +58,12 @@ LABELS = {"bestrq": "BEST-RQ", "wav2vec2": "wav2vec 2.0", "random": "random init
 FILES = ("results.json", "report.md", "pretraining.png", "tasks.png", "layer_weights.png")
 
 
-def pretraining(cfg, out: Path, data: Path) -> dict:
+def pretraining(cfg, out: Path, planned: list) -> dict:
     """Per model: its runs' summaries, its encoder's parameters, its sweep, its time per update over the
-    timing windows of all its runs, and the means over runs of the per-run figures."""
-    from . import pretraining_stages
+    windows of all its runs, and the means over runs of the per-run figures. ``planned``: the compared
+    runs and the ablation (``study.pretraining.Run``)."""
     from .pretraining import encoder_parameters, run_summary, sweep_result, time_per_update
 
-    planned = [run for title, runs in pretraining_stages(cfg, data, out) if title == "pre-training" for run in runs]
     models: dict[str, dict] = {}
     for run in planned:
         entry = models.setdefault(run.model, {"config": run.config, "role": run.role, "runs": []})
@@ -107,7 +106,7 @@ def _flattening(runs: list[dict]) -> float | None:
 def gather(cfg, out: Path) -> tuple[dict, dict]:
     """Per study task: each model's estimate over its runs; and the comparisons of the pairs probed."""
     from ..probes.results import read_result, result_path
-    from . import probe_folder, replicates
+    from .probing import probe_folder, replicates
 
     tasks, differences, sheets_of, test_ids = {}, {}, {}, {}
     for task, (probe_task, metric) in TASKS.items():
@@ -157,16 +156,18 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
     return tasks, differences
 
 
-def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session) -> dict:
+def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session, compared: list, timing_runs: list
+                  ) -> dict:
+    """Write results.json, report.md and the plots (and publish them) from the study folder; ``compared``
+    and ``timing_runs``: the runs the study planned (``study.pretraining.Run``)."""
     from ..synth.leakage import overlaps
-    from . import machine, pretraining_stages
+    from . import machine
     from .pretraining import timing
 
     tasks, differences = gather(cfg, out)
     commits = list(dict.fromkeys(s["commit"] for s in session.sessions))
-    pre = pretraining(cfg, out, pre_data)
-    timed = timing(cfg, out, [r for title, runs in pretraining_stages(cfg, pre_data, out) if title == "timing"
-                              for r in runs])
+    pre = pretraining(cfg, out, compared)
+    timed = timing(cfg, out, timing_runs)
     if pre.get("bestrq", {}).get("parameters") and pre.get("wav2vec2", {}).get("parameters"):
         pre["wav2vec2"]["parameters_vs_bestrq"] = pre["wav2vec2"]["parameters"] / pre["bestrq"]["parameters"]
     same = Path(probe_data).resolve() == Path(pre_data).resolve()  # one corpus: pre-training reads some splits
