@@ -22,7 +22,7 @@ PROBE_ARGS ?= --epochs 12 --asr-hidden 128 --max-minutes 3
 endif
 BESTRQ := $(VENV)/bin/bestrq
 
-.PHONY: install test test-floor demo study bench clean
+.PHONY: install test test-floor demo study recorded bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,11 +65,18 @@ demo: install
 # (the small files they come from) to docs/study/record: committed, the same command resumes the study
 # on another machine.
 # `make study STUDY=study_quick`: every stage in a minute.
+# `make study STUDY=study_recorded`: the study on recorded voices (fetched and prepared first, into
+# data/recorded), published to docs/study/recorded, its record in docs/study/recorded/record.
 STUDY ?= study
-STUDY_ARGS ?= $(if $(filter study,$(STUDY)),--set publish=docs/study --set record=docs/study/record)
+PUBLISHED := $(if $(filter study,$(STUDY)),docs/study,$(if $(filter study_recorded,$(STUDY)),docs/study/recorded))
+STUDY_ARGS ?= $(if $(PUBLISHED),--set publish=$(PUBLISHED) --set record=$(PUBLISHED)/record)
 
-study: install
+study: install $(if $(filter study_recorded,$(STUDY)),recorded)
 	$(BESTRQ) study --config $(STUDY) $(STUDY_ARGS)
+
+# recorded human speech from Debian's packages (docs/data.md): fetched into data/debs, kept there
+recorded: install
+	$(BESTRQ) prepare recorded data/debs --out data/recorded
 
 # SpeechBrain (a peer in the speed benchmark) without its dependencies: they pin a torchaudio
 # that needs another torch build, and the modules the benchmark uses are pure PyTorch

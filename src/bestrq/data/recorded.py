@@ -82,7 +82,8 @@ def fetch(cache: Path, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
     missing = [p for p in packages if _deb(cache, p) is None]
     if missing and shutil.which("apt-get"):
         log.info("fetching %s into %s", ", ".join(missing), cache)
-        proc = subprocess.run(["apt-get", "download", *missing], cwd=cache, capture_output=True, text=True)
+        proc = subprocess.run(["apt-get", "download", *missing], cwd=cache, capture_output=True, text=True,
+                              check=False)
         if proc.returncode != 0:
             log.warning("apt-get download: %s", proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?")
     still = [p for p in packages if _deb(cache, p) is None]
