@@ -23,8 +23,8 @@ import time
 import torch
 
 from bestrq.config import load_config
+from bestrq.inference.streaming import Streamer
 from bestrq.objectives import build_model
-from bestrq.streaming import Streamer
 
 SIZES = {"tiny": "bestrq_tiny_streaming", "base": "bestrq_base_streaming"}
 

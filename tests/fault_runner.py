@@ -14,7 +14,8 @@ import sys
 import torch
 
 from bestrq import cli
-from bestrq.train import checkpoint, loop
+from bestrq.runtime import checkpoint
+from bestrq.train import loop
 
 
 def kill_in_save(n: int) -> None:

@@ -13,9 +13,9 @@ from helpers import small
 import bestrq
 from bestrq.config import load_config
 from bestrq.data.audio import resample
-from bestrq.export.api import Loaded, Model
+from bestrq.inference.api import Loaded, Model
 from bestrq.objectives import build_model
-from bestrq.train import checkpoint
+from bestrq.runtime import checkpoint
 from bestrq.train.loop import pretrain
 
 

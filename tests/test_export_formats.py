@@ -16,12 +16,12 @@ import bestrq
 from bestrq.cli import main
 from bestrq.config import load_config, to_dict
 from bestrq.data.manifest import load_split
-from bestrq.export.api import Loaded
 from bestrq.export.hf import export_blockers, export_hf, whole_frames
 from bestrq.export.onnx import torch_exports_onnx
 from bestrq.features import num_frames
+from bestrq.inference.api import Loaded
 from bestrq.objectives import build_model
-from bestrq.train import checkpoint
+from bestrq.runtime import checkpoint
 from bestrq.train.loop import _init_from, pretrain
 
 transformers = pytest.importorskip("transformers")
@@ -123,7 +123,7 @@ def test_a_probed_export_is_named_after_itself_and_timed_by_the_run_it_came_from
     from bestrq.cli import _probe_out
     from bestrq.probes.encoders import load_encoder
     from bestrq.report import collect
-    from bestrq.train.run import read_metrics
+    from bestrq.runtime.metrics import read_metrics
 
     run, export = load_encoder(str(trained)), load_encoder(str(exported))
     assert export.name == "bestrq-tiny (step 30)"  # it took the name of the folder two levels up
@@ -254,7 +254,7 @@ def test_onnx_export_of_a_wav2vec2_model(tmp_path, preset):
     for i, c in enumerate(clips):
         waves[i, : len(c)] = c
     hidden, frame_lengths = ort.InferenceSession(str(path)).run(None, {"waveforms": waves, "lengths": lengths})
-    ours = bestrq.export.Model(loaded).extract_features(clips)
+    ours = bestrq.inference.api.Model(loaded).extract_features(clips)
     assert frame_lengths.tolist() == ours.lengths.tolist() == [149, 93, 52]  # 20 ms frames
     assert max_diff(ours.hidden_states, torch.from_numpy(hidden), ours.lengths.tolist()) <= TOL
 

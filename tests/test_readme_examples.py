@@ -42,7 +42,7 @@ from lhotse import CutSet
 from bestrq.cli import main
 from bestrq.data.manifest import load_split, save_split
 from bestrq.export.onnx import torch_exports_onnx
-from bestrq.train import checkpoint
+from bestrq.runtime import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

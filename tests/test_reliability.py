@@ -34,7 +34,9 @@ from hypothesis import strategies as st
 from bestrq.config import ConfigError, load_config
 from bestrq.data.importers import prepare
 from bestrq.data.manifest import ManifestError, load_cuts, load_split, save_split
-from bestrq.train import checkpoint, loop, run
+from bestrq.runtime import checkpoint
+from bestrq.runtime.metrics import read_metrics, truncate_metrics
+from bestrq.train import loop, run
 from bestrq.train.loop import TrainingDiverged, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +69,7 @@ def assert_all_checkpoints_whole(out: Path) -> None:
 
 
 def logged_steps(out: Path) -> int:
-    return max((r["step"] for r in run.read_metrics(out / "metrics.jsonl") if r["split"] == "train"), default=0)
+    return max((r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"), default=0)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(co
     assert "removed .tmp-step" in proc.stderr  # the leftovers were cleared, and said so
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     assert_same(final_weights(out), reference)
-    steps = [r["step"] for r in run.read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, STEPS + 1))  # each step logged once: the resumes rewrote the tail
 
 
@@ -262,7 +264,7 @@ def test_non_finite_steps_are_skipped_and_counted(corpus, tmp_path, monkeypatch)
     monkeypatch.setattr(loop, "build_model", nan_model(bad_calls={2, 3}))
     result = pretrain(small(corpus, tmp_path, "train.steps=4", "train.log_every=1"))
     assert result.step == 4 and result.bad_steps == 2
-    records = [r for r in run.read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
     assert sum(r["bad_steps"] for r in records) == 2
     assert all(math.isfinite(r["loss"]) for r in records)  # a skipped step's NaN is not averaged in
     saved = checkpoint.load(checkpoint.latest(tmp_path))
@@ -490,10 +492,10 @@ def test_damaged_metrics_lines_are_skipped_counted_and_dropped_on_resume(tmp_pat
     path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in [good[0], *damaged[:2], good[1], *damaged[2:]])
                      + b'\xff\xfe{"step": 2}\n' + json.dumps(good[2]).encode() + b'\n{"step": 4, "spl')
     with caplog.at_level("WARNING", logger="bestrq.train"):
-        assert run.read_metrics(path) == good
+        assert read_metrics(path) == good
     assert f"{path}: skipped 5 damaged lines" in caplog.text
     assert _pretraining_record(tmp_path, 2) == {"pretrain_seconds": 2.0, "pretrain_audio_hours": 20.0 / 3600}
-    run.truncate_metrics(path, 2)  # what a resume from step 2 does
+    truncate_metrics(path, 2)  # what a resume from step 2 does
     assert path.read_text().splitlines() == [json.dumps(r) for r in good[:2]]
 
 
@@ -732,7 +734,7 @@ def test_a_run_started_again_at_once_after_each_sigkill_resumes_to_the_uninterru
     assert proc.returncode == 0, stderr[-3000:]
     assert_all_checkpoints_whole(out)
     assert_same(final_weights(out), reference)
-    steps = [r["step"] for r in run.read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, STEPS + 1))
 
 
@@ -769,7 +771,7 @@ def test_a_restarted_attempt_never_reads_the_addresses_the_attempt_before_left_i
 
     import torch.distributed as dist
 
-    from bestrq.train import distributed
+    from bestrq.runtime import distributed
     server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     for name, value in {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": str(server.port), "GROUP_WORLD_SIZE": "1",
@@ -811,5 +813,5 @@ def test_torchrun_max_restarts_brings_a_job_with_a_killed_rank_to_the_uninterrup
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     assert restarted.stderr.count("resuming from") >= 2  # two restarts, each from a checkpoint
     assert_same(final_weights(tmp_path / "restarted"), final_weights(tmp_path / "straight"))
-    steps = [r["step"] for r in run.read_metrics(tmp_path / "restarted" / "metrics.jsonl") if r["split"] == "train"]
+    steps = [r["step"] for r in read_metrics(tmp_path / "restarted" / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, STEPS + 1))

@@ -12,9 +12,9 @@ import torch
 import bestrq
 from bestrq.config import ConfigError, load_config
 from bestrq.data.manifest import load_split
+from bestrq.inference.streaming import Streamer
 from bestrq.models.chunking import Chunking, ChunkSpec, attention_mask
 from bestrq.objectives import build_model
-from bestrq.streaming import Streamer
 from bestrq.train.loop import pretrain
 
 SMALL = ["encoder.d_model=32", "encoder.num_layers=2", "encoder.num_heads=2", "encoder.ffn_dim=64",
@@ -347,7 +347,7 @@ def test_the_onnx_step_export_streams_wav2vec2_models_as_the_streamer(preset, ex
     """Its waveform encoder (20 ms frames of 400 samples) or its fbank frames, through the same step; and
     rotary positions, which the step computes from the frames seen before the chunk."""
     from bestrq.export.onnx import export_onnx_stream
-    from bestrq.loading import Loaded
+    from bestrq.inference.loading import Loaded
 
     _need_onnx()
     cfg = load_config(preset, [*SMALL, "encoder.kind=conformer", "encoder.streaming=true", *extra.split()])

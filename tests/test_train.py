@@ -14,7 +14,7 @@ import torch
 from helpers import SMALL, small
 
 from bestrq.config import ConfigError, load_config
-from bestrq.train import checkpoint
+from bestrq.runtime import checkpoint
 from bestrq.train.loop import pretrain
 from bestrq.train.optim import lr_at
 
@@ -168,7 +168,7 @@ def test_a_resume_on_a_changed_training_split_starts_the_next_epoch_and_says_so(
 
 
 def test_a_resumed_run_counts_its_training_time_from_before(corpus, tmp_path):
-    from bestrq.train.run import read_metrics
+    from bestrq.runtime.metrics import read_metrics
 
     pretrain(small(corpus, tmp_path, "train.steps=2", "train.log_every=1"))
     before = checkpoint.load(checkpoint.latest(tmp_path)).state["train_seconds"]

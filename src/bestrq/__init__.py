@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def load(path, device="cpu"):
-    """A run, checkpoint or exported folder -> a frozen model with ``extract_features`` (see bestrq.export.api)."""
-    from .export.api import load as _load
+    """A run, checkpoint or exported folder -> a frozen model with ``extract_features`` (see bestrq.inference.api)."""
+    from .inference.api import load as _load
 
     return _load(path, device)

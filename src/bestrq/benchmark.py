@@ -55,7 +55,7 @@ from torch._dynamo.utils import counters
 
 from bestrq.data.manifest import load_split  # lhotse looks for torchaudio once, before any stand-in exists
 from bestrq.models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
-from bestrq.train.distributed import require_device
+from bestrq.runtime.distributed import require_device
 
 # matched encoder sizes; `conv` etc. size wav2vec 2.0's own parts (as our presets)
 SIZES = {

@@ -79,8 +79,8 @@ def _probe_out(checkpoint: str) -> Path:
     path = Path(checkpoint)
     if checkpoint == "fbank" or checkpoint.startswith("random:"):
         return Path("runs/probes") / checkpoint.replace(":", "-").replace("/", "_")
-    from .loading import BESTRQ_CONFIG
-    from .train.checkpoint import run_of
+    from .inference.loading import BESTRQ_CONFIG
+    from .runtime.checkpoint import run_of
 
     if (path / BESTRQ_CONFIG).is_file():  # an export: kept as transformers loads it, no cache inside
         return Path("runs/probes") / path.resolve().name
@@ -119,7 +119,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export.api import load_checkpoint
+    from .inference.api import load_checkpoint
 
     loaded = load_checkpoint(args.checkpoint)
     if args.chunk_ms is not None:

@@ -17,8 +17,8 @@ from pathlib import Path
 from .probes.encoders import same_encoder
 from .probes.results import ENCODER, read_encoder, read_result, result_path
 from .probes.tasks import MAIN_METRIC, TASKS
-from .train.checkpoint import run_of
-from .train.run import METRICS, read_metrics
+from .runtime.checkpoint import run_of
+from .runtime.metrics import METRICS, read_metrics
 
 log = logging.getLogger(__name__)
 COLUMNS = [("asr", "wer", "ASR WER %", True), ("asr", "cer", "ASR CER %", True),

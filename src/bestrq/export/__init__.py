@@ -1,6 +1,6 @@
-"""Getting models out: the Python API (``bestrq.load``), the transformers export (hf.py) and ONNX (onnx.py)."""
+"""Writing models into other formats: transformers folders (hf.py) and ONNX graphs (onnx.py), from what
+``bestrq.inference`` loads."""
 
-from .api import Model, S3prlUpstream, load, load_checkpoint
 from .hf import export_blockers, export_hf, whole_frames
 
-__all__ = ["Model", "S3prlUpstream", "export_blockers", "export_hf", "load", "load_checkpoint", "whole_frames"]
+__all__ = ["export_blockers", "export_hf", "whole_frames"]

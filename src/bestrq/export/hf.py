@@ -22,7 +22,7 @@ frames only (features.stack_frames). The two agree, batched or not, on clips of 
 frames (``clip[:whole_frames(len(clip))]``); on other clips transformers may add one last,
 partly padded 40 ms frame, which every other frame then attends to.
 
-``bestrq.loading.read_export(folder)`` reads such a folder back into our state-dict layout,
+``bestrq.inference.loading.read_export(folder)`` reads such a folder back into our state-dict layout,
 without transformers, so ``bestrq.load`` and ``--init-from`` take exports as well as checkpoints.
 """
 
@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 
 from ..config import PretrainConfig, to_dict
 from ..features import num_frames
-from ..loading import BESTRQ_CONFIG, EXTRAS, WEIGHTS, to_hf_names
+from ..inference.loading import BESTRQ_CONFIG, EXTRAS, WEIGHTS, to_hf_names
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, used by every norm of the encoder
 
@@ -90,7 +90,7 @@ def hf_config_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def export_hf(loaded, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``loaded`` (export.api.Loaded) as a transformers folder; returns it.
+    """Write ``loaded`` (inference.loading.Loaded) as a transformers folder; returns it.
 
     The folder is written beside its destination and renamed into place, so an
     interrupted export leaves nothing half-written under ``out``.

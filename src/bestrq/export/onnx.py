@@ -26,10 +26,10 @@ from torch import nn
 from torch.torch_version import TorchVersion
 
 from ..features import stack_frames
+from ..inference.loading import Loaded
+from ..inference.streaming import chunk_frames, conv_step, frame_geometry, layer_step, streaming_problem
 from ..models.conformer import _rotate, rotary_at
 from ..models.wav2vec2 import FbankFeatureEncoder
-from ..streaming import chunk_frames, conv_step, frame_geometry, layer_step, streaming_problem
-from .api import Loaded
 from .hf import whole_frames
 
 OPSET = 18
@@ -107,11 +107,11 @@ def export_onnx(loaded: Loaded, out: str | os.PathLike, overwrite: bool = False)
 
 
 class StreamStep(nn.Module):
-    """One chunk of chunk-by-chunk inference (bestrq/streaming.py) with fixed shapes, for ONNX.
+    """One chunk of chunk-by-chunk inference (inference/streaming.py) with fixed shapes, for ONNX.
 
     C frames per chunk, a left context of ``left_chunks`` chunks (ctx = left_chunks * C frames),
     L layers, H heads, k the depthwise kernel; encoder frame t is computed from samples hop * t to
-    hop * t + window - 1 (:func:`~bestrq.streaming.frame_geometry`: for BEST-RQ hop 640 and window
+    hop * t + window - 1 (:func:`~bestrq.inference.streaming.frame_geometry`: for BEST-RQ hop 640 and window
     880, the last 25 ms fbank window of 4 stacked frames)::
 
         inputs   samples  (hop C + window - hop,) float32: the chunk's samples and the window - hop

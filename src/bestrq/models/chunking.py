@@ -6,7 +6,7 @@ utterance). A frame attends to every frame of its own chunk and of the ``left`` 
 it (all earlier chunks with ``left`` None), never to a later chunk: its output waits at most
 for the end of its chunk. The depthwise convolution only looks left, and the stack front-end
 and global feature normalisation are frame by frame, so a chunk's outputs depend on nothing
-after it; chunk-by-chunk inference (:mod:`bestrq.streaming`) gives the same outputs.
+after it; chunk-by-chunk inference (:mod:`bestrq.inference.streaming`) gives the same outputs.
 
 Training draws a chunking per batch (or per utterance) from a :class:`ChunkSpec`: with
 probability ``prob`` chunked attention, of a size drawn from ``frames``; then with probability

@@ -21,14 +21,14 @@ from torch import nn
 
 from ..config import PretrainConfig, load_config
 from ..features import FeatureNormalizer, LogMelFbank, normalised_fbank, padding_mask
-from ..loading import load_checkpoint
+from ..inference.loading import load_checkpoint
+from ..inference.streaming import chunking_of
 from ..models.chunking import Chunking
 from ..models.conformer import EncoderOutput
 from ..precision import PRECISIONS, autocast
-from ..streaming import chunking_of
-from ..train.checkpoint import run_of
-from ..train.distributed import require_device
-from ..train.run import METRICS, read_metrics
+from ..runtime.checkpoint import run_of
+from ..runtime.distributed import require_device
+from ..runtime.metrics import METRICS, read_metrics
 
 
 class FbankEncoder(nn.Module):
@@ -119,7 +119,7 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", seed: int = 0, p
 
     ``precision``: ``run`` (the model's own ``train.precision``), ``fp32`` or ``bf16``. ``chunk_ms``
     (and ``left_chunks``): encode with chunked attention, as streaming inference does
-    (bestrq/streaming.py): each frame sees its chunk and the left chunks (all with None) only.
+    (inference/streaming.py): each frame sees its chunk and the left chunks (all with None) only.
     """
     encoder = _load_encoder(spec, device, seed, precision)
     chunking = chunking_of(encoder.module, chunk_ms, left_chunks, ("--chunk-ms", "--left-chunks"), encoder.name)

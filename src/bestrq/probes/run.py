@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ..data.audio import BadAudio, load_mono
 from ..data.manifest import list_splits, load_split
-from ..train.distributed import require_device
+from ..runtime.distributed import require_device
 from .cache import encode_cuts, extract, output_frames
 from .encoders import Encoder, load_encoder, same_encoder
 from .results import encoder_of, write_encoder, write_result

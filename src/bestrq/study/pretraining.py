@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train.run import METRICS, read_metrics
+from ..runtime.metrics import METRICS, read_metrics
 
 COMPARED = ("bestrq", "wav2vec2")
 TIMING_WINDOWS = 10  # per run: enough for an interval of the time per update, and to see a drift
@@ -49,7 +49,7 @@ FINISHED = "finished.json"
 
 
 def _checkpoint_step(run: Path) -> tuple[Path | None, int]:
-    from ..train.checkpoint import latest
+    from ..runtime.checkpoint import latest
 
     last = latest(run)
     return last, int(last.name.split("-")[1]) if last else 0
@@ -78,7 +78,7 @@ def has_weights(run: Path) -> bool:
 def weights_id(run: Path) -> str | None:
     """The id of the weights of the step a run reached, as ``bestrq.load`` gives it (``info["weights_id"]``)
     and probe results record it: from that checkpoint, else from ``finished.json``; None if neither."""
-    from ..loading import weights_id as file_id
+    from ..inference.loading import weights_id as file_id
 
     if has_weights(run):
         return file_id(_checkpoint_step(run)[0])

@@ -13,7 +13,7 @@ so stopping and resuming gives the same weights as training straight through.
 
 Faults a long run survives:
 - SIGKILL anywhere, a checkpoint write included: checkpoints appear by an atomic rename, so
-  the same command resumes from the last complete one (see checkpoint.py).
+  the same command resumes from the last complete one (see runtime/checkpoint.py).
 - SIGTERM / SIGINT (a cluster's pre-emption, Ctrl-C): the step under way finishes, a
   checkpoint is saved and the run ends with :class:`RunResult` ``.signal`` set; the CLI
   exits 128 + the signal number. A second Ctrl-C stops at once.
@@ -44,11 +44,13 @@ from tqdm import tqdm
 from ..config import ConfigError, PretrainConfig, to_dict
 from ..data.loader import AudioDataset, AudioLoader
 from ..data.manifest import ManifestError, list_splits, open_split, split_identity
-from ..loading import BESTRQ_CONFIG, load_checkpoint
+from ..inference.loading import BESTRQ_CONFIG, load_checkpoint
 from ..models.conformer import DYNAMIC_COMPILE_TORCH, dynamic_compile_works
 from ..objectives import build_model, min_samples
 from ..precision import autocast, use_tf32
-from . import checkpoint, distributed, run
+from ..runtime import checkpoint, distributed
+from ..runtime.metrics import MetricsLog
+from . import run
 from .optim import build_optimizer, lr_at
 
 log = logging.getLogger("bestrq.train")
@@ -281,7 +283,7 @@ def _train(cfg: PretrainConfig, ctx: distributed.Context, signals: _StopSignals,
            valid_loader: AudioLoader | None, progress: run.Progress) -> RunResult:
     """The training loop, from ``progress.step`` to ``train.steps`` (or a signal, or ``train.max_minutes``)."""
     t, opt, device = cfg.train, cfg.optim, ctx.device
-    metrics = run.MetricsLog(Path(t.out_dir), progress.step, write=ctx.is_main, tensorboard=t.tensorboard)
+    metrics = MetricsLog(Path(t.out_dir), progress.step, write=ctx.is_main, tensorboard=t.tensorboard)
     meter, clock, bad = Meter(device), _Clock(progress.trained_before), _BadSteps(progress, t, ctx)
     train_metrics: dict[str, float] = {}
     valid_metrics: dict[str, float] = {}

@@ -2,15 +2,15 @@
 
     OUT/.lock                 one training process per folder (a POSIX lock, see lock())
     OUT/config.json           the run's whole config
-    OUT/checkpoints/step-N/   complete checkpoints (checkpoint.py: weights, training state, config)
+    OUT/checkpoints/step-N/   complete checkpoints (runtime/checkpoint.py: weights, training state, config)
     OUT/metrics.jsonl         one JSON record a line: {"step": int, "split": str, NAME: number, ...}
     OUT/skipped_audio.json    cut id -> {"path", "reason", "times"}: the audio the run could not use
     OUT/tensorboard/          the same metrics for TensorBoard (train.tensorboard)
 
 :func:`resume` turns the newest loadable checkpoint back into a model, an optimizer, a data
 position and random states, and returns the counters the loop goes on from; :func:`save`
-writes them. :class:`MetricsLog` appends records; :func:`read_metrics` reads them back
-(report.py and the probes use it).
+writes them. The formats of ``checkpoints/`` and ``metrics.jsonl`` are defined below this
+layer, in ``runtime/checkpoint.py`` and ``runtime/metrics.py``, which every reader uses.
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ import torch.distributed as dist
 
 from ..config import PretrainConfig, to_dict
 from ..data.audio import by_kind
-from ..files import atomic_path, is_count, is_number
-from . import checkpoint, distributed
+from ..files import atomic_path
+from ..runtime import checkpoint, distributed
 
 log = logging.getLogger("bestrq.train")
 
 # config sections that define the model: a checkpoint resumes only into the same ones
 MODEL_SECTIONS = ("objective", "features", "quantizer", "encoder", "wav2vec2")
-METRICS = "metrics.jsonl"
 SKIPPED_AUDIO = "skipped_audio.json"
 
 
@@ -231,79 +230,3 @@ def skipped_summary(skipped: dict[str, dict]) -> str:
     """One line per kind of problem: how many files, and an example."""
     kinds = by_kind((entry["path"], entry["reason"]) for entry in skipped.values())
     return "\n".join(f"  {kind}: {len(paths)} file(s), e.g. {paths[0]}" for kind, paths in kinds.items())
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics.jsonl
-
-
-class MetricsLog:
-    """Appends ``{"step", "split", ...}`` records to metrics.jsonl (and TensorBoard), on the main rank only.
-
-    Opening it drops the records after ``step`` that a run which crashed later had written: a
-    resume from ``step`` writes them again."""
-
-    def __init__(self, out_dir: Path, step: int, write: bool, tensorboard: bool) -> None:
-        self.path, self.write, self.writer = out_dir / METRICS, write, None
-        if not write:
-            return
-        out_dir.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(self.path, step)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step)
-
-    def record(self, step: int, split: str, values: dict[str, float]) -> None:
-        if not self.write:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(f"{split}/{name}", value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a run's metrics.jsonl (none if it is absent). A line that is not a record is
-    skipped: the last one cut short by a crash silently, any other (damaged) with a warning that counts them."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records, damaged = [], 0
-    lines = path.read_text(errors="replace").splitlines(keepends=True)
-    for n, line in enumerate(lines, 1):
-        record = _metrics_record(line)
-        if record is not None:
-            records.append(record)
-        elif line.strip() and (n < len(lines) or line.endswith("\n")):
-            damaged += 1
-    if damaged:
-        log.warning("%s: skipped %d damaged lines (each record needs a whole-number step, a split and numbers)",
-                    path, damaged)
-    return records
-
-
-def _metrics_record(line: str) -> dict | None:
-    """The record a metrics.jsonl line holds: a whole-number step, a split's name and numbers; else None."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not (isinstance(record, dict) and isinstance(record.get("split"), str) and is_count(record.get("step"))
-            and all(is_number(v) for k, v in record.items() if k != "split")):
-        return None
-    return record
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after ``step`` (by a run that crashed later): a resume rewrites them."""
-    if not path.exists():
-        return
-    kept = [rec for rec in read_metrics(path) if rec["step"] <= step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.chunking import Chunking
-from .models.conformer import ConformerEncoder, ConformerLayer, _rotate, rotary_tables
-from .models.frontend import StackedFrames
-from .models.wav2vec2 import ConvFeatureEncoder
+from ..models.chunking import Chunking
+from ..models.conformer import ConformerEncoder, ConformerLayer, _rotate, rotary_tables
+from ..models.frontend import StackedFrames
+from ..models.wav2vec2 import ConvFeatureEncoder
 
 
 def streaming_problem(module) -> str | None:

@@ -5,7 +5,7 @@
     feats.hidden_states[-1]                               # (B, T, D), 25 frames per second for BEST-RQ
     model.upstream()(list_of_wavs)["hidden_states"]       # the s3prl upstream contract
 
-Any bestrq folder loads through :func:`bestrq.loading.load_checkpoint`, which training's
+Any bestrq folder loads through :func:`bestrq.inference.loading.load_checkpoint`, which training's
 ``--init-from`` uses too.
 """
 
@@ -23,10 +23,10 @@ from torch import nn
 
 from ..data.audio import resample
 from ..data.loader import collate
-from ..loading import Loaded, load_checkpoint
 from ..models.conformer import EncoderOutput
 from ..objectives import min_samples
-from ..streaming import Streamer, chunk_frames, chunking_of
+from .loading import Loaded, load_checkpoint
+from .streaming import Streamer, chunk_frames, chunking_of
 
 Audio = torch.Tensor | np.ndarray
 
@@ -108,7 +108,7 @@ class Model(nn.Module):
         return self.extract_features(waveforms, lengths, sample_rate)
 
     def streamer(self, chunk_ms: float = 320, left_chunks: int | None = None) -> Streamer:
-        """Chunk-by-chunk inference (bestrq/streaming.py): ``push(piece)`` and ``flush()`` give every layer's
+        """Chunk-by-chunk inference (inference/streaming.py): ``push(piece)`` and ``flush()`` give every layer's
         states (num_layers + 1, T_new, D) of the frames completed since the last call, as
         ``extract_features(..., chunk_ms=chunk_ms, left_chunks=left_chunks)`` gives them for the whole clip.
         ``chunk_ms``: a multiple of the 40 ms frame; ``left_chunks``: chunks of left context (None: all)."""

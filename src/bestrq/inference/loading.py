@@ -1,7 +1,7 @@
 """Any bestrq folder into a model: a run (its newest complete checkpoint), a checkpoint, or an export.
 
 Training (``--init-from``), the probes and users (``bestrq.load``) all load through
-:func:`load_checkpoint`. Checkpoints load without unpickling code (train/checkpoint.py
+:func:`load_checkpoint`. Checkpoints load without unpickling code (runtime/checkpoint.py
 defines their format); a checkpoint whose weights do not fit the model its own config
 describes is refused, naming the keys.
 
@@ -28,10 +28,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from .config import ConfigError, PretrainConfig, from_dict
-from .train import checkpoint as ckpt_io
-from .train.checkpoint import CheckpointError
-from .train.distributed import require_device
+from ..config import ConfigError, PretrainConfig, from_dict
+from ..runtime import checkpoint as ckpt_io
+from ..runtime.checkpoint import CheckpointError
+from ..runtime.distributed import require_device
 
 BESTRQ_CONFIG = "bestrq_config.json"
 EXTRAS = "bestrq.safetensors"
@@ -52,7 +52,7 @@ class Loaded:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
     """A run folder (its newest complete checkpoint), a checkpoint folder or a folder that
     ``bestrq export --to hf`` wrote -> the model, in eval mode, frozen."""
-    from .objectives import build_model
+    from ..objectives import build_model
 
     device = require_device(str(device), "device")
     path = Path(path)
