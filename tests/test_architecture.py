@@ -16,7 +16,7 @@ def layers() -> dict[str, int]:
     """Module or package path (``models``, ``files``, ``data``) -> its layer, from the doc's table."""
     found = {}
     table = DOC.read_text().split("## Layers", 1)[1].split("\n## ", 1)[0]
-    for row in re.finditer(r"^\| (\d+)\. [^|]+\| ([^|]+)\|", table, re.M):
+    for row in re.finditer(r"^\| (\d+)\. [^|]+\| ([^|]+)\|", table, re.MULTILINE):
         for name in re.findall(r"`([\w/.]+)`", row.group(2)):
             found[name.removesuffix(".py").removesuffix("/").replace("/", ".")] = int(row.group(1))
     return found

@@ -210,7 +210,7 @@ def test_a_sigterm_while_audio_is_read_stops_the_study_instead_of_counting_a_bad
     from lhotse import CutSet, Recording
 
     from bestrq.data.loader import AudioDataset
-    from bestrq.study import Stopped
+    from bestrq.study.run import Stopped
 
     cut = Recording.from_file(write_audio(tmp_path / "a.flac", tone(220, 0.5))).to_cut()
 
@@ -244,8 +244,8 @@ def test_a_run_made_with_another_seed_or_learning_rate_is_refused_and_margins_st
     """A resumed study whose preset (or sweep) changed since its runs were made stops with their settings
     named, rather than mix runs of two plans; margins changed after the study began are refused."""
     from bestrq.config import ConfigError
-    from bestrq.study import Session
     from bestrq.study.pretraining import Run, check_planned
+    from bestrq.study.sessions import Session
 
     folder = tmp_path / "bestrq" / "run-1"
     folder.mkdir(parents=True)
@@ -270,7 +270,7 @@ def test_a_run_made_with_another_seed_or_learning_rate_is_refused_and_margins_st
 def test_timing_runs_of_another_machine_are_made_again(tmp_path, monkeypatch):
     """The timing stage compares speed on one machine: a session on another CPU removes the runs made on the
     first, and writes its own name down."""
-    from bestrq import study
+    from bestrq.study import run as study
 
     folder = tmp_path / "timing"
     (folder / "round-0" / "bestrq").mkdir(parents=True)

@@ -161,8 +161,8 @@ def write_results(cfg, out: Path, pre_data: Path, probe_data: Path, session, com
     """Write results.json, report.md and the plots (and publish them) from the study folder; ``compared``
     and ``timing_runs``: the runs the study planned (``study.pretraining.Run``)."""
     from ..synth.leakage import overlaps
-    from . import machine
     from .pretraining import timing
+    from .sessions import machine
 
     tasks, differences = gather(cfg, out)
     commits = list(dict.fromkeys(s["commit"] for s in session.sessions))
