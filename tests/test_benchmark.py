@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from bestrq import benchmark
+from bestrq.benchmark import batches, measure, peers, run
+from bestrq.benchmark.report import report
 
 
 @pytest.fixture(autouse=True)
@@ -31,14 +32,14 @@ def _forget_peer_imports():
 def _tensors(obj) -> list[torch.Tensor]:
     if torch.is_tensor(obj):
         return [obj]
-    if isinstance(obj, benchmark.Batch):
+    if isinstance(obj, batches.Batch):
         return [obj.waves, obj.lengths]
     if isinstance(obj, (tuple, list)):
         return [t for item in obj for t in _tensors(item)]
     return []
 
 
-@pytest.mark.parametrize("name", benchmark.MODELS + benchmark.EXTRA_MODELS)
+@pytest.mark.parametrize("name", peers.MODELS + peers.EXTRA_MODELS)
 def test_every_runner_steps_on_a_batch_on_its_own_device(name):
     """What ``prepare`` hands the timed step lives on the model's device.
 
@@ -46,14 +47,14 @@ def test_every_runner_steps_on_a_batch_on_its_own_device(name):
     ("Expected all tensors to be on the same device"). The CPU cannot show that by running
     a step, so the runner is told its device is ``meta`` and its prepared batch is checked.
     """
-    why = benchmark.available(name)
+    why = peers.available(name)
     if why:
         pytest.skip(why)
-    runner = benchmark.build(name, benchmark.SIZES["tiny"], torch.device("cpu"), False)
+    runner = peers.build(name, peers.SIZES["tiny"], torch.device("cpu"), False)
     runner.device = torch.device("meta")
     g = torch.Generator().manual_seed(0)
     waves = 0.1 * torch.randn(2, 3 * 16000, generator=g)
-    prepared = runner.prepare(benchmark.Batch(waves, torch.tensor([3 * 16000, 2 * 16000])))
+    prepared = runner.prepare(batches.Batch(waves, torch.tensor([3 * 16000, 2 * 16000])))
     tensors = _tensors(prepared)
     assert tensors, f"{name}: prepare returned no tensors"
     assert {t.device.type for t in tensors} == {"meta"}, (name, [t.device for t in tensors])
@@ -61,10 +62,10 @@ def test_every_runner_steps_on_a_batch_on_its_own_device(name):
 
 def test_one_step_through_the_harness_updates_the_weights():
     """One real CPU step of our BEST-RQ through the harness: a finite loss and updated weights."""
-    runner = benchmark.build("bestrq-ours", benchmark.SIZES["tiny"], torch.device("cpu"), False)
+    runner = peers.build("bestrq-ours", peers.SIZES["tiny"], torch.device("cpu"), False)
     before = [p.detach().clone() for p in runner.model.parameters() if p.requires_grad]
     waves = 0.1 * torch.randn(2, 3 * 16000, generator=torch.Generator().manual_seed(0))
-    batch = benchmark.Batch(waves, torch.tensor([3 * 16000, 2 * 16000]))
+    batch = batches.Batch(waves, torch.tensor([3 * 16000, 2 * 16000]))
     loss = runner.step(runner.prepare(batch), torch.autocast("cpu", enabled=False))
     after = [p for p in runner.model.parameters() if p.requires_grad]
     assert math.isfinite(loss)
@@ -75,39 +76,39 @@ def test_the_matmul_peak_is_the_best_trial(monkeypatch):
     """A slow moment of a shared machine must not lower the peak the MFU is read against (one
     slow measurement put a model's MFU at 120%): the peak is the fastest of the trials."""
     ticks = iter([0.0, 2.0, 10.0, 11.0, 20.0, 24.0])  # trials of 2 s, 1 s and 4 s
-    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(ticks))
     n, reps = 1536, 5
-    assert benchmark.matmul_flops(torch.device("cpu"), torch.float32, trials=3) == 2 * n**3 * reps / 1.0
+    assert measure.matmul_flops(torch.device("cpu"), torch.float32, trials=3) == 2 * n**3 * reps / 1.0
 
 
 def test_mfu_is_read_against_the_peak_given_to_the_report():
     rows = [{"size": "tiny", "model": "bestrq-ours", "params": 1e6, "step_s": 1.0, "audio_per_s": 60.0,
              "peak_mib": 100.0, "gflop": 50.0, "flop_per_s": 50e9}]
     args = argparse.Namespace(precision="fp32", compile=False)
-    text = benchmark.report(rows, "CPU", 100e9, args)
+    text = report(rows, "CPU", 100e9, args)
     assert rows[0]["mfu"] == pytest.approx(0.5) and "| 60.0 | 100 | 50.0 | 50.0% |" in text
     rows[0]["peak_mib"] = float("nan")  # --no-memory: not measured, shown as such rather than "nan"
-    assert "| 60.0 | – | 50.0 | 50.0% |" in benchmark.report(rows, "CPU", 100e9, args)
+    assert "| 60.0 | – | 50.0 | 50.0% |" in report(rows, "CPU", 100e9, args)
 
 
 def test_bucketed_batches_hold_the_same_kind_of_audio_with_less_padding(tmp_path):
     """Sorting the clips by length, as a bucketing sampler, cuts the padding; the clips are the same draw."""
-    def padding(batches):
-        return 1 - sum(int(b.lengths.sum()) for b in batches) / sum(b.waves.numel() for b in batches)
+    def padding(made):
+        return 1 - sum(int(b.lengths.sum()) for b in made) / sum(b.waves.numel() for b in made)
 
-    random, _ = benchmark.make_batches(tmp_path, 4, 30.0, seed=1)  # no corpus there: noise clips
-    bucketed, _ = benchmark.make_batches(tmp_path, 4, 30.0, seed=1, bucketed=True)
+    random, _ = batches.make_batches(tmp_path, 4, 30.0, seed=1)  # no corpus there: noise clips
+    bucketed, _ = batches.make_batches(tmp_path, 4, 30.0, seed=1, bucketed=True)
     assert padding(bucketed) < 0.1
     assert padding(random) > 0.3
-    for batches in (random, bucketed):
-        for b in batches:
+    for made in (random, bucketed):
+        for b in made:
             assert b.seconds >= 30.0 and all(2.0 <= n / 16000 <= 10.0 for n in b.lengths.tolist())
             assert all(b.waves[i, n:].abs().sum() == 0 for i, n in enumerate(b.lengths.tolist()))
 
 
 def test_a_model_out_of_memory_or_failing_is_left_out_and_the_others_still_run(monkeypatch, tmp_path, capsys):
     """One model's error must not end the run: a GPU run once lost every figure to one compiler error."""
-    class Tiny(benchmark.Runner):
+    class Tiny(peers.Runner):
         def __init__(self, name: str) -> None:
             self.name, self.model = name, torch.nn.Linear(4, 1)
             self.setup_optimizer()
@@ -119,10 +120,10 @@ def test_a_model_out_of_memory_or_failing_is_left_out_and_the_others_still_run(m
                 raise AssertionError("expected size 2==2, stride 287==464 at dim=0")
             return self.model(batch.waves[:, :4]).pow(2).mean()
 
-    monkeypatch.setattr(benchmark, "build", lambda name, size, device, compile_: Tiny(name))
+    monkeypatch.setattr(run, "build", lambda name, size, device, compile_: Tiny(name))
     args = argparse.Namespace(batch_seconds={"tiny": 3.0}, rounds=2, warmup=1, batching="random", corpus=tmp_path,
                               compile=False, precision="fp32", memory=False)
-    rows = benchmark.run_size("tiny", ["bestrq-ours", "wav2vec2-hf", "bestrq-sb"], args, torch.device("cpu"))
+    rows = run.run_size("tiny", ["bestrq-ours", "wav2vec2-hf", "bestrq-sb"], args, torch.device("cpu"))
     assert [r["model"] for r in rows] == ["bestrq-ours"]
     assert rows[0]["step_s"] > 0 and rows[0]["compiled_graphs"] == 0
     captured = capsys.readouterr()
@@ -137,7 +138,7 @@ def test_a_torchaudio_that_loads_is_used_as_it_is(monkeypatch, tmp_path):
     (tmp_path / "torchaudio" / "__init__.py").write_text('__version__ = "9.9.0"\n')
     monkeypatch.delitem(sys.modules, "torchaudio", raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
-    benchmark._torchaudio_or_stand_in()
+    peers._torchaudio_or_stand_in()
     assert sys.modules["torchaudio"].__version__ == "9.9.0"
 
 
@@ -154,9 +155,9 @@ def test_a_torchaudio_that_fails_to_load_gives_way_to_a_stand_in_that_says_why(m
     (package / "utils.py").write_text("")
     monkeypatch.delitem(sys.modules, "torchaudio", raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
-    benchmark._torchaudio_or_stand_in()
+    peers._torchaudio_or_stand_in()
     stand_in = sys.modules["torchaudio"]
-    assert stand_in.__version__ == benchmark.STAND_IN
+    assert stand_in.__version__ == peers.STAND_IN
     assert stand_in.reason == "OSError: libtorchaudio.so: undefined symbol: _ZN3c104cuda9SetDevice"
     assert not [m for m in sys.modules if m.startswith("torchaudio.")]
 
@@ -169,12 +170,12 @@ def test_a_run_stopped_in_its_second_size_keeps_the_first_sizes_table_and_rows(m
         return [{"size": size, "model": name, "params": 1e6, "step_s": 1.0, "audio_per_s": 60.0,
                  "peak_mib": 100.0, "gflop": 50.0, "flop_per_s": 50e9, "compiled_graphs": 0} for name in names]
 
-    monkeypatch.setattr(benchmark, "run_size", run_size)
-    monkeypatch.setattr(benchmark, "matmul_flops", lambda device, dtype: 100e9)
+    monkeypatch.setattr(run, "run_size", run_size)
+    monkeypatch.setattr(run, "matmul_flops", lambda device, dtype: 100e9)
     (tmp_path / "cuts_train.jsonl.gz").touch()
     out = tmp_path / "rows.json"
     with pytest.raises(KeyboardInterrupt):
-        benchmark.main(["--corpus", str(tmp_path), "--device", "cpu", "--sizes", "tiny", "paper",
+        run.main(["--corpus", str(tmp_path), "--device", "cpu", "--sizes", "tiny", "paper",
                         "--models", "bestrq-ours", "wav2vec2-ours", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert [(r["size"], r["model"]) for r in rows] == [("tiny", "bestrq-ours"), ("tiny", "wav2vec2-ours")]
@@ -186,11 +187,11 @@ def test_a_run_stopped_in_its_second_size_keeps_the_first_sizes_table_and_rows(m
 def test_the_padded_variant_is_our_bestrq_computing_its_padding_with_the_same_loss():
     """`bestrq-padded` measures what skipping padded frames gains on a device: the same model and
     loss as `bestrq-ours` (the packed path is exact), only with the padded layout throughout."""
-    ours = benchmark.build("bestrq-ours", benchmark.SIZES["tiny"], torch.device("cpu"), False)
-    padded = benchmark.build("bestrq-padded", benchmark.SIZES["tiny"], torch.device("cpu"), False)
+    ours = peers.build("bestrq-ours", peers.SIZES["tiny"], torch.device("cpu"), False)
+    padded = peers.build("bestrq-padded", peers.SIZES["tiny"], torch.device("cpu"), False)
     assert ours.model.encoder.skip_padding and not padded.model.encoder.skip_padding
     waves = 0.1 * torch.randn(2, 3 * 16000, generator=torch.Generator().manual_seed(0))
-    batch = benchmark.Batch(waves, torch.tensor([3 * 16000, 2 * 16000]))
+    batch = batches.Batch(waves, torch.tensor([3 * 16000, 2 * 16000]))
     for runner in (ours, padded):
         runner.model.eval()  # no dropout: the two layouts compute the same numbers
     assert torch.allclose(ours.loss(ours.prepare(batch)), padded.loss(padded.prepare(batch)), atol=1e-4)
