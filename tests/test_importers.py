@@ -331,7 +331,6 @@ def test_a_folder_is_imported_file_by_file_not_read_whole_first(tmp_path, monkey
     first cut is written after the first chunk of files (1024) is read, and the split is whole."""
     from lhotse import Recording
 
-    from bestrq.data import importers
     from bestrq.data.importers import ImportReport, from_folder
 
     clip = tone(440, 0.05)
@@ -345,7 +344,7 @@ def test_a_folder_is_imported_file_by_file_not_read_whole_first(tmp_path, monkey
         read[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(importers.Recording, "from_file", counted)
+    monkeypatch.setattr(Recording, "from_file", counted)
     splits = from_folder(tmp_path / "audio", ImportReport(), dev_fraction=0.0)
     assert read[0] == 0  # nothing read before the writer asks
     train = iter(splits["train"])

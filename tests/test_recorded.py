@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bestrq.data import recorded
-from bestrq.data.importers import prepare
+from bestrq.data.importers import prepare, recorded
 from bestrq.data.manifest import ManifestError, load_split
 
 

@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..files import atomic_path
-from .audio import SAMPLE_RATE, resample
-from .manifest import ManifestError
+from ...files import atomic_path
+from ..audio import SAMPLE_RATE, resample
+from ..manifest import ManifestError
 
 log = logging.getLogger("bestrq.data")
 
