@@ -21,14 +21,13 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.torch_version import TorchVersion
 
 from ..features import stack_frames
 from ..inference.loading import Loaded
-from ..inference.streaming import chunk_frames, conv_step, frame_geometry, layer_step, streaming_problem
-from ..models.conformer import _rotate, rotary_at
+from ..inference.streaming import chunk_frames, frame_geometry, streaming_problem
+from ..models.conformer import rotary_at
 from ..models.wav2vec2 import FbankFeatureEncoder
 from .hf import whole_frames
 
@@ -182,31 +181,20 @@ class StreamStep(nn.Module):
         hidden, new_keys, new_values, new_conv = [x], [], [], []
         for i, layer in enumerate(self.encoder.layers):
             def attend(y, i=i, layer=layer):
-                out, k_all, v_all = self._attend(layer.self_attn, y, keys[i], values[i], valid, distance, rotary)
+                out, k_all, v_all = layer.self_attn.step(y, keys[i], values[i], distance, rotary, valid)
                 new_keys.append(k_all[:, -self.context:])
                 new_values.append(v_all[:, -self.context:])
                 return out
 
             def convolve(y, i=i, layer=layer):
-                out, inputs = conv_step(layer.conv_module, y, conv[i])
+                out, inputs = layer.conv_module.step(y, conv[i])
                 new_conv.append(inputs[-conv.shape[1]:])
                 return out
 
-            x = layer_step(layer, x, attend, convolve)
+            x = layer.around(x, attend, convolve)
             hidden.append(x)
         return (torch.stack(hidden), torch.stack(new_keys), torch.stack(new_values), torch.stack(new_conv),
                 seen + frames)
-
-    def _attend(self, attn, x, past_k, past_v, valid, distance, rotary):
-        n, h, hd = x.shape[0], attn.num_heads, attn.head_dim
-        q, k, v = (lin(x).view(n, h, hd).transpose(0, 1) for lin in (attn.linear_q, attn.linear_k, attn.linear_v))
-        if rotary is not None:
-            q, k = _rotate(q, *rotary), _rotate(k, *rotary)
-        k_all, v_all = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)  # (H, ctx + C, hd)
-        mask = attn.distance_bias(q, distance) if attn.position == "relative_key" else torch.zeros(h, n, k_all.shape[1])
-        mask = mask.masked_fill(~valid, float("-inf"))
-        out = F.scaled_dot_product_attention(q[None], k_all[None], v_all[None], attn_mask=mask[None])[0]
-        return attn.linear_out(out.transpose(0, 1).reshape(n, h * hd)), k_all, v_all
 
 
 def stream_chunks(wave, chunk_frames: int, hop: int = 640, window: int = 880):

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..models.chunking import Chunking
-from ..models.conformer import ConformerEncoder, ConformerLayer, _rotate, rotary_tables
+from ..models.conformer import ConformerEncoder, ConformerLayer, rotary_tables
 from ..models.frontend import StackedFrames
 from ..models.wav2vec2 import ConvFeatureEncoder
 
@@ -117,8 +116,9 @@ class Streamer:
         self._samples = np.zeros(0, dtype=np.float32)  # from the next encoder frame's first sample on
         self._inputs = torch.zeros(0, d, device=self.device)  # front-end outputs not yet a whole chunk
         self._position = 0  # encoder frames done
-        self._keys: list[torch.Tensor | None] = [None] * len(self.encoder.layers)
-        self._values: list[torch.Tensor | None] = [None] * len(self.encoder.layers)
+        attn = self.encoder.layers[0].self_attn
+        self._keys = [torch.zeros(attn.num_heads, 0, attn.head_dim, device=self.device) for _ in self.encoder.layers]
+        self._values = [torch.zeros(attn.num_heads, 0, attn.head_dim, device=self.device) for _ in self.encoder.layers]
         k = self.encoder.layers[0].conv_module.depthwise_conv.weight.shape[-1]
         self._conv = [torch.zeros(k - 1, d, device=self.device) for _ in self.encoder.layers]
 
@@ -184,48 +184,23 @@ class Streamer:
         return torch.stack(hidden)
 
     def _layer(self, i: int, layer: ConformerLayer, x: torch.Tensor) -> torch.Tensor:
+        """One layer on one chunk's frames x (n, D), carrying its attention's keys and values and its
+        convolution's last inputs to the next chunk."""
+        attn, n = layer.self_attn, x.shape[0]
+
+        def attend(y: torch.Tensor) -> torch.Tensor:
+            m = self._keys[i].shape[1]
+            distance = torch.arange(m + n, device=y.device)[None, :] - m - torch.arange(n, device=y.device)[:, None]
+            rotary = (rotary_tables(n, attn.head_dim, y.device, start=self._position)
+                      if attn.position == "rotary" else None)
+            out, keys, values = attn.step(y, self._keys[i], self._values[i], distance, rotary)
+            first = 0 if self.context is None else max(0, keys.shape[1] - self.context)
+            self._keys[i], self._values[i] = keys[:, first:], values[:, first:]
+            return out
+
         def convolve(y: torch.Tensor) -> torch.Tensor:
-            out, inputs = conv_step(layer.conv_module, y, self._conv[i])
+            out, inputs = layer.conv_module.step(y, self._conv[i])
             self._conv[i] = inputs[inputs.shape[0] - self._conv[i].shape[0]:]  # the last k - 1
             return out
 
-        return layer_step(layer, x, lambda y: self._attend(i, layer.self_attn, y), convolve)
-
-    def _attend(self, i: int, attn, x: torch.Tensor) -> torch.Tensor:
-        n, h, hd = x.shape[0], attn.num_heads, attn.head_dim
-        q, k, v = (lin(x).view(n, h, hd).transpose(0, 1) for lin in (attn.linear_q, attn.linear_k, attn.linear_v))
-        if attn.position == "rotary":
-            cos, sin = rotary_tables(n, hd, x.device, start=self._position)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        if self._keys[i] is not None:
-            k, v = torch.cat([self._keys[i], k], dim=1), torch.cat([self._values[i], v], dim=1)  # (H, m + n, hd)
-        keep = k.shape[1] if self.context is None else self.context
-        self._keys[i], self._values[i] = k[:, -keep:] if keep else k[:, :0], v[:, -keep:] if keep else v[:, :0]
-        mask = None
-        if attn.position == "relative_key":  # the queries are the chunk's last n frames of the m + n keys
-            keys = torch.arange(k.shape[1], device=x.device)
-            mask = attn.distance_bias(q, keys[None, :] - (k.shape[1] - n) - torch.arange(n, device=x.device)[:, None])
-            mask = mask[None]
-        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask)  # (1, H, n, hd)
-        return attn.linear_out(out[0].transpose(0, 1).reshape(n, h * hd))
-
-
-def layer_step(layer: ConformerLayer, x: torch.Tensor, attend, convolve) -> torch.Tensor:
-    """ConformerLayer.forward in eval for one chunk's frames (n, D), with the chunk's attention and
-    convolution given: ``attend`` of the normalised frames, ``convolve`` of the frames."""
-    x = x + 0.5 * layer.ffn1(layer.ffn1_layer_norm(x))
-    x = x + attend(layer.self_attn_layer_norm(x))
-    x = x + convolve(x)
-    x = x + 0.5 * layer.ffn2(layer.ffn2_layer_norm(x))
-    return layer.final_layer_norm(x)
-
-
-def conv_step(conv, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ConvModule.forward for one chunk's frames x (n, D), the depthwise convolution's earlier inputs ``past``
-    (k - 1, D) carried over -> (the output (n, D), the depthwise inputs (k - 1 + n, D))."""
-    x = conv.layer_norm(x)
-    x = F.glu(F.linear(x, conv.pointwise_conv1.weight[..., 0]), dim=-1)  # (n, D)
-    inputs = torch.cat([past, x])
-    x = F.conv1d(inputs.T[None], conv.depthwise_conv.weight, groups=inputs.shape[1])[0].T  # (n, D)
-    x = F.silu(conv.depthwise_layer_norm(x))
-    return F.linear(x, conv.pointwise_conv2.weight[..., 0]), inputs
+        return layer.around(x, attend, convolve)

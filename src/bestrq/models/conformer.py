@@ -177,7 +177,7 @@ class SelfAttention(nn.Module):
                    for lin in (self.linear_q, self.linear_k, self.linear_v))  # (B, H, T, hd)
         p = self.dropout if self.training else 0.0
         if self.position == "rotary":
-            q, k = _rotate(q, *rotary), _rotate(k, *rotary)
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
             keep = ~key_padding[:, None, None, :]  # (B, 1, 1, T) True = attend
             out = attention(q, k, v, keep if allowed is None else keep & allowed, p)
         elif allowed is None and relative_attention.applies(t, q.device) and not _static():
@@ -192,6 +192,26 @@ class SelfAttention(nn.Module):
         out = out.transpose(1, 2)  # (B, T, H, hd)
         out = packing.pack(out) if packing is not None else out.reshape(b, t, d)
         return self.linear_out(out)
+
+    def step(self, x: torch.Tensor, past_keys: torch.Tensor, past_values: torch.Tensor, distance: torch.Tensor,
+             rotary: tuple[torch.Tensor, torch.Tensor] | None = None, valid: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The same attention for one chunk of frames x (n, D) of one stream, in eval, given its left
+        context: the earlier frames' keys and values (H, m, hd) (m may be 0); ``distance`` (n, m + n), key
+        minus query position, for the relative-key bias; ``rotary`` the chunk's cos and sin (n, hd);
+        ``valid`` (m + n,) the keys that may be attended (None: all). -> (the output (n, D), the keys and
+        values with the chunk's (H, m + n, hd)): chunk-by-chunk inference keeps them as the next context."""
+        n, h, hd = x.shape[0], self.num_heads, self.head_dim
+        q, k, v = (lin(x).view(n, h, hd).transpose(0, 1) for lin in (self.linear_q, self.linear_k, self.linear_v))
+        if self.position == "rotary":
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
+        keys, values = torch.cat([past_keys, k], dim=1), torch.cat([past_values, v], dim=1)  # (H, m + n, hd)
+        bias = self.distance_bias(q, distance) if self.position == "relative_key" else None  # (H, n, m + n)
+        if valid is not None:
+            bias = (bias if bias is not None else q.new_zeros(h, n, keys.shape[1])).masked_fill(~valid, float("-inf"))
+        out = F.scaled_dot_product_attention(q[None], keys[None], values[None],
+                                             attn_mask=None if bias is None else bias[None])[0]  # (H, n, hd)
+        return self.linear_out(out.transpose(0, 1).reshape(n, h * hd)), keys, values
 
 
 def rotary_tables(t: int, head_dim: int, device: torch.device, base: float = 10000.0, start: int = 0
@@ -209,7 +229,8 @@ def rotary_at(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> 
     return angles.cos(), angles.sin()
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., T, hd) rotated by the angles whose cos and sin (T, hd) are given (RoFormer)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -260,6 +281,17 @@ class ConvModule(nn.Module):
             return out
         return self.depthwise_conv(F.pad(x.transpose(1, 2), (k - 1, 0))).transpose(1, 2)
 
+    def step(self, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same module for one chunk of frames x (n, D) of one stream, in eval, given the depthwise
+        convolution's last k - 1 inputs before it (``past``, (k - 1, D); zeros at the start) -> (the
+        output (n, D), the depthwise inputs (k - 1 + n, D), whose last k - 1 are the next chunk's past)."""
+        x = self.layer_norm(x)
+        x = F.glu(F.linear(x, self.pointwise_conv1.weight[..., 0]), dim=-1)  # (n, D)
+        inputs = torch.cat([past, x])
+        x = F.conv1d(inputs.T[None], self.depthwise_conv.weight, groups=inputs.shape[1])[0].T  # (n, D)
+        x = F.silu(self.depthwise_layer_norm(x))
+        return F.linear(x, self.pointwise_conv2.weight[..., 0]), inputs
+
 
 class ConformerLayer(nn.Module):
     def __init__(self, d_model: int, num_heads: int, ffn_dim: int, conv_kernel: int, dropout: float,
@@ -278,9 +310,16 @@ class ConformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, pad: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
                 packing: Packing | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, D), or (N, D) with ``packing``: the output has x's layout."""
+        return self.around(x, lambda y: self.self_attn(y, pad, rotary, packing, allowed),
+                           lambda y: self.conv_module(y, pad, packing))
+
+    def around(self, x: torch.Tensor, attend, convolve) -> torch.Tensor:
+        """The layer around its attention and convolution: ``attend`` of the normalised frames,
+        ``convolve`` of the frames. ``forward`` gives the whole sequence's; chunk-by-chunk inference
+        gives a chunk's (``SelfAttention.step``, ``ConvModule.step``) with the state it carries."""
         x = x + 0.5 * self.ffn1(self.ffn1_layer_norm(x))
-        x = x + self.self_attn_dropout(self.self_attn(self.self_attn_layer_norm(x), pad, rotary, packing, allowed))
-        x = x + self.conv_module(x, pad, packing)
+        x = x + self.self_attn_dropout(attend(self.self_attn_layer_norm(x)))
+        x = x + convolve(x)
         x = x + 0.5 * self.ffn2(self.ffn2_layer_norm(x))
         return self.final_layer_norm(x)
 
