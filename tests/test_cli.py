@@ -111,3 +111,40 @@ def test_every_option_of_every_verb_says_what_it_does():
               if not action.help and not isinstance(action, argparse._HelpAction)]
     assert set(verbs) >= {"synth", "prepare", "pretrain", "probe", "report", "export", "bench", "study"}
     assert not silent, f"options without help: {silent}"
+
+
+def test_each_setting_is_declared_once_for_the_flags_the_study_and_the_checks():
+    """`bestrq probe` and `bestrq synth` make a flag of every field of their settings, with the field's type,
+    help, choices and default; the study's sections inherit the same fields; a declared choice is checked."""
+    import argparse
+    import dataclasses
+
+    from bestrq.cli import build_parser
+    from bestrq.config import ConfigError, load_config
+    from bestrq.probes.tasks import ProbeConfig, ProbeSettings
+    from bestrq.study.config import CorpusConfig, ProbeSection
+    from bestrq.synth.corpus import SynthSettings
+
+    verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for verb, cls in (("probe", ProbeConfig), ("synth", SynthSettings)):
+        flags = {a.dest: a for a in verbs[verb]._actions}
+        for f in dataclasses.fields(cls):
+            action = flags[f.name]
+            assert action.default == f.default and action.help.startswith(f.metadata["help"].replace("%", "%%"))
+            assert action.choices == (list(f.metadata["choices"]) if f.metadata["choices"] else None) or (
+                tuple(action.choices) == f.metadata["choices"])
+    assert issubclass(ProbeSection, ProbeSettings) and issubclass(CorpusConfig, SynthSettings)
+    args = build_parser().parse_args(["probe", "--checkpoint", "fbank", "--data", "d", "--epochs", "7",
+                                      "--intent-head", "lstm", "--unfreeze"])
+    from bestrq.cli import _settings
+
+    made = _settings(args, ProbeConfig)
+    assert (made.epochs, made.intent_head, made.unfreeze, made.patience) == (7, "lstm", True, 4)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["probe", "--checkpoint", "fbank", "--data", "d", "--intent-head", "gru"])
+    with pytest.raises(ConfigError, match=r"encoder\.position: must be one of relative_key, rotary, not 'alibi'"):
+        load_config("bestrq_tiny", ["encoder.position=alibi"])
+    with pytest.raises(ConfigError, match=r"masking\.mode: must be one of '', aligned, independent, not 'x'"):
+        load_config("bestrq_tiny", ["masking.mode=x"])
+    with pytest.raises(ValueError, match=r"intent_head: must be one of mlp, lstm, not 'gru'"):
+        ProbeConfig(intent_head="gru")

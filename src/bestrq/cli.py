@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import types
+import typing
 from pathlib import Path
+
+
+def _settings(args: argparse.Namespace, cls: type, **more):
+    """The settings dataclass ``cls`` from the flags :func:`_add_settings` made of its fields."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in more}, **more)
+
+
+def _add_settings(p: argparse.ArgumentParser, cls: type) -> None:
+    """A flag for every field of a settings dataclass (``config.setting``), declared there once: its name with
+    dashes, its type, choices and help, and its default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):  # int | None: unset by default
+            kind = next(t for t in kind.__args__ if t is not type(None))
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"].replace("%", "%%")
+        if kind is bool:
+            p.add_argument(flag, action="store_true", default=f.default, help=text)
+            continue
+        if f.default is not None and f.default != "":
+            text += f" (default {f.default:g})" if isinstance(f.default, float) else f" (default {f.default})"
+        p.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"), help=text)
 
 
 def _synth(args: argparse.Namespace) -> int:
     from .synth.corpus import SynthConfig, format_summary, synthesize
 
-    cfg = SynthConfig(hours=args.hours, seed=args.seed, speakers=args.speakers, sv_speakers=args.sv_speakers,
-                      commands=args.commands, heldout=args.heldout, trials=args.trials, avoid=tuple(args.avoid))
+    cfg = _settings(args, SynthConfig, avoid=tuple(args.avoid))
     summary = synthesize(args.out, cfg, jobs=args.jobs, progress=not args.quiet)
     print(format_summary(summary))
     print(f"manifests and audio in {Path(args.out).resolve()} (summary.json has the details)")
@@ -93,10 +117,7 @@ def _probe(args: argparse.Namespace) -> int:
     from .report import format_probe_results
 
     tasks = list(TASKS) if args.task == "all" else [args.task]
-    cfg = ProbeConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, encoder_lr=args.encoder_lr,
-                      batch_seconds=args.batch_seconds, seed=args.seed, intent_head=args.intent_head,
-                      max_minutes=args.max_minutes, unfreeze=args.unfreeze, asr_hidden=args.asr_hidden,
-                      asr_layers=args.asr_layers, asr_train_hours=args.asr_train_hours, layer=args.layer)
+    cfg = _settings(args, ProbeConfig)
     out = Path(args.out) if args.out else _probe_out(args.checkpoint)
     if args.chunk_ms is not None and not args.out:  # beside the full-context results, not over them
         left = "" if args.left_chunks is None else f"_left{args.left_chunks}"
@@ -164,20 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bestrq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from .probes.tasks import ProbeConfig
+    from .synth.corpus import SynthSettings
+
     p = sub.add_parser("synth", help="synthesise the offline multi-speaker, multi-task speech corpus")
     p.add_argument("--out", required=True, help="output folder (audio, manifests, summary)")
-    p.add_argument("--hours", type=float, default=1.0, help="hours of audio to make (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same corpus")
-    p.add_argument("--speakers", type=int, default=None,
-                   help="number of pseudo-speakers (default max(40, 125 per hour))")
-    p.add_argument("--sv-speakers", type=int, default=None,
-                   help="speakers held out for verification (default max(20, 20%% of speakers))")
-    p.add_argument("--commands", type=float, default=0.2,
-                   help="fraction of utterances that are spoken commands with an intent (default 0.2)")
-    p.add_argument("--heldout", type=float, default=0.1,
-                   help="fraction of the seen speakers' utterances held out as dev, and again as test (default 0.1)")
-    p.add_argument("--trials", type=int, default=1,
-                   help="verification trials per sv utterance, of each kind: same speaker, another (default 1)")
+    _add_settings(p, SynthSettings)
     p.add_argument("--avoid", action="append", default=[], metavar="FOLDER",
                    help="another corpus (manifest folder) whose transcripts dev and test leave out, "
                         "e.g. the pre-training corpus of a probe corpus; repeatable")
@@ -230,26 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="manifest folder with train, dev, test (and sv) splits")
     p.add_argument("--out", default=None,
                    help="results folder (default: RUN/probes, or runs/probes/NAME for exports, fbank and random)")
-    p.add_argument("--epochs", type=int, default=20, help="at most this many epochs per task (default 20)")
-    p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without a better dev score")
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the head and layer weights")
-    p.add_argument("--unfreeze", action="store_true", help="ASR only: fine-tune the encoder too")
-    p.add_argument("--encoder-lr", type=float, default=5e-5, help="encoder learning rate with --unfreeze")
-    p.add_argument("--batch-seconds", type=float, default=40.0, help="audio per batch (default 40 s)")
-    p.add_argument("--asr-hidden", type=int, default=256, help="BiLSTM width of the ASR head")
-    p.add_argument("--asr-layers", type=int, default=2, help="BiLSTM layers of the ASR head")
-    p.add_argument("--asr-train-hours", type=float, default=0.0,
-                   help="ASR trains on the first this many hours of the train split (default 0: all)")
-    p.add_argument("--intent-head", default="mlp", choices=["mlp", "lstm"],
-                   help="intent head: an MLP on mean+std pooled states (mlp), or a BiLSTM before the pooling (lstm)")
-    p.add_argument("--layer", type=int, default=-1,
-                   help="probe hidden state N alone (0: the front-end output, N: layer N) instead of the learned "
-                        "weighted sum of all (-1, the default): a layer-by-layer analysis")
+    _add_settings(p, ProbeConfig)  # epochs, patience, heads, ..., seed: probes/tasks.py
     p.add_argument("--cache", default=None,
                    help="hidden-state cache folder (default OUT/cache): reused when it holds this encoder's states "
                         "of these clips, so probes of one encoder in several --out folders extract once")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="time limit per task (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the probes (and of a random: encoder)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--precision", default="run", choices=["run", "fp32", "bf16"],
                    help="precision of the frozen encoder: run (default: what it was trained in, so a bf16 model is "

@@ -37,11 +37,12 @@ class ConfigError(ValueError):
 
 
 def setting(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None, item: type | None = None) -> Any:
-    """A documented dataclass field; ``ge``/``gt``/``le``/``lt`` bound a number (or every item of a list of
-    ``item``), and :func:`check_bounds` checks them."""
+            lt: float | None = None, item: type | None = None, choices: tuple | None = None) -> Any:
+    """A documented dataclass field, declared once: its help is the CLI's and the docs' text too (``cli.py``
+    makes flags of some sections). ``ge``/``gt``/``le``/``lt`` bound a number (or every item of a list of
+    ``item``), ``choices`` lists the values it may take; :func:`check_bounds` checks both."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    metadata = {"help": help, "bounds": bounds, "item": item}
+    metadata = {"help": help, "bounds": bounds, "item": item, "choices": tuple(choices) if choices else None}
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -77,11 +78,18 @@ def check_range(key: str, value: Any, bounds: dict, item: type | None = None) ->
 
 
 def check_bounds(section: Any, prefix: str = "") -> None:
-    """check_range on every bounded or numeric field of ``section`` and its subsections (see :func:`setting`)."""
+    """check_range on every bounded or numeric field of ``section`` and its subsections, and every field with
+    ``choices`` against them (see :func:`setting`)."""
     for f in dataclasses.fields(section):
         value, key = getattr(section, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
             check_bounds(value, f"{key}.")
+        elif (choices := f.metadata.get("choices")) is not None:
+            if value not in choices:
+                said = ", ".join(repr(c) if c == "" else str(c) for c in choices)
+                raise ConfigError(f"{key}: must be one of {said}, not {value!r}")
+        elif value is None:  # an optional setting left unset
+            continue
         elif f.metadata.get("item") is not None or f.metadata.get("bounds") or is_number(value):
             check_range(key, value, f.metadata.get("bounds", {}), f.metadata.get("item"))
 
@@ -103,7 +111,8 @@ class DataConfig:
 @dataclass
 class FeatureConfig:
     num_mel_bins: int = _f(80, "log-mel filterbank channels", ge=1)
-    normalization: str = _f("utterance", "mean/variance normalisation: utterance, global or none")
+    normalization: str = _f("utterance", "mean/variance normalisation: utterance, global or none",
+                            choices=NORMALIZATIONS)
     stack: int = _f(4, "10 ms frames stacked into one target frame (4 = 40 ms)", ge=1)
 
 
@@ -119,8 +128,8 @@ class QuantizerConfig:
 @dataclass
 class MaskingConfig:
     preset: str = _f("speechbrain", "speechbrain (prob 0.15, 4-frame aligned spans, ~60%) or original "
-                     "(prob 0.01 per 10 ms, 400 ms spans, ~33%)")
-    mode: str = _f("", "override the preset: aligned or independent ('' keeps the preset's)")
+                     "(prob 0.01 per 10 ms, 400 ms spans, ~33%)", choices=PRESETS)
+    mode: str = _f("", "override the preset: aligned or independent ('' keeps the preset's)", choices=("", *MODES))
     prob: float = _f(0.0, "override the preset's start probability per target frame (0 keeps it)", ge=0, le=1)
     span: int = _f(0, "override the preset's span in target frames (0 keeps it)", ge=0)
     noise_std: float = _f(0.1, "masked input frames are replaced by N(0, noise_std^2) noise", ge=0)
@@ -128,15 +137,16 @@ class MaskingConfig:
 
 @dataclass
 class EncoderConfig:
-    kind: str = _f("conformer", "conformer or transformer (wav2vec 2.0's post-LN layers, conv positions)")
+    kind: str = _f("conformer", "conformer or transformer (wav2vec 2.0's post-LN layers, conv positions)",
+                   choices=ENCODERS)
     frontend: str = _f("stack", "BEST-RQ's 4x front-end: stack (stacked frames + linear) or conv2d (two "
-                       "strided convs); wav2vec 2.0 uses its waveform encoder instead")
+                       "strided convs); wav2vec 2.0 uses its waveform encoder instead", choices=FRONTENDS)
     d_model: int = _f(576, "model width (D)", ge=1)
     num_layers: int = _f(12, "Conformer layers", ge=1)
     num_heads: int = _f(8, "attention heads", ge=1)
     ffn_dim: int = _f(2048, "feed-forward width", ge=1)
     conv_kernel: int = _f(31, "depthwise convolution kernel (odd)", ge=1)
-    position: str = _f("relative_key", "relative_key (exports to transformers) or rotary")
+    position: str = _f("relative_key", "relative_key (exports to transformers) or rotary", choices=POSITIONS)
     left_context: int = _f(64, "relative_key: distances clipped to -left_context", ge=0)
     right_context: int = _f(8, "relative_key: distances clipped to +right_context", ge=0)
     dropout: float = _f(0.1, "dropout in every layer", ge=0, lt=1)
@@ -152,13 +162,14 @@ class EncoderConfig:
                                  "all the past)", ge=0, le=1)
     left_chunks: list = _f([2, 32], "streaming: limited left context, drawn uniformly from this range of chunks",  # noqa: RUF009
                            ge=1, item=int)
-    chunk_per: str = _f("batch", "streaming: draw the chunking once per batch, or per utterance")
+    chunk_per: str = _f("batch", "streaming: draw the chunking once per batch, or per utterance", choices=CHUNK_PER)
 
 
 @dataclass
 class Wav2Vec2Config:
     feature_encoder: str = _f("conv", "conv (BASE's learned waveform encoder, below) or fbank (the fixed log-mel "
-                              "frames of features.*, stacked by fbank_stack: targets predictable from the start)")
+                              "frames of features.*, stacked by fbank_stack: targets predictable from the start)",
+                              choices=FEATURE_ENCODERS)
     fbank_stack: int = _f(2, "fbank feature encoder: 10 ms frames per frame (2: 20 ms, the conv encoder's rate)",
                           ge=1)
     conv_channels: list = _f([512] * 7, "waveform encoder: channels per conv layer", ge=1, item=int)  # noqa: RUF009
@@ -166,7 +177,8 @@ class Wav2Vec2Config:
                             ge=1, item=int)
     conv_strides: list = _f([5, 2, 2, 2, 2, 2, 2], "waveform encoder: stride per layer (product 320 = "  # noqa: RUF009
                             "20 ms)", ge=1, item=int)
-    conv_norm: str = _f("group", "group (first layer only, per channel over time: BASE) or layer (every layer)")
+    conv_norm: str = _f("group", "group (first layer only, per channel over time: BASE) or layer (every layer)",
+                        choices=CONV_NORMS)
     conv_bias: bool = _f(False, "bias in the conv layers")
     feature_grad_mult: float = _f(0.1, "scale of the gradient that reaches the waveform encoder", ge=0)
     num_groups: int = _f(2, "Gumbel quantizer: codebooks (G)", ge=1)
@@ -192,7 +204,7 @@ class OptimConfig:
     betas: list = _f([0.9, 0.98], "AdamW betas", ge=0, lt=1, item=float)  # noqa: RUF009 - _f gives a default_factory
     eps: float = _f(1e-8, "AdamW epsilon", ge=0)
     weight_decay: float = _f(0.01, "AdamW weight decay (not on biases, norms or embeddings)", ge=0)
-    schedule: str = _f("noam", "noam (warm-up then inverse square root), cosine or constant")
+    schedule: str = _f("noam", "noam (warm-up then inverse square root), cosine or constant", choices=SCHEDULES)
     warmup_steps: int = _f(25000, "linear warm-up steps", ge=0)
     min_lr_ratio: float = _f(0.0, "cosine: final learning rate as a fraction of the peak", ge=0, le=1)
     grad_clip: float = _f(5.0, "clip the global gradient norm to this (0: no clipping)", ge=0)
@@ -209,8 +221,8 @@ class TrainConfig:
     init_from: str = _f("", "start from this run, checkpoint or exported folder's weights, quantizer and heads "
                             "(fresh optimizer and schedule); its model settings must match. A run that "
                             "already has a checkpoint resumes from it instead")
-    device: str = _f("auto", "auto (cuda if available), cpu or cuda")
-    precision: str = _f("fp32", "fp32 or bf16 (autocast; for GPUs: this CPU has no fast bf16)")
+    device: str = _f("auto", "auto (cuda if available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    precision: str = _f("fp32", "fp32 or bf16 (autocast; for GPUs: this CPU has no fast bf16)", choices=PRECISIONS)
     tf32: bool = _f(True, "CUDA: fp32 matmuls in TF32 (the quantizer's code search and a few statistics "
                           "stay exact fp32); no effect on a CPU")
     compile: bool = _f(False, f"torch.compile the encoder, one graph for every batch length (torch >= {DYNAMIC_COMPILE_TORCH})")
@@ -228,7 +240,7 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
-    objective: str = _f("bestrq", "bestrq or wav2vec2")
+    objective: str = _f("bestrq", "bestrq or wav2vec2", choices=OBJECTIVES)
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -243,33 +255,19 @@ class PretrainConfig:
             if not ok:
                 raise ConfigError(f"{key}: {msg}")
 
-        check_bounds(self)  # every number in its field's range first: the checks below divide by some
-        check(self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, "
-              f"not {self.objective!r}")
-        check(self.encoder.kind in ENCODERS, "encoder.kind", f"must be one of {', '.join(ENCODERS)}")
+        check_bounds(self)  # every number in its range and every choice declared first: the checks below combine
         w = self.wav2vec2
         n = len(w.conv_channels)
         check(n >= 1 and len(w.conv_kernels) == n and len(w.conv_strides) == n, "wav2vec2.conv_channels",
               "conv_channels, conv_kernels and conv_strides must be lists of the same length")
-        check(w.feature_encoder in FEATURE_ENCODERS, "wav2vec2.feature_encoder",
-              f"must be one of {', '.join(FEATURE_ENCODERS)}, not {w.feature_encoder!r}")
-        check(w.conv_norm in CONV_NORMS, "wav2vec2.conv_norm", f"must be one of {', '.join(CONV_NORMS)}")
         check(len(w.temperature) == 3 and w.temperature[0] >= w.temperature[1] > 0 and 0 < w.temperature[2] <= 1,
               "wav2vec2.temperature", "must be [start, end, decay] with start >= end > 0 and 0 < decay <= 1")
         check(w.codevector_dim % w.num_groups == 0, "wav2vec2.codevector_dim",
               f"{w.codevector_dim} is not divisible by num_groups {w.num_groups}")
         check(w.mask_prob <= w.mask_span, "wav2vec2.mask_prob", "must be in (0, mask_span]")
-        check(self.features.normalization in NORMALIZATIONS, "features.normalization",
-              f"must be one of {', '.join(NORMALIZATIONS)}, not {self.features.normalization!r}")
-        check(self.masking.preset in PRESETS, "masking.preset",
-              f"must be {' or '.join(PRESETS)}, not {self.masking.preset!r}")
-        check(self.masking.mode in ("", *MODES), "masking.mode",
-              f"must be one of {', '.join(MODES)} (or '' for the preset's), not {self.masking.mode!r}")
         check(self.data.min_duration <= self.data.max_duration, "data.min_duration",
               f"{self.data.min_duration:g} s is above data.max_duration ({self.data.max_duration:g} s): every clip, "
               "cropped to max_duration, would be too short")
-        check(self.encoder.frontend in FRONTENDS, "encoder.frontend", f"must be one of {', '.join(FRONTENDS)}")
-        check(self.encoder.position in POSITIONS, "encoder.position", f"must be one of {', '.join(POSITIONS)}")
         check(self.encoder.d_model % self.encoder.num_heads == 0, "encoder.d_model",
               f"{self.encoder.d_model} is not divisible by num_heads {self.encoder.num_heads}")
         check(self.encoder.conv_kernel % 2 == 1, "encoder.conv_kernel", "must be odd")
@@ -277,7 +275,6 @@ class PretrainConfig:
         for key in ("chunk_frames", "left_chunks"):
             pair = getattr(e, key)
             check(len(pair) == 2 and pair[0] <= pair[1], f"encoder.{key}", f"must be [smallest, largest], got {pair}")
-        check(e.chunk_per in CHUNK_PER, "encoder.chunk_per", f"must be one of {', '.join(CHUNK_PER)}")
         if e.streaming:  # nothing that makes an output depend on the future beyond its chunk
             check(e.kind == "conformer", "encoder.streaming",
                   "needs encoder.kind conformer (the transformer's position convolution looks ahead)")
@@ -289,10 +286,7 @@ class PretrainConfig:
                   "need the whole clip")
             check(fbank or w.conv_norm == "layer", "encoder.streaming",
                   "needs wav2vec2.conv_norm layer (group normalises each channel over the whole clip)")
-        check(self.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {', '.join(SCHEDULES)}")
         check(len(self.optim.betas) == 2, "optim.betas", "must be two numbers")
-        check(self.train.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
-        check(self.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda")
         check(self.encoder.kind != "transformer" or self.encoder.d_model % self.encoder.pos_conv_groups == 0,
               "encoder.pos_conv_groups",
               f"d_model {self.encoder.d_model} is not divisible by {self.encoder.pos_conv_groups}")
@@ -335,6 +329,12 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(tp):
             values[name] = from_dict(tp, value, f"{prefix}{name}.")
             continue
+        optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__  # int | None: unset is None
+        if optional:
+            if value is None:
+                values[name] = None
+                continue
+            tp = next(t for t in tp.__args__ if t is not type(None))
         try:
             values[name] = _type_ok(value, tp if not isinstance(tp, types.GenericAlias) else list)
             item = fields[name].metadata.get("item")

@@ -42,27 +42,34 @@ LSTM_RATE = 25.0  # BiLSTM steps per second at most: faster encoders' frames are
 
 
 @dataclass
-class ProbeConfig:
-    epochs: int = setting(20, "at most; early stopping usually ends sooner", ge=1)
-    patience: int = setting(4, "epochs without a better dev score before stopping", ge=1)
-    lr: float = setting(3e-3, "head and layer weights (AdamW)", gt=0)
-    encoder_lr: float = setting(5e-5, "only with unfreeze (ASR fine-tuning)", gt=0)
+class ProbeSettings:
+    """How a probe trains, declared once: ``bestrq probe``'s flags are made from these fields (cli.py), and the
+    study's ``probe`` section inherits them (study/config.py)."""
+
+    epochs: int = setting(20, "at most this many epochs per task; a probe stops sooner once its dev score has "
+                          "not improved for patience epochs", ge=1)
+    patience: int = setting(4, "stop after this many epochs without a better dev score", ge=1)
+    lr: float = setting(3e-3, "learning rate of the head and layer weights (AdamW)", gt=0)
+    unfreeze: bool = setting(False, "ASR only: fine-tune the encoder too")
+    encoder_lr: float = setting(5e-5, "encoder learning rate with unfreeze", gt=0)
     batch_seconds: float = setting(40.0, "audio per batch (smaller: more updates; CTC needs them)", gt=0)
-    seed: int = 0
     asr_hidden: int = setting(256, "BiLSTM width of the ASR head", ge=1)
     asr_layers: int = setting(2, "BiLSTM layers of the ASR head", ge=1)
-    asr_train_hours: float = setting(0.0, "ASR trains on the train split's first this many hours (0: all), as "
+    asr_train_hours: float = setting(0.0, "ASR trains on the first this many hours of the train split (0: all), as "
                                      "low-resource ASR benchmarks do", ge=0)
-    intent_head: str = "mlp"  # mlp or lstm
-    layer: int = setting(-1, "-1: a learned weighted sum of all hidden states; N >= 0: hidden state N alone "
-                         "(0 the front-end output, N the Nth layer's)", ge=-1)
-    max_minutes: float = setting(0.0, "per task; 0: no limit (the epoch under way is finished)", ge=0)
-    unfreeze: bool = False
+    intent_head: str = setting("mlp", "intent head: an MLP on mean+std pooled states (mlp), or a BiLSTM before the "
+                               "pooling (lstm)", choices=("mlp", "lstm"))
+    layer: int = setting(-1, "probe hidden state N alone (0: the front-end output, N: layer N) instead of the "
+                         "learned weighted sum of all (-1): a layer-by-layer analysis", ge=-1)
+    max_minutes: float = setting(0.0, "time limit per task (0: none; the epoch under way is finished)", ge=0)
+
+
+@dataclass
+class ProbeConfig(ProbeSettings):
+    seed: int = setting(0, "random seed of the probes (and of a random: encoder)")
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if self.intent_head not in ("mlp", "lstm"):
-            raise ValueError(f"intent_head: must be mlp or lstm, not {self.intent_head!r}")
 
 
 @dataclass(frozen=True)

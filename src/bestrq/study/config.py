@@ -6,20 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, check_bounds, load_config, setting
+from ..probes.tasks import ProbeSettings
+from ..synth.corpus import SynthSettings
 from .probing import MODELS
 
 
 @dataclass
-class CorpusConfig:
+class CorpusConfig(SynthSettings):
+    """A corpus of the study: the settings of ``bestrq synth`` (``synth.corpus.SynthSettings``), or a folder."""
+
     folder: str = setting("", "an existing manifest folder to use instead of synthesising one")
-    hours: float = setting(1.0, "synth: hours of audio", gt=0)
-    seed: int = setting(0, "synth: seed of the corpus")
-    speakers: int = setting(0, "synth: speakers (0: synth's default)", ge=0)
-    sv_speakers: int = setting(0, "synth: unseen verification speakers (0: synth's default)", ge=0)
-    commands: float = setting(0.2, "synth: fraction of utterances that are spoken commands", ge=0, le=1)
-    heldout: float = setting(0.1, "synth: fraction of the seen speakers' utterances in dev, and in test", gt=0,
-                             lt=0.5)
-    trials: int = setting(1, "synth: verification trials per sv utterance, of each kind", ge=1)
 
 
 @dataclass
@@ -61,22 +57,16 @@ class MarginSection:
 
 
 @dataclass
-class ProbeSection:
+class ProbeSection(ProbeSettings):
+    """The probes of the study: how each trains is ``bestrq probe``'s settings (``probes.tasks.ProbeSettings``:
+    epochs, patience, heads, ...); which encoders, tasks and seeds, and how results are compared, below."""
+
     models: list = setting(list(MODELS), "encoders to probe: bestrq, wav2vec2, random (BEST-RQ's "  # noqa: RUF009
                            "initial weights), fbank, or the ablation's name; each of the first four once per "
                            "pre-training run (fbank: a replicate of its probes), the ablation once")
     tasks: list = setting(["asr", "speaker", "emotion", "intent"], "downstream tasks")  # noqa: RUF009
     seeds: int = setting(1, "probe seeds per pre-training run, encoder and task (seeds vary with the run too)",
                          ge=1)
-    epochs: int = setting(200, "at most; each probe stops when its dev score has not improved for patience epochs",
-                          ge=1)
-    patience: int = setting(5, "epochs without a better dev score before a probe stops", ge=1)
-    lr: float = setting(3e-3, "learning rate of the heads", gt=0)
-    batch_seconds: float = setting(40.0, "audio per probe batch", gt=0)
-    asr_hidden: int = setting(256, "BiLSTM width of the ASR head", ge=1)
-    asr_layers: int = setting(2, "BiLSTM layers of the ASR head", ge=1)
-    asr_train_hours: float = setting(0.0, "ASR trains on the first this many hours of train (0: all)", ge=0)
-    intent_head: str = setting("mlp", "mlp or lstm (a BiLSTM before the pooling)")
     device: str = setting("cpu", "cpu, cuda or cuda:N")
     replicates: int = setting(1000, "bootstrap replicates of each interval", ge=100)
     margins: MarginSection = field(default_factory=MarginSection)
@@ -113,8 +103,6 @@ class StudyConfig:
             if bad or not values:
                 raise ConfigError(f"{key}: {bad[0]!r} is not one of {', '.join(sorted(allowed))}" if bad
                                   else f"{key}: give at least one")
-        if self.probe.intent_head not in ("mlp", "lstm"):
-            raise ConfigError(f"probe.intent_head: must be mlp or lstm, not {self.probe.intent_head!r}")
         return self
 
 

@@ -58,12 +58,12 @@ def init_seed(name: str, out: Path, run: int) -> int:
 
 
 def probe_config(cfg, seed: int):
-    from ..probes.tasks import ProbeConfig
+    """The probe's settings: the study's ``probe`` section's (``ProbeSettings``), and its own seed."""
+    from dataclasses import fields
 
-    p = cfg.probe
-    return ProbeConfig(epochs=p.epochs, patience=p.patience, lr=p.lr, batch_seconds=p.batch_seconds, seed=seed,
-                       asr_hidden=p.asr_hidden, asr_layers=p.asr_layers, asr_train_hours=p.asr_train_hours,
-                       intent_head=p.intent_head)
+    from ..probes.tasks import ProbeConfig, ProbeSettings
+
+    return ProbeConfig(**{f.name: getattr(cfg.probe, f.name) for f in fields(ProbeSettings)}, seed=seed)
 
 
 def names_speakers(data: Path) -> bool:

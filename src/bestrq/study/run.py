@@ -21,11 +21,12 @@ def corpus(c: CorpusConfig, folder: Path, progress: bool, avoid: tuple[Path, ...
     dev and test transcripts none of those in the corpora ``avoid``."""
     if c.folder:
         return Path(c.folder)
-    from ..synth.corpus import SynthConfig, synthesize
+    from dataclasses import fields
 
-    synthesize(folder, SynthConfig(hours=c.hours, seed=c.seed, speakers=c.speakers or None,
-                                   sv_speakers=c.sv_speakers or None, commands=c.commands, heldout=c.heldout,
-                                   trials=c.trials, avoid=tuple(str(a) for a in avoid)), progress=progress)
+    from ..synth.corpus import SynthConfig, SynthSettings, synthesize
+
+    settings = {f.name: getattr(c, f.name) for f in fields(SynthSettings)}
+    synthesize(folder, SynthConfig(**settings, avoid=tuple(str(a) for a in avoid)), progress=progress)
     return folder
 
 

@@ -41,6 +41,7 @@ from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
 from lhotse.audio import AudioSource
 from tqdm import tqdm
 
+from ..config import check_bounds, setting
 from ..data.audio import SAMPLE_RATE
 from ..data.manifest import save_split
 from ..files import atomic_path
@@ -60,32 +61,31 @@ PLAN = 2
 MAX_DRAWS = 1000  # draws of a transcript the other side (train, or dev and test) lacks, before an error
 
 
-@dataclass(frozen=True)
-class SynthConfig:
-    hours: float = 1.0
-    seed: int = 0
-    speakers: int | None = None  # default: max(40, 125 per hour)
-    sv_speakers: int | None = None  # unseen speakers for verification; default max(20, 20%)
-    commands: float = COMMAND_FRACTION  # fraction of utterances that are spoken commands with an intent
-    heldout: float = HELDOUT_FRACTION  # fraction of the seen speakers' utterances in dev, and again in test
-    trials: int = 1  # verification trials per sv utterance, of each kind (same speaker, another)
+@dataclass
+class SynthSettings:
+    """What corpus to synthesise, declared once: ``bestrq synth``'s flags are made from these fields (cli.py),
+    and the study's corpus sections inherit them (study/config.py)."""
+
+    hours: float = setting(1.0, "hours of audio to make", gt=0)
+    seed: int = setting(0, "random seed: the same seed gives the same corpus")
+    speakers: int | None = setting(None, "number of pseudo-speakers (unset: max(40, 125 per hour))", ge=2)
+    sv_speakers: int | None = setting(None, "speakers held out for verification (unset: max(20, 20% of speakers))",
+                                      ge=1)
+    commands: float = setting(COMMAND_FRACTION, "fraction of utterances that are spoken commands with an intent",
+                              ge=0, le=1)
+    heldout: float = setting(HELDOUT_FRACTION, "fraction of the seen speakers' utterances held out as dev, and "
+                             "again as test", gt=0, lt=0.5)
+    trials: int = setting(1, "verification trials per sv utterance, of each kind: same speaker, another", ge=1)
+
+
+@dataclass
+class SynthConfig(SynthSettings):
     avoid: tuple[str, ...] = ()  # folders of other corpora whose transcripts (all splits) dev and test leave out
 
     def __post_init__(self) -> None:
         if isinstance(self.avoid, (str, os.PathLike)):
             raise TypeError(f"avoid: a tuple of corpus folders, got one folder {str(self.avoid)!r}")
-        if not (math.isfinite(self.hours) and self.hours > 0):
-            raise ValueError(f"hours: must be > 0, got {self.hours}")
-        if not 0 <= self.commands <= 1:
-            raise ValueError(f"commands: must be in [0, 1], got {self.commands}")
-        if not 0 < self.heldout < 0.5:
-            raise ValueError(f"heldout: must be in (0, 0.5): dev and test each take this much, got {self.heldout}")
-        if self.trials < 1:
-            raise ValueError(f"trials: must be >= 1, got {self.trials}")
-        if self.speakers is not None and self.speakers < 2:
-            raise ValueError(f"speakers: must be >= 2 (seen ones and held-out verification ones), got {self.speakers}")
-        if self.sv_speakers is not None and self.sv_speakers < 1:
-            raise ValueError(f"sv_speakers: must be >= 1, got {self.sv_speakers}")
+        check_bounds(self)
 
     def n_speakers(self) -> int:
         return self.speakers if self.speakers is not None else max(40, math.ceil(125 * self.hours))
