@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .probes.encoders import same_encoder
-from .probes.results import ENCODER, read_encoder, read_result, result_path
+from .probes.results import ENCODER, RESULTS, read_encoder, read_result, result_path
 from .probes.tasks import MAIN_METRIC, TASKS
 from .runtime.checkpoint import run_of
 from .runtime.metrics import METRICS, read_metrics
@@ -43,9 +43,9 @@ def collect(paths: list[str | os.PathLike]) -> list[Model]:
         if not p.is_dir():
             raise FileNotFoundError(f"{p}: {'not a folder' if p.exists() else 'no such folder'} "
                                     "(give run or probe result folders)")
-        folder = p if list(p.glob("probe_*.json")) else p / "probes"
-        if not list(folder.glob("probe_*.json")):
-            raise FileNotFoundError(f"{p}: no probe results (probe_*.json) here or in {p / 'probes'}")
+        folder = p if list(p.glob(RESULTS)) else p / "probes"
+        if not list(folder.glob(RESULTS)):
+            raise FileNotFoundError(f"{p}: no probe results ({RESULTS}) here or in {p / 'probes'}")
         path = folder / ENCODER
         encoder = read_encoder(path) if path.is_file() else {}
         results = {}

@@ -32,6 +32,7 @@ from ..config import ConfigError, PretrainConfig, from_dict
 from ..runtime import checkpoint as ckpt_io
 from ..runtime.checkpoint import CheckpointError
 from ..runtime.distributed import require_device
+from ..runtime.metrics import METRICS
 
 BESTRQ_CONFIG = "bestrq_config.json"
 EXTRAS = "bestrq.safetensors"
@@ -71,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             raise ckpt_io.CheckpointError(
                 f"{path}: a transformers model folder without {path.name}/bestrq_config.json; bestrq loads "
                 "its own checkpoints and the folders `bestrq export --to hf` writes")
-        is_run = (path / "checkpoints").exists() or (path / "metrics.jsonl").is_file()  # a run before its first save too
+        is_run = ckpt_io.checkpoint_dir(path).exists() or (path / METRICS).is_file()  # a run before its first save too
         folder = ckpt_io.latest(path) if is_run else path
         if folder == path and not ckpt_io.is_checkpoint_name(path.name) and not any(
                 (path / name).exists() for name in ckpt_io.FILES):

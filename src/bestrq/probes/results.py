@@ -24,6 +24,9 @@ from .tasks import MAIN_METRIC
 ENCODER = "encoder.json"
 
 
+RESULTS = "probe_*.json"  # every task's result in a folder
+
+
 def result_path(folder: str | os.PathLike, task: str) -> Path:
     return Path(folder) / f"probe_{task}.json"
 

@@ -21,7 +21,7 @@ from ..data.manifest import list_splits, load_split
 from ..runtime.distributed import require_device
 from .cache import encode_cuts, extract, output_frames
 from .encoders import Encoder, load_encoder, same_encoder
-from .results import encoder_of, write_encoder, write_result
+from .results import RESULTS, encoder_of, write_encoder, write_result
 from .tasks import TASKS, ProbeConfig, read_trials, task_data, train_probe
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run_probes(checkpoint: str | Encoder, tasks: list[str], data_dir: str | os.P
                                  left_chunks=left_chunks))
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
-    for path in sorted(out_dir.glob("probe_*.json")):  # results this run does not replace: of this encoder?
+    for path in sorted(out_dir.glob(RESULTS)):  # results this run does not replace: of this encoder?
         other = encoder_of(path)
         if path.stem.removeprefix("probe_") not in tasks and other is not None and not same_encoder(other, record):
             log.warning("%s is of another encoder (%s), not %s: the report flags it; give --out another folder "

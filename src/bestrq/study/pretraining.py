@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.metrics import METRICS, read_metrics
+from ..runtime.runs import RUN_CONFIG, run_config
 
 COMPARED = ("bestrq", "wav2vec2")
 TIMING_WINDOWS = 10  # per run: enough for an interval of the time per update, and to see a drift
@@ -102,10 +103,9 @@ def check_planned(run: Run, folder: Path) -> None:
     preset or its sweep changed since) the study stops, rather than mix runs of two plans."""
     from ..config import ConfigError
 
-    path = folder / "config.json"
-    if not path.is_file():
+    made = run_config(folder)
+    if not made:
         return
-    made = json.loads(path.read_text())
     have = {"train.seed": made.get("train", {}).get("seed"), "optim.lr": made.get("optim", {}).get("lr")}
     want = {"train.seed": run.seed, **({"optim.lr": run.lr} if run.lr is not None else {})}
     bad = [k for k, v in want.items() if have[k] != v]
@@ -237,7 +237,9 @@ def timing(cfg, out: Path, runs: list[Run]) -> dict:
     for run in runs:
         records = read_metrics(out / "pretrain" / run.name / METRICS)
         windows.setdefault(run.model, []).extend(update_windows(records, windows=10**6)[1:])
-    machine = (folder / "machine.txt").read_text().strip() if (folder / "machine.txt").is_file() else None
+    from .sessions import MACHINE
+
+    machine = (folder / MACHINE).read_text().strip() if (folder / MACHINE).is_file() else None
     models = {m: time_per_update(w) for m, w in windows.items()}
     ratios = {m: time_ratio(w, windows.get("bestrq", [])) for m, w in windows.items() if m != "bestrq"}
     return {"machine": machine, "rounds": cfg.pretrain.timing_rounds, "steps": cfg.pretrain.timing_steps,
@@ -269,7 +271,7 @@ def run_summary(folder: Path, run: Run) -> dict:
     records = read_metrics(folder / METRICS)
     train = [r for r in records if r["split"] == "train"]
     dev = last_dev(folder)
-    cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    cfg = run_config(folder)
     windows = update_windows(records)
     return {"name": run.name, "seed": run.seed, "steps": finished_step(folder),
             "seconds": max((r.get("elapsed", 0.0) for r in train), default=0.0),
@@ -309,7 +311,7 @@ def encoder_parameters(folder: Path) -> int | None:
     from ..config import load_config
     from ..objectives import build_model
 
-    path = folder / "config.json"
+    path = folder / RUN_CONFIG
     if not path.is_file():
         return None
     model = build_model(load_config(str(path)))

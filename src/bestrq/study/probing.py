@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from ..runtime.runs import RUN_CONFIG
+
 MODELS = ("bestrq", "wav2vec2", "random", "fbank")
 
 
@@ -33,7 +35,7 @@ def encoder_spec(name: str, out: Path, run: int = 0) -> str:
     if name == "fbank":
         return "fbank"
     if name == "random":  # exactly the network BEST-RQ's run started from (loaded with seed ``run``)
-        return f"random:{run_folder(out, name, run) / 'config.json'}"
+        return f"random:{run_folder(out, name, run) / RUN_CONFIG}"
     return str(run_folder(out, name, run))
 
 
@@ -49,12 +51,11 @@ def probe_seed(run: int, seed: int) -> int:
 
 def init_seed(name: str, out: Path, run: int) -> int:
     """The seed ``random:`` builds BEST-RQ's run ``run`` with: its ``train.seed``, as its run folder says."""
-    import json
+    from ..runtime.runs import run_config
 
     if name != "random":
         return 0
-    config = run_folder(out, name, run) / "config.json"
-    return int(json.loads(config.read_text())["train"]["seed"])
+    return int(run_config(run_folder(out, name, run))["train"]["seed"])
 
 
 def probe_config(cfg, seed: int):

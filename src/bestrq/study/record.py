@@ -18,24 +18,28 @@ version control, DIR carries a study from one machine to the next:
 from __future__ import annotations
 
 import filecmp
+import fnmatch
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..probes.results import ENCODER, RESULTS
+from ..runtime.metrics import METRICS
+from ..runtime.runs import RUN_CONFIG
+from ..train.run import SKIPPED_AUDIO
+from .pretraining import FINISHED
+from .sessions import MACHINE, SESSIONS
+
 # folders of the study's that hold bulk: never in the record
 BULK = frozenset({"data", "checkpoints", "cache", "tensorboard"})
-# what the study writes at its end from the record (published beside it instead)
-RESULTS = frozenset({"results.json", "report.md", "pretraining.png", "tasks.png", "layer_weights.png"})
-NAMES = frozenset({"config.json", "metrics.jsonl", "finished.json", "machine.txt", "encoder.json",
-                   "sessions.json", "skipped_audio.json"})
+NAMES = frozenset({RUN_CONFIG, METRICS, FINISHED, MACHINE, ENCODER, SESSIONS, SKIPPED_AUDIO})
 MAX_BYTES = 4 << 20  # a file this large is not a record file: a sign that something else is kept
 
 
 def _is_record(rel: Path) -> bool:
     name = rel.name
-    return (name in NAMES or (name.startswith("probe_") and name.endswith(".json"))) and not (
-        len(rel.parts) == 1 and name in RESULTS)
+    return name in NAMES or fnmatch.fnmatch(name, RESULTS)
 
 
 def record_files(folder: Path) -> Iterator[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..files import atomic_path
 from .config import CorpusConfig, StudyConfig
-from .sessions import Session, machine
+from .sessions import MACHINE, SESSIONS, Session, machine
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int
     restored = record.restore()  # first: sessions.json may be among them
     if restored:
         print(f"  {restored} files restored from the study's record in {cfg.record}")
-    session = Session(out / "sessions.json", command, asdict(cfg))
+    session = Session(out / SESSIONS, command, asdict(cfg))
     session.check_margins()
     main = threading.current_thread() is threading.main_thread()  # handlers live in the main thread only
     _OWNER[0] = os.getpid()
@@ -188,7 +188,7 @@ def same_machine(folder: Path) -> None:
     to be made again on this one; the machine is written down."""
     import shutil
 
-    path = folder / "machine.txt"
+    path = folder / MACHINE
     if path.is_file() and path.read_text().strip() != machine():
         print(f"  the timing runs in {folder} were made on {path.read_text().strip()}: timed again on this machine")
         shutil.rmtree(folder)

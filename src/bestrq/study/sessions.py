@@ -14,6 +14,9 @@ from pathlib import Path
 from ..config import ConfigError
 from ..files import atomic_path
 
+SESSIONS = "sessions.json"  # in the study's folder: each session
+MACHINE = "machine.txt"  # in the timing stage's folder: the machine it ran on
+
 
 @dataclass
 class Session:

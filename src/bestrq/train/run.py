@@ -32,6 +32,7 @@ from ..config import PretrainConfig, to_dict
 from ..data.audio import by_kind
 from ..files import atomic_path
 from ..runtime import checkpoint, distributed
+from ..runtime.runs import RUN_CONFIG
 
 log = logging.getLogger("bestrq.train")
 
@@ -96,7 +97,7 @@ def _write_owner(fh, text: str) -> None:
 
 def write_config(out_dir: Path, cfg: PretrainConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "config.json") as tmp:
+    with atomic_path(out_dir / RUN_CONFIG) as tmp:
         tmp.write_text(json.dumps(to_dict(cfg), indent=2))
 
 
