@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .batches import make_batches
-from .peers import SIZES, Runner, _speechbrain, build
+from .peers import SIZES, Runner, build, import_speechbrain
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, trials: int = 5) -> float:
@@ -91,7 +91,7 @@ def memory_child(args: argparse.Namespace) -> None:
     batches, _ = make_batches(args.corpus, 2, args.batch_seconds[size_name], seed=0,
                               bucketed=args.batching == "bucketed")
     if args.memory_of == "bestrq-sb":
-        _speechbrain()
+        import_speechbrain()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     base = _status_kib("VmRSS")
     runner = build(args.memory_of, SIZES[size_name], device, False)

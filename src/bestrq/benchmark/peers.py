@@ -145,7 +145,7 @@ def _torchaudio_or_stand_in() -> None:
         sys.modules["torchaudio"] = stand_in
 
 
-def _speechbrain():
+def import_speechbrain():
     """Import SpeechBrain, with a stand-in torchaudio module where the real one does not load."""
     _torchaudio_or_stand_in()
     import logging
@@ -160,7 +160,7 @@ class SBBestRQ(Runner):
     """SpeechBrain's BEST-RQ pre-training step, wired as its LibriSpeech recipe's train.py."""
 
     def __init__(self, size: dict, device: torch.device, compile_: bool) -> None:
-        _speechbrain()
+        import_speechbrain()
         from speechbrain.lobes.features import Fbank
         from speechbrain.lobes.models.BESTRQ import compute_mask
         from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
@@ -236,7 +236,7 @@ def available(name: str) -> str | None:
         if name == "wav2vec2-hf":
             import transformers  # noqa: F401
         if name == "bestrq-sb":
-            _speechbrain()
+            import_speechbrain()
     except ImportError as e:
         return f"{e} (pip install --no-deps speechbrain hyperpyyaml ruamel.yaml)"
     except Exception as e:  # noqa: BLE001 - a peer that fails to import is skipped, and said why
