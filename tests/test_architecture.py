@@ -110,3 +110,13 @@ def test_the_checker_sees_function_level_relative_and_package_imports(tmp_path):
                       "    import bestrq.cli\n")
     found = imports("study.a", source, {"study.b", "train.loop", "cli", "study"})
     assert found == {"train.loop", "study.b", "study", "cli"}
+
+
+def test_no_module_imports_another_modules_private_name():
+    private = []
+    for name, path in sorted(module_names().items()):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("bestrq")):
+                private += [f"bestrq.{name} imports {a.name} from {'.' * node.level}{node.module or ''}"
+                            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, "\n".join(private)
