@@ -18,7 +18,9 @@ def layers() -> dict[str, int]:
     table = DOC.read_text().split("## Layers", 1)[1].split("\n## ", 1)[0]
     for row in re.finditer(r"^\| (\d+)\. [^|]+\| ([^|]+)\|", table, re.MULTILINE):
         for name in re.findall(r"`([\w/.]+)`", row.group(2)):
-            found[name.removesuffix(".py").removesuffix("/").replace("/", ".")] = int(row.group(1))
+            name = name.removesuffix(".py").removesuffix("/").replace("/", ".")
+            assert name not in found, f"{name} is in two rows of the layer table"
+            found[name] = int(row.group(1))
     return found
 
 

@@ -88,7 +88,7 @@ def check_bounds(section: Any, prefix: str = "") -> None:
             if value not in choices:
                 said = ", ".join(repr(c) if c == "" else str(c) for c in choices)
                 raise ConfigError(f"{key}: must be one of {said}, not {value!r}")
-        elif value is None:  # an optional setting left unset
+        elif value is None and f.default is None:  # an optional setting (int | None) left unset
             continue
         elif f.metadata.get("item") is not None or f.metadata.get("bounds") or is_number(value):
             check_range(key, value, f.metadata.get("bounds", {}), f.metadata.get("item"))

@@ -188,7 +188,7 @@ class StreamStep(nn.Module):
 
             def convolve(y, i=i, layer=layer):
                 out, inputs = layer.conv_module.step(y, conv[i])
-                new_conv.append(inputs[-conv.shape[1]:])
+                new_conv.append(inputs[inputs.shape[0] - conv.shape[1]:])  # the last k - 1 (none for k = 1)
                 return out
 
             x = layer.around(x, attend, convolve)

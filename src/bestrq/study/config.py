@@ -11,7 +11,7 @@ from ..synth.corpus import SynthSettings
 from .probing import MODELS
 
 
-@dataclass
+@dataclass(frozen=True)
 class CorpusConfig(SynthSettings):
     """A corpus of the study: the settings of ``bestrq synth`` (``synth.corpus.SynthSettings``), or a folder."""
 

@@ -61,7 +61,7 @@ PLAN = 2
 MAX_DRAWS = 1000  # draws of a transcript the other side (train, or dev and test) lacks, before an error
 
 
-@dataclass
+@dataclass(frozen=True)
 class SynthSettings:
     """What corpus to synthesise, declared once: ``bestrq synth``'s flags are made from these fields (cli.py),
     and the study's corpus sections inherit them (study/config.py)."""
@@ -78,7 +78,7 @@ class SynthSettings:
     trials: int = setting(1, "verification trials per sv utterance, of each kind: same speaker, another", ge=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SynthConfig(SynthSettings):
     avoid: tuple[str, ...] = ()  # folders of other corpora whose transcripts (all splits) dev and test leave out
 

@@ -54,8 +54,6 @@ from .voxceleb import from_voxceleb1
 log = logging.getLogger("bestrq.data")
 
 
-# the registry: each format's importer (its module beside this one), SRC and options -> split -> its cuts, or a
-# generator of them
 # the registry: each format and its importer (a module beside this one): SRC, options -> split -> its cuts
 IMPORTERS: dict[str, Callable[..., dict[str, Iterable]]] = {
     "librispeech": from_librispeech,
