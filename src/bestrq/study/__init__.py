@@ -7,9 +7,9 @@ resumes where it stopped. The stages, in order (``Stages``):
 1. the corpora: synthesised, unless a folder is given (``OUT/data/``);
 2. the learning-rate sweep, a short run per peak rate (``study/pretraining.py``);
 3. the timing stage, short runs of every model in turn on one machine (redone whole on another);
-4. for each pre-training run R: BEST-RQ's run R and its probes, wav2vec 2.0's and its probes, then
-   the probes of run R's random init and of fbank (``study/probing.py``); the ablation, if any,
-   with run 0;
+4. for each pre-training run R: BEST-RQ's run R and its probes, the probes of run R's random init
+   and of fbank, then wav2vec 2.0's run R and its probes (``study/probing.py``); the ablation, if
+   any, with run 0;
 5. the results: ``OUT/results.json``, ``OUT/report.md`` and plots (``study/report.py``).
 
 ``OUT/sessions.json`` notes each invocation: start, seconds, commit, command, stages finished.

@@ -97,9 +97,11 @@ def run_study(cfg: StudyConfig, command: str = "", progress: bool = True) -> int
 
 class Stages:
     """The study's stages after its corpora, in order: the learning-rate sweep; the timing stage (on one
-    machine); then for each pre-training run R, each objective's run R followed at once by its probes
-    (its weights are needed only until they are made), and run R's random init and fbank probes; last,
-    the ablation. Each run and probe is done once: a resumed study skips what it finds made."""
+    machine); then for each pre-training run R: BEST-RQ's run R and at once its probes, then the probes of
+    run R's random init and of fbank (no trained weights), then wav2vec 2.0's run R and its probes (a run's
+    weights are needed only until its probes are made: what a session ends in the middle of is lost with
+    its machine, so the long block comes last); the ablation with run 0. Each run and probe is done once: a
+    resumed study skips what it finds made."""
 
     def __init__(self, cfg: StudyConfig, data: Path, out: Path, session: Session, record) -> None:
         self.cfg, self.data, self.out, self.session, self.record = cfg, data, out, session, record
@@ -138,17 +140,19 @@ class Stages:
             trained = [run for run in self.compared if run.seed == r and run.role == "compared"]
             if r == 0:
                 trained += [run for run in self.compared if run.role == "ablation"]
-            for run in trained:  # each objective's run R, then its probes at once
+            # BEST-RQ's run first: the random init and fbank probes follow it (they need no trained weights, and
+            # the random init is built from its config); each other run follows, its probes at once
+            for run in sorted(trained, key=lambda run: run.model != "bestrq"):
                 stage(f"4/5 run {r + 1} of {cfg.pretrain.runs}: {run.name}", self.session)
                 probes = (run.model, r) if run.model in probed else None
                 if (stopped := self.train(run, probes, units)) is not None:
                     return stopped
                 if probes:
                     probe_model(cfg, out, probe_data, run.model, r, self.saved, progress, units)
-            for name in ("random", "fbank"):
-                if name in probed:
-                    stage(f"4/5 run {r + 1} of {cfg.pretrain.runs}: {name}", self.session)
-                    probe_model(cfg, out, probe_data, name, r, self.saved, progress, units)
+                for name in ("random", "fbank") if run.model == "bestrq" else ():
+                    if name in probed:
+                        stage(f"4/5 run {r + 1} of {cfg.pretrain.runs}: {name}", self.session)
+                        probe_model(cfg, out, probe_data, name, r, self.saved, progress, units)
         return None
 
     def train(self, run, probes: tuple[str, int] | None = None, units: bool = True) -> int | None:
