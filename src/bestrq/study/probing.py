@@ -119,24 +119,20 @@ def trained_record(out: Path, name: str, run: int) -> dict | None:
     return {"weights_id": weights_id(run_folder(out, name, run))}
 
 
-def probe_model(cfg, out: Path, data: Path, name: str, run: int, saved, progress: bool, units: bool) -> bool:
-    """Make the probes of one encoder that are missing, calling ``saved(stage)`` after each probe seed;
-    whether any were made."""
+def probe_model(cfg, out: Path, data: Path, name: str, run: int, saved, progress: bool, units: bool) -> None:
+    """Make the probes of one encoder that are missing, calling ``saved(stage)`` after each probe seed."""
     from ..probes import run_probes
     from ..probes.encoders import load_encoder
 
     p = cfg.probe
     known = trained_record(out, name, run)
     if known is not None and not todo(cfg, out, name, run, known, units):
-        return False  # made, of these weights: no need to load them (they may be on another machine)
+        return  # made, of these weights: no need to load them (they may be on another machine)
     encoder = load_encoder(encoder_spec(name, out, run), p.device, seed=init_seed(name, out, run))
     record = {"name": encoder.name, "spec": encoder.spec, **encoder.info}
     cache = out / "probes" / name / ("cache" if name == "fbank" else f"run-{run}/cache")
-    made = False
     for seed, tasks in todo(cfg, out, name, run, record, units).items():
         print(f"  {name} run {run}, seed {seed}: {', '.join(tasks)}", flush=True)
         run_probes(encoder, tasks, data, probe_folder(out, name, run, seed), probe_config(cfg, probe_seed(run, seed)),
                    device=p.device, progress=progress, cache_dir=cache)
         saved(f"probes {name} run {run} seed {seed}")
-        made = True
-    return made
