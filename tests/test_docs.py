@@ -41,3 +41,12 @@ def test_links_files_and_cited_tests_exist(doc):
         if "*" in path or path.startswith("."):
             continue
         assert any(f == path or f.endswith("/" + path) for f in FILES), f"{doc.name}: names {path}, not in the repo"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_verdicts_the_docs_quote_are_those_of_their_results(doc):
+    """Each `<!-- verdicts: RESULTS -->` block is what RESULTS renders (`bestrq report --fill DOC` rewrites it)."""
+    from bestrq.study.summary import blocks
+
+    for path, body, rendered in blocks(doc):
+        assert body == rendered, f"{doc.name}: its verdicts block differs from {path}: run bestrq report --fill {doc.name}"

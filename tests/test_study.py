@@ -69,6 +69,13 @@ def test_the_quick_study_runs_every_stage_and_resumes_without_redoing_work(tmp_p
             assert d["verdict"] in VERDICTS and d["verdict"] == verdict(stored, metric, d["margin"])
             c = results["tasks"][task]["comparisons"][pair]
             assert (c["diff"], c["ci95"], c["ci90"], c["verdict"]) == (d["value"], d["ci"], d["ci90"], d["verdict"])
+    from bestrq.study.summary import NAMES, block
+
+    quoted = {line.split(" (")[0].strip("| "): line for line in block(results).splitlines() if line.startswith("| ")}
+    for task, pairs in results["differences"].items():  # what the docs quote: each comparison in its verdict
+        cells = [c.strip(" |") for c in quoted[NAMES[task]].split(" | ")]
+        said = [c.rsplit("**", 2)[1] for c in cells if c.endswith("**")]
+        assert said == [pairs["bestrq-wav2vec2"]["verdict"], pairs["bestrq-random"]["verdict"]], task
     report = (out / "report.md").read_text()
     assert "## Pre-training at equal updates" in report and "[" in report and "## Leakage" in report
     assert "BEST-RQ against wav2vec 2.0: " in report and "similar" not in report
@@ -320,3 +327,68 @@ def test_the_record_mirrors_the_small_files_only_and_restores_what_is_missing(tm
         record.keep()
     with pytest.raises(ValueError, match="the study's own folder"):
         Record(out, out)
+
+
+def _results() -> dict:
+    """A results.json of two tasks, small enough to check by eye."""
+    def est(value, lo, hi):
+        return {"value": value, "ci": [lo, hi]}
+
+    def diff(value, lo, hi, lo90, hi90, margin, said):
+        return {"value": value, "ci": [lo, hi], "ci90": [lo90, hi90], "margin": margin, "verdict": said}
+
+    return {
+        "pretraining": {"bestrq": {"runs": [{}, {}, {}]}, "wav2vec2": {"runs": [{}, {}, {}]}},
+        "timing": {"vs_bestrq": {"wav2vec2": {"value": 1.91, "ci": [1.84, 1.98]},
+                                 "wav2vec2_conv": {"value": 0.97, "ci": [0.9, 1.05]}}},
+        "tasks": {"asr": {"metric": "cer", "higher_is_better": False, "unit": "speaker", "units": 120,
+                          "models": {"bestrq": est(0.446, 0.42, 0.47), "wav2vec2": est(0.43, 0.41, 0.45),
+                                     "random": est(0.505, 0.48, 0.53)}},
+                  "emotion": {"metric": "accuracy", "higher_is_better": True, "unit": "speaker", "units": 120,
+                              "models": {"bestrq": est(0.819, 0.79, 0.85), "wav2vec2": est(0.81, 0.78, 0.84),
+                                         "random": est(0.70, 0.66, 0.74)}}},
+        "differences": {"asr": {"bestrq-wav2vec2": diff(0.016, 0.004, 0.028, 0.006, 0.026, 0.015, "worse"),
+                                "bestrq-random": diff(-0.059, -0.07, -0.048, -0.068, -0.05, 0.015, "better")},
+                        "emotion": {"bestrq-wav2vec2": diff(0.009, -0.02, 0.035, -0.015, 0.029, 0.03, "equivalent"),
+                                    "bestrq-random": diff(0.119, 0.08, 0.16, 0.09, 0.15, 0.03, "better")}}}
+
+
+def test_the_verdicts_block_states_each_comparison_in_its_verdict_and_fill_keeps_docs_in_step(tmp_path, capsys):
+    from bestrq.study.summary import block, blocks
+
+    r = _results()
+    text = block(r)
+    rows = {line.split(" (")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "44.6 [42.0, 47.0]" in rows["speech recognition"] and "50.5 [48.0, 53.0]" in rows["speech recognition"]
+    assert "+1.6 [+0.4, +2.8], ±1.5: **worse**" in rows["speech recognition"]
+    assert "-5.9 [-7.0, -4.8], ±1.5: **better**" in rows["speech recognition"]
+    assert "+0.9 [-2.0, +3.5], ±3.0: **equivalent**" in rows["emotion recognition"]
+    assert "(CER %, lower is better; 120 speakers)" in rows["speech recognition"]
+    assert ("BEST-RQ against wav2vec 2.0: *worse* on speech recognition; *equivalent within the margin* on "
+            "emotion recognition.") in text
+    assert "BEST-RQ against random init: *better* on speech recognition, emotion recognition." in text
+    assert "against wav2vec 2.0: *better*, 1.91x [1.84, 1.98]" in text
+    assert "with its conv waveform encoder: *inconclusive*, 0.97x [0.90, 1.05]" in text  # an interval over 1
+    assert "BEST-RQ 3, wav2vec 2.0 3" in text
+
+    # a doc quotes it between markers; `bestrq report --fill` rewrites it from the results it names
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "results.json").write_text(json.dumps(r))
+    doc = tmp_path / "README.md"
+    doc.write_text("# Study\n\nIntro.\n\n<!-- verdicts: study/results.json -->\nstale\n<!-- /verdicts -->\n\nAfter.\n")
+    assert [(p, body == new) for p, body, new in blocks(doc)] == [("study/results.json", False)]
+    assert main(["report", "--fill", str(doc)]) == 0
+    assert "1 verdicts block" in capsys.readouterr().out
+    assert [(p, body == new) for p, body, new in blocks(doc)] == [("study/results.json", True)]
+    filled = doc.read_text()
+    assert filled.startswith("# Study\n\nIntro.\n\n") and filled.endswith("<!-- /verdicts -->\n\nAfter.\n")
+    r["differences"]["emotion"]["bestrq-wav2vec2"]["verdict"] = "inconclusive"  # a rerun that changed one verdict
+    (tmp_path / "study" / "results.json").write_text(json.dumps(r))
+    assert [body == new for _, body, new in blocks(doc)] == [False]
+
+    doc.write_text("<!-- verdicts: study/missing.json -->\n<!-- /verdicts -->\n")
+    assert main(["report", "--fill", str(doc)]) == 2
+    assert "names study/missing.json, which is not a file" in capsys.readouterr().err
+    doc.write_text("<!-- verdicts: study/results.json -->\nno end marker\n")
+    assert main(["report", "--fill", str(doc)]) == 2
+    assert "without its end marker" in capsys.readouterr().err

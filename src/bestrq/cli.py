@@ -133,6 +133,15 @@ def _probe(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    if args.fill:
+        from .study.summary import fill
+
+        for doc in args.fill:
+            print(f"{doc}: {fill(doc)} verdicts block(s) rewritten from their results")
+        if not args.runs:
+            return 0
+    if not args.runs or not args.out:
+        raise ValueError("give run folders and --out, or --fill DOC")
     path = write_report(args.runs, args.out)
     print(path.read_text())
     print(f"report and plots in {Path(args.out).resolve()}")
@@ -273,8 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("report", help="a markdown table and plots from pre-training runs and their probes")
-    p.add_argument("runs", nargs="+", help="run folders (with probes/) or probe folders")
-    p.add_argument("--out", required=True, help="folder for report.md and the PNG plots")
+    p.add_argument("runs", nargs="*", help="run folders (with probes/) or probe folders")
+    p.add_argument("--out", help="folder for report.md and the PNG plots")
+    p.add_argument("--fill", nargs="+", metavar="DOC",
+                   help="rewrite each <!-- verdicts: RESULTS --> block of these markdown docs from the study's "
+                        "results.json it names")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("study", help="BEST-RQ against wav2vec 2.0 end to end: corpora, pre-training at equal "
