@@ -63,7 +63,7 @@ demo: install
 # every figure (hours on 2 cores, nothing else running: docs/study/README.md); the same command resumes
 # after a stop. The default preset's results go to docs/study (the published ones), and its record
 # (the small files they come from) to docs/study/record: committed, the same command resumes the study
-# on another machine.
+# on another machine. Then the docs' verdicts blocks are rewritten from the published results.
 # `make study STUDY=study_quick`: every stage in a minute.
 # `make study STUDY=study_recorded`: the study on recorded voices (fetched and prepared first, into
 # data/recorded), published to docs/study/recorded, its record in docs/study/recorded/record.
@@ -73,6 +73,7 @@ STUDY_ARGS ?= $(if $(PUBLISHED),--set publish=$(PUBLISHED) --set record=$(PUBLIS
 
 study: install $(if $(filter study_recorded,$(STUDY)),recorded)
 	$(BESTRQ) study --config $(STUDY) $(STUDY_ARGS)
+	$(if $(PUBLISHED),$(BESTRQ) report --fill README.md docs/study/README.md docs/results.md)
 
 # recorded human speech from Debian's packages (docs/data.md): fetched into data/debs, kept there
 recorded: install
