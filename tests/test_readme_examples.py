@@ -80,7 +80,8 @@ def test_every_block_of_the_readme_is_marked_and_there_are_no_indented_ones():
 
 def test_the_readmes_make_targets_exist_and_expand():
     lines = [line.split("  #")[0].strip() for marker, _, code in blocks() if marker == "make" for line in commands(code)]
-    assert lines == ["make demo", "make test", "make study", "make study STUDY=study_quick"]
+    assert lines == ["make demo", "make test", "make study", "make study STUDY=study_quick",
+                     "make study STUDY=study_recorded"]
     for line in lines:
         done = subprocess.run(["make", "-n", *line.split()[1:]], cwd=ROOT, capture_output=True, text=True,
                               check=False)
