@@ -138,6 +138,9 @@ def test_a_comparison_ends_in_one_of_four_verdicts():
     assert verdict(shown_and_small, "cer", 0.005) == "worse"  # more errors
     assert verdict(_difference_of((-0.09, -0.02), (-0.08, -0.03)), "eer", 0.01) == "better"
     assert verdict(_difference_of((-0.09, -0.02), (-0.08, -0.03)), "accuracy", 0.01) == "worse"
+    nan = float("nan")  # every resample undefined (e.g. an EER over trials of one kind): no firm verdict
+    assert verdict(_difference_of((nan, nan), (nan, nan)), "eer", 0.01) == "inconclusive"
+    assert verdict(_difference_of((nan, nan), (nan, nan)), "accuracy", 0.01) == "inconclusive"
     with pytest.raises(ValueError, match="margin"):
         verdict(inside, "accuracy", 0.0)
 

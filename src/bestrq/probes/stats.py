@@ -265,9 +265,12 @@ def verdict(d: Estimate, metric: str, margin: float) -> str:
     equivalent: the 90% interval inside (-margin, +margin), two one-sided tests at 5%; this comes first, as
     the claim a comparison of "similar quality" makes (a difference can be shown and still be within it).
     better, worse: otherwise, the 95% interval leaves 0 on a's good (bad) side.
-    inconclusive: neither; the data cannot tell."""
+    inconclusive: neither, or an interval that is not a number (every resample undefined); the data
+    cannot tell."""
     if not margin > 0:
         raise ValueError(f"an equivalence margin must be > 0, got {margin!r}")
+    if np.isnan([*d.ci, *d.ci90]).any():
+        return "inconclusive"
     if -margin < d.ci90[0] and d.ci90[1] < margin:
         return "equivalent"
     lo, hi = d.ci
