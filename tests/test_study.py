@@ -233,7 +233,7 @@ def test_a_sigterm_while_audio_is_read_stops_the_study_instead_of_counting_a_bad
 def test_time_per_update_comes_from_windows_of_training_time_only():
     """A run's timing windows are stretches of its logged windows, each its update time over its updates;
     a window whose logged time held a validation (records from before update_seconds) falls back on elapsed."""
-    from bestrq.study.pretraining import time_per_update, time_ratio, update_windows
+    from bestrq.study.pretraining import time_per_update, update_windows
 
     records = [{"step": s, "split": "train", "update_seconds": 1.0 if s <= 50 else 2.0, "elapsed": 0.0}
                for s in range(10, 110, 10)]
@@ -241,10 +241,32 @@ def test_time_per_update_comes_from_windows_of_training_time_only():
     assert update_windows(records, windows=5) == pytest.approx([1.0, 1.0, 1.5, 2.0, 2.0])
     older = [{"step": s, "split": "train", "elapsed": 3.0 * s} for s in range(10, 70, 10)]
     assert update_windows(older, windows=3) == pytest.approx([3.0, 3.0, 3.0])
-    t = time_per_update([1.0, 1.0, 1.5, 2.0, 2.0])
+    t = time_per_update([[1.0, 1.0, 1.5, 2.0, 2.0]])  # one run: a bootstrap over its windows
     assert t["value"] == pytest.approx(1.5) and t["windows"] == 5 and 1.0 < t["ci"][0] < 1.5 < t["ci"][1] < 2.0
-    r = time_ratio([3.0, 3.2, 2.8], [1.0, 1.1, 0.9])
-    assert r["value"] == pytest.approx(3.0) and r["ci"][0] < 3.0 < r["ci"][1]
+
+
+def test_time_intervals_hold_the_variation_between_runs_and_rounds_and_ratios_pair_by_round():
+    """Runs of 0.9, 1.0 and 1.1 s per update, each steady within itself: the interval is Student t over the
+    3 runs (2 degrees of freedom: 1 +- 4.30 x 0.058), not a bootstrap over 30 windows taken as independent
+    (about +-0.03). A ratio is taken round by round: a drift of the machine that slows both models in a round
+    cancels, and a ratio that moves from round to round widens its interval."""
+    from bestrq.study.pretraining import time_per_update, time_ratio
+
+    runs = [[s + e for e in (-0.01, 0.0, 0.01) * 3 + (0.0,)] for s in (0.9, 1.0, 1.1)]
+    t = time_per_update(runs, unit="run")
+    assert t["value"] == pytest.approx(1.0) and (t["units"], t["windows"], t["unit"]) == (3, 30, "run")
+    assert t["ci"] == pytest.approx([1 - 4.303 * 0.1 / 3 ** 0.5, 1 + 4.303 * 0.1 / 3 ** 0.5], abs=0.01)
+    drift = [1.0, 1.5, 2.0]  # the machine slows from round to round; wav2vec 2.0 takes twice BEST-RQ's time
+    bestrq = [[d * x for x in (0.99, 1.0, 1.01)] for d in drift]
+    r = time_ratio([[2 * x for x in w] for w in bestrq], bestrq)
+    assert r["value"] == pytest.approx(2.0) and r["ci"] == pytest.approx([2.0, 2.0]) and r["units"] == 3
+    moving = time_ratio([[k * x for x in w] for k, w in zip((1.7, 1.9, 2.1), bestrq)], bestrq)
+    assert moving["value"] == pytest.approx((1.7 * 1.9 * 2.1) ** (1 / 3))
+    assert moving["ci"][0] < 1.5 and moving["ci"][1] > 2.3  # t over 3 rounds, not 9 windows
+    one = time_ratio([[3.0, 3.2, 2.8]], [[1.0, 1.1, 0.9]])  # one round: a bootstrap over its windows
+    assert one["value"] == pytest.approx(3.0) and one["ci"][0] < 3.0 < one["ci"][1] and one["units"] == 1
+    with pytest.raises(ValueError):
+        time_ratio([[1.0]], [[1.0], [2.0]])  # rounds that do not pair up
 
 
 def test_a_run_made_with_another_seed_or_learning_rate_is_refused_and_margins_stay_fixed(tmp_path):
@@ -360,9 +382,9 @@ def test_the_verdicts_block_states_each_comparison_in_its_verdict_and_fill_keeps
     text = block(r)
     rows = {line.split(" (")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "44.6 [42.0, 47.0]" in rows["speech recognition"] and "50.5 [48.0, 53.0]" in rows["speech recognition"]
-    assert "+1.6 [+0.4, +2.8], ±1.5: **worse**" in rows["speech recognition"]
-    assert "-5.9 [-7.0, -4.8], ±1.5: **better**" in rows["speech recognition"]
-    assert "+0.9 [-2.0, +3.5], ±3.0: **equivalent**" in rows["emotion recognition"]
+    assert "+1.6 [+0.4, +2.8] (90%: [+0.6, +2.6]), ±1.5: **worse**" in rows["speech recognition"]
+    assert "-5.9 [-7.0, -4.8] (90%: [-6.8, -5.0]), ±1.5: **better**" in rows["speech recognition"]
+    assert "+0.9 [-2.0, +3.5] (90%: [-1.5, +2.9]), ±3.0: **equivalent**" in rows["emotion recognition"]
     assert "(CER %, lower is better; 120 speakers)" in rows["speech recognition"]
     assert ("BEST-RQ against wav2vec 2.0: *worse* on speech recognition; *equivalent within the margin* on "
             "emotion recognition.") in text

@@ -230,18 +230,21 @@ def timing_runs(cfg, data: Path, out: Path, lrs: dict[str, float | None]) -> lis
 
 
 def timing(cfg, out: Path, runs: list[Run]) -> dict:
-    """The timing stage's result: each model's seconds per update over its windows (the first window of each
-    run, its warm-up, left out), and each one's ratio to BEST-RQ's, with 95% intervals."""
+    """The timing stage's result: each model's seconds per update over its rounds (each the mean of its
+    windows, the first window of each run, its warm-up, left out), and each one's ratio to BEST-RQ's, round
+    by round, with 95% intervals."""
     folder = out / "pretrain" / "timing"
-    windows: dict[str, list[float]] = {}
+    rounds: dict[str, dict[int, list[float]]] = {}
     for run in runs:
         records = read_metrics(out / "pretrain" / run.name / METRICS)
-        windows.setdefault(run.model, []).extend(update_windows(records, windows=10**6)[1:])
+        rounds.setdefault(run.model, {})[run.seed] = update_windows(records, windows=10**6)[1:]
     from .sessions import MACHINE
 
     machine = (folder / MACHINE).read_text().strip() if (folder / MACHINE).is_file() else None
-    models = {m: time_per_update(w) for m, w in windows.items()}
-    ratios = {m: time_ratio(w, windows.get("bestrq", [])) for m, w in windows.items() if m != "bestrq"}
+    models = {m: time_per_update(list(r.values()), unit="round") for m, r in rounds.items()}
+    base = rounds.get("bestrq", {})
+    ratios = {m: time_ratio([r[k] for k in sorted(r) if k in base], [base[k] for k in sorted(r) if k in base])
+              for m, r in rounds.items() if m != "bestrq"}
     return {"machine": machine, "rounds": cfg.pretrain.timing_rounds, "steps": cfg.pretrain.timing_steps,
             "models": models, "vs_bestrq": ratios}
 
@@ -284,23 +287,47 @@ def run_summary(folder: Path, run: Run) -> dict:
                                          "update_seconds") if k in r} for r in records]}
 
 
-def time_per_update(windows: list[float], seed: int = 0, replicates: int = 2000) -> dict:
-    """Mean seconds per update over timing windows, with a 95% bootstrap interval over the windows."""
-    w = np.asarray(windows, dtype=float)
-    if w.size == 0:
-        return {"value": None, "ci": None, "windows": 0}
-    draws = np.random.default_rng(seed).choice(w, size=(replicates, w.size)).mean(axis=1)
-    return {"value": float(w.mean()), "ci": [float(x) for x in np.percentile(draws, [2.5, 97.5])], "windows": int(w.size)}
+def _percentiles(draws: np.ndarray) -> list[float]:
+    return [float(x) for x in np.percentile(draws, [2.5, 97.5])]
 
 
-def time_ratio(a: list[float], b: list[float], seed: int = 0, replicates: int = 2000) -> dict:
-    """Mean seconds per update of a over b's, with a 95% interval resampling each one's windows."""
-    wa, wb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if wa.size == 0 or wb.size == 0:
-        return {"value": None, "ci": None}
+def time_per_update(units: list[list[float]], unit: str = "run", seed: int = 0, replicates: int = 20000) -> dict:
+    """Mean seconds per update over ``units`` (a model's runs, or the timing stage's rounds), each the mean of
+    its windows, with a 95% interval: Student t over the units (units - 1 degrees of freedom) where there
+    are two or more, so that the variation between runs or rounds is in it; a bootstrap over the windows of
+    a single unit otherwise."""
+    units = [np.asarray(u, dtype=float) for u in units if len(u)]
+    windows = int(sum(u.size for u in units))
+    if not units:
+        return {"value": None, "ci": None, "windows": 0, "units": 0, "unit": unit}
     rng = np.random.default_rng(seed)
-    draws = rng.choice(wa, size=(replicates, wa.size)).mean(axis=1) / rng.choice(wb, size=(replicates, wb.size)).mean(axis=1)
-    return {"value": float(wa.mean() / wb.mean()), "ci": [float(x) for x in np.percentile(draws, [2.5, 97.5])]}
+    if len(units) == 1:
+        w = units[0]
+        value, draws = w.mean(), rng.choice(w, size=(2000, w.size)).mean(axis=1)
+    else:
+        means = np.array([u.mean() for u in units])
+        value = means.mean()
+        draws = value + means.std(ddof=1) / np.sqrt(means.size) * rng.standard_t(means.size - 1, size=replicates)
+    return {"value": float(value), "ci": _percentiles(draws), "windows": windows, "units": len(units), "unit": unit}
+
+
+def time_ratio(a: list[list[float]], b: list[list[float]], seed: int = 0, replicates: int = 20000) -> dict:
+    """a's seconds per update over b's, unit by unit: ``a[i]`` and ``b[i]`` are the windows of one timing
+    round, in which both models ran on one machine one after the other, so that a drift of the machine
+    between rounds cancels. The geometric mean of the rounds' ratios with a 95% Student t interval over them
+    on the log scale (rounds - 1 degrees of freedom); one round: a bootstrap over each one's windows."""
+    pairs = [(np.asarray(x, dtype=float), np.asarray(y, dtype=float)) for x, y in zip(a, b, strict=True)
+             if len(x) and len(y)]
+    if not pairs:
+        return {"value": None, "ci": None, "units": 0}
+    rng = np.random.default_rng(seed)
+    if len(pairs) == 1:
+        (wa, wb), = pairs
+        draws = rng.choice(wa, size=(2000, wa.size)).mean(axis=1) / rng.choice(wb, size=(2000, wb.size)).mean(axis=1)
+        return {"value": float(wa.mean() / wb.mean()), "ci": _percentiles(draws), "units": 1}
+    logs = np.log([x.mean() / y.mean() for x, y in pairs])
+    draws = logs.mean() + logs.std(ddof=1) / np.sqrt(logs.size) * rng.standard_t(logs.size - 1, size=replicates)
+    return {"value": float(np.exp(logs.mean())), "ci": _percentiles(np.exp(draws)), "units": int(logs.size)}
 
 
 def encoder_parameters(folder: Path) -> int | None:

@@ -10,11 +10,12 @@
                              "runs": [{"name", "seed", "steps", "seconds", "update_seconds", "update_windows",
                                        "audio_hours", "dev_accuracy", "dev_reference", "reference", "peak_lr",
                                        "curve"}],
-                             "time_per_update": {"value", "ci", "windows"}, "dev_ratio": {"mean", "sd"},
-                             "flattening", and the means over runs of "steps", "seconds", "audio_hours",
-                             "dev_accuracy", "dev_reference"; "seconds_per_update"}},
-     "timing": {"machine", "rounds", "steps", "models": {MODEL: {"value", "ci", "windows"}},
-                "vs_bestrq": {MODEL: {"value", "ci"}}},
+                             "time_per_update": {"value", "ci", "windows", "units", "unit": "run"},
+                             "dev_ratio": {"mean", "sd", "ci"}, "flattening", the fewest "steps" of its runs,
+                             and the means over runs of "seconds", "audio_hours", "dev_accuracy",
+                             "dev_reference"; "seconds_per_update"}},
+     "timing": {"machine", "rounds", "steps", "models": {MODEL: {"value", "ci", "windows", "units", "unit": "round"}},
+                "vs_bestrq": {MODEL: {"value", "ci", "units"}}},
      "time_per_update_vs_bestrq": the timing stage's vs_bestrq,
      "tasks": {TASK: {"metric", "higher_is_better", "n_test", "unit", "units", "margin",
                       "models": {MODEL: {"value", "ci", "runs", "run_sd", "probes", "epochs", "best_epochs",
@@ -72,8 +73,7 @@ def pretraining(cfg, out: Path, planned: list) -> dict:
         runs = entry["runs"]
         entry["parameters"] = encoder_parameters(out / "pretrain" / runs[0]["name"])
         entry["sweep"] = sweep_result(cfg, out, model) if model in ("bestrq", "wav2vec2") else None
-        windows = [w for r in runs for w in r["update_windows"]]
-        entry["time_per_update"] = time_per_update(windows)
+        entry["time_per_update"] = time_per_update([r["update_windows"] for r in runs], unit="run")
         for key in ("steps", "seconds", "audio_hours", "dev_accuracy", "dev_reference"):
             values = [r[key] for r in runs if r[key] is not None]
             entry[key] = float(np.mean(values)) if values else None
@@ -82,9 +82,19 @@ def pretraining(cfg, out: Path, planned: list) -> dict:
         entry["reference"], entry["peak_lr"] = runs[0]["reference"], runs[0]["peak_lr"]
         ratios = [r["dev_accuracy"] / r["dev_reference"] for r in runs if r["dev_accuracy"] and r["dev_reference"]]
         entry["dev_ratio"] = {"mean": float(np.mean(ratios)) if ratios else None,
-                              "sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else None}
+                              "sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else None,
+                              "ci": _t_interval(ratios)}
         entry["flattening"] = _flattening(runs)
     return models
+
+
+def _t_interval(values: list[float], seed: int = 0, replicates: int = 20000) -> list[float] | None:
+    """The 95% Student t interval of the mean of ``values`` (one per run; None for fewer than 2)."""
+    if len(values) < 2:
+        return None
+    v = np.asarray(values, dtype=float)
+    draws = v.mean() + v.std(ddof=1) / np.sqrt(v.size) * np.random.default_rng(seed).standard_t(v.size - 1, replicates)
+    return [float(x) for x in np.percentile(draws, [2.5, 97.5])]
 
 
 def _flattening(runs: list[dict]) -> float | None:
@@ -117,7 +127,11 @@ def gather(cfg, out: Path) -> tuple[dict, dict]:
         for name in cfg.probe.models:
             probes = [(run, read_result(result_path(probe_folder(out, name, run, s), probe_task), probe_task))
                       for run in range(replicates(cfg, name)) for s in range(cfg.probe.seeds)]
+            lacking = [run for run, r in probes if metric not in r.get("sheets", {})]
             probes = [(run, r) for run, r in probes if metric in r.get("sheets", {})]
+            if lacking and probes:
+                log.warning("%s: %d probe result(s) of %s have no %s scores (runs %s): left out",
+                            task, len(lacking), name, metric, sorted(set(lacking)))
             if not probes:  # e.g. no verification trials in this corpus
                 continue
             sheets, runs = [r["sheets"][metric] for _, r in probes], [run for run, _ in probes]
@@ -241,9 +255,9 @@ def markdown(r: dict) -> str:
              f"- command: `{r['command']}`", f"- commit: {', '.join(r['commits'])}", f"- machine: {r['machine']}",
              f"- total time: {r['seconds'] / 3600:.2f} h over {len(r['sessions'])} session(s)", "",
              "## Pre-training at equal updates", "",
-             ("Time per update leaves validation and checkpoints out; its interval is a bootstrap over 10 "
-              "windows per run (a study resumed across sessions may run them on machines of different speed: the "
-              "timing stage below compares speed on one). x reference: the last dev masked accuracy over its "
+             ("Time per update leaves validation and checkpoints out. A run's interval is a bootstrap over its 10 "
+              "windows; a model's is Student t over its runs' means (a study resumed across sessions may run them "
+              "on machines of different speed: the timing stage below compares speed on one). x reference: the last dev masked accuracy over its "
               "reference (the most frequent code for BEST-RQ, chance for wav2vec 2.0)."), "",
              ("| run | seed | peak lr | updates | time (min) | s / update [95%] | audio seen (h) | dev accuracy | "
               "reference | x reference |"), "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
@@ -251,7 +265,7 @@ def markdown(r: dict) -> str:
         for run in m["runs"]:
             lr = "–" if run["peak_lr"] is None else f"{run['peak_lr']:g}"
             lines.append(f"| {run['name']} | {run['seed']} | {lr} | {run['steps']} | {run['seconds'] / 60:.1f} | "
-                         f"{_seconds(time_per_update(run['update_windows']))} | {run['audio_hours']:.2f} | "
+                         f"{_seconds(time_per_update([run['update_windows']]))} | {run['audio_hours']:.2f} | "
                          f"{_pct(run['dev_accuracy'])}% | {run['reference']} {_pct(run['dev_reference'])}% | "
                          f"{_ratio(run)} |")
     lines += ["", ("| model | role | encoder parameters | runs | peak lr (sweep: dev accuracy) | s / update [95%] | "
@@ -276,7 +290,9 @@ def markdown(r: dict) -> str:
         lines += ["", "### Time per update, in the timing stage", "",
                   (f"{timed['rounds']} rounds on one machine ({timed['machine']}), each training every model for "
                    f"{timed['steps']} updates in turn on the same batches; each run's first window (warm-up) left out. "
-                   "Seconds per update with 95% intervals over the windows:"), "",
+                   "Seconds per update with 95% Student t intervals over the rounds' means; each ratio to BEST-RQ's "
+                   "is taken round by round (a drift of the machine between rounds cancels), its interval Student "
+                   "t over the rounds on the log scale:"), "",
                   "| model | s / update [95%] | windows | x BEST-RQ's [95%] |", "|---|---:|---:|---:|"]
         for name, t in timed["models"].items():
             ratio = timed["vs_bestrq"].get(name)

@@ -67,7 +67,8 @@ def block(r: dict) -> str:
         for p in pairs:
             d = r["differences"].get(task, {}).get(p)
             cells.append("–" if d is None else f"{100 * d['value']:+.1f} [{100 * d['ci'][0]:+.1f}, "
-                         f"{100 * d['ci'][1]:+.1f}], ±{_pct(d['margin'])}: **{d['verdict']}**")
+                         f"{100 * d['ci'][1]:+.1f}] (90%: [{100 * d['ci90'][0]:+.1f}, {100 * d['ci90'][1]:+.1f}]), "
+                         f"±{_pct(d['margin'])}: **{d['verdict']}**")
         arrow = "higher" if t["higher_is_better"] else "lower"
         metric = "accuracy" if t["metric"] == "accuracy" else t["metric"].upper()
         lines.append(f"| {NAMES.get(task, task)} ({metric} %, "
@@ -75,8 +76,8 @@ def block(r: dict) -> str:
     runs = {m: len(p["runs"]) for m, p in r["pretraining"].items() if m in ("bestrq", "wav2vec2")}
     lines += ["", ("Percent; each value the mean over pre-training runs ("
                    + ", ".join(f"{LABELS[m]} {n}" for m, n in runs.items())
-                   + ") with its 95% interval; each difference with its 95% interval and the margin fixed before "
-                   "the run. *Equivalent*: the difference's 90% interval inside the margin; *better* or *worse*: "
+                   + ") with its 95% interval; each difference with its 95% and 90% intervals and the margin fixed "
+                   "before the run. *Equivalent*: the difference's 90% interval inside the margin; *better* or *worse*: "
                    "its 95% interval leaves 0 on that side; else *inconclusive*."), ""]
     for p in pairs:
         if said := sentence(r, p):
