@@ -327,7 +327,8 @@ def time_ratio(a: list[list[float]], b: list[list[float]], seed: int = 0, replic
         return {"value": float(wa.mean() / wb.mean()), "ci": _percentiles(draws), "units": 1}
     logs = np.log([x.mean() / y.mean() for x, y in pairs])
     draws = logs.mean() + logs.std(ddof=1) / np.sqrt(logs.size) * rng.standard_t(logs.size - 1, size=replicates)
-    return {"value": float(np.exp(logs.mean())), "ci": _percentiles(np.exp(draws)), "units": int(logs.size)}
+    return {"value": float(np.exp(logs.mean())), "ci": [float(np.exp(x)) for x in _percentiles(draws)],
+            "units": int(logs.size)}
 
 
 def encoder_parameters(folder: Path) -> int | None:
