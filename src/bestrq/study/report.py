@@ -56,6 +56,8 @@ TASKS = {"asr": ("asr", "cer"), "speaker_id": ("speaker", "accuracy"), "speaker_
 PAIRS = (("bestrq", "wav2vec2", False), ("bestrq", "random", True), ("bestrq", "fbank", False),
          ("wav2vec2", "fbank", False))
 LABELS = {"bestrq": "BEST-RQ", "wav2vec2": "wav2vec 2.0", "random": "random init", "fbank": "fbank"}
+NAMES = {"asr": "speech recognition", "speaker_id": "speaker identification", "speaker_eer": "speaker verification",
+         "emotion": "emotion recognition", "intent": "intent classification", "language": "language identification"}
 FILES = ("results.json", "report.md", "pretraining.png", "tasks.png", "layer_weights.png")
 
 
@@ -234,6 +236,20 @@ def _summary(folder: Path) -> dict:
                        for k, v in s.get("splits", {}).items()}}
 
 
+def sentence(r: dict, pair: str) -> str | None:
+    """"A against B: better on ...; worse on ...; equivalent on ...; inconclusive on ...", from ``differences``."""
+    said = {task: pairs[pair]["verdict"] for task, pairs in r["differences"].items() if pair in pairs}
+    if not said:
+        return None
+    a, b = pair.split("-")
+    parts = []
+    for word in VERDICTS:
+        tasks = [NAMES.get(t, t) for t, v in said.items() if v == word]
+        if tasks:
+            parts.append(f"*{word}{' within the margin' if word == 'equivalent' else ''}* on {', '.join(tasks)}")
+    return f"{LABELS[a]} against {LABELS[b]}: " + "; ".join(parts) + "."
+
+
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
@@ -336,12 +352,8 @@ def markdown(r: dict) -> str:
                          f"{100 * d['ci'][1]:+.1f}] | [{100 * d['ci90'][0]:+.1f}, {100 * d['ci90'][1]:+.1f}] | "
                          f"±{100 * d['margin']:.1f} | {d['verdict']} |")
     for pair in ("bestrq-wav2vec2", "bestrq-random"):
-        said = {task: pairs[pair]["verdict"] for task, pairs in r["differences"].items() if pair in pairs}
-        if said:
-            a, b = pair.split("-")
-            lines += ["", f"{LABELS[a]} against {LABELS[b]}: " + "; ".join(
-                f"{word} on {', '.join(t for t, v in said.items() if v == word)}"
-                for word in VERDICTS if word in said.values()) + "."]
+        if said := sentence(r, pair):
+            lines += ["", said]
     cut = [(task, m) for task, t in r["tasks"].items() for m, e in t["models"].items() if "epochs" in e["stopped"]]
     lines += ["", "## Probe convergence", "",
               "Every probe trains until its dev score has not improved for the patience; "

@@ -18,13 +18,10 @@ import json
 import re
 from pathlib import Path
 
-from ..probes.stats import VERDICTS
-from .report import LABELS
+from .report import LABELS, NAMES, sentence
 
 BLOCK = re.compile(r"(<!-- verdicts: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /verdicts -->)", re.DOTALL)
 PAIRS = ("bestrq-wav2vec2", "bestrq-random")
-NAMES = {"asr": "speech recognition", "speaker_id": "speaker identification", "speaker_eer": "speaker verification",
-         "emotion": "emotion recognition", "intent": "intent classification", "language": "language identification"}
 
 
 TIMED = {"wav2vec2": "wav2vec 2.0", "wav2vec2_conv": "wav2vec 2.0 with its conv waveform encoder"}
@@ -37,20 +34,6 @@ def _speed(t: dict) -> str:
 
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
-
-
-def sentence(r: dict, pair: str) -> str | None:
-    """"A against B: better on ...; worse on ...; equivalent on ...; inconclusive on ...", from ``differences``."""
-    said = {task: pairs[pair]["verdict"] for task, pairs in r["differences"].items() if pair in pairs}
-    if not said:
-        return None
-    a, b = pair.split("-")
-    parts = []
-    for word in VERDICTS:
-        tasks = [NAMES.get(t, t) for t, v in said.items() if v == word]
-        if tasks:
-            parts.append(f"*{word}{' within the margin' if word == 'equivalent' else ''}* on {', '.join(tasks)}")
-    return f"{LABELS[a]} against {LABELS[b]}: " + "; ".join(parts) + "."
 
 
 def block(r: dict) -> str:
