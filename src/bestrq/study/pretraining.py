@@ -291,6 +291,16 @@ def _percentiles(draws: np.ndarray) -> list[float]:
     return [float(x) for x in np.percentile(draws, [2.5, 97.5])]
 
 
+def t_interval(values, seed: int = 0, replicates: int = 20000) -> list[float] | None:
+    """The 95% Student t interval of the mean of ``values`` (one per run or round, len - 1 degrees of
+    freedom), from draws as the probes' intervals are made; None for fewer than 2 values."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return None
+    t = np.random.default_rng(seed).standard_t(v.size - 1, size=replicates)
+    return _percentiles(v.mean() + v.std(ddof=1) / np.sqrt(v.size) * t)
+
+
 def time_per_update(units: list[list[float]], unit: str = "run", seed: int = 0, replicates: int = 20000) -> dict:
     """Mean seconds per update over ``units`` (a model's runs, or the timing stage's rounds), each the mean of
     its windows, with a 95% interval: Student t over the units (units - 1 degrees of freedom) where there
@@ -300,15 +310,14 @@ def time_per_update(units: list[list[float]], unit: str = "run", seed: int = 0, 
     windows = int(sum(u.size for u in units))
     if not units:
         return {"value": None, "ci": None, "windows": 0, "units": 0, "unit": unit}
-    rng = np.random.default_rng(seed)
     if len(units) == 1:
         w = units[0]
-        value, draws = w.mean(), rng.choice(w, size=(2000, w.size)).mean(axis=1)
+        value = w.mean()
+        ci = _percentiles(np.random.default_rng(seed).choice(w, size=(2000, w.size)).mean(axis=1))
     else:
-        means = np.array([u.mean() for u in units])
-        value = means.mean()
-        draws = value + means.std(ddof=1) / np.sqrt(means.size) * rng.standard_t(means.size - 1, size=replicates)
-    return {"value": float(value), "ci": _percentiles(draws), "windows": windows, "units": len(units), "unit": unit}
+        means = [u.mean() for u in units]
+        value, ci = np.mean(means), t_interval(means, seed, replicates)
+    return {"value": float(value), "ci": ci, "windows": windows, "units": len(units), "unit": unit}
 
 
 def time_ratio(a: list[list[float]], b: list[list[float]], seed: int = 0, replicates: int = 20000) -> dict:
@@ -320,14 +329,13 @@ def time_ratio(a: list[list[float]], b: list[list[float]], seed: int = 0, replic
              if len(x) and len(y)]
     if not pairs:
         return {"value": None, "ci": None, "units": 0}
-    rng = np.random.default_rng(seed)
     if len(pairs) == 1:
         (wa, wb), = pairs
+        rng = np.random.default_rng(seed)
         draws = rng.choice(wa, size=(2000, wa.size)).mean(axis=1) / rng.choice(wb, size=(2000, wb.size)).mean(axis=1)
         return {"value": float(wa.mean() / wb.mean()), "ci": _percentiles(draws), "units": 1}
     logs = np.log([x.mean() / y.mean() for x, y in pairs])
-    draws = logs.mean() + logs.std(ddof=1) / np.sqrt(logs.size) * rng.standard_t(logs.size - 1, size=replicates)
-    return {"value": float(np.exp(logs.mean())), "ci": [float(np.exp(x)) for x in _percentiles(draws)],
+    return {"value": float(np.exp(logs.mean())), "ci": [float(np.exp(x)) for x in t_interval(logs, seed, replicates)],
             "units": int(logs.size)}
 
 

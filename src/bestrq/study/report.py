@@ -65,7 +65,7 @@ def pretraining(cfg, out: Path, planned: list) -> dict:
     """Per model: its runs' summaries, its encoder's parameters, its sweep, its time per update over the
     windows of all its runs, and the means over runs of the per-run figures. ``planned``: the compared
     runs and the ablation (``study.pretraining.Run``)."""
-    from .pretraining import encoder_parameters, run_summary, sweep_result, time_per_update
+    from .pretraining import encoder_parameters, run_summary, sweep_result, t_interval, time_per_update
 
     models: dict[str, dict] = {}
     for run in planned:
@@ -85,18 +85,9 @@ def pretraining(cfg, out: Path, planned: list) -> dict:
         ratios = [r["dev_accuracy"] / r["dev_reference"] for r in runs if r["dev_accuracy"] and r["dev_reference"]]
         entry["dev_ratio"] = {"mean": float(np.mean(ratios)) if ratios else None,
                               "sd": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else None,
-                              "ci": _t_interval(ratios)}
+                              "ci": t_interval(ratios)}
         entry["flattening"] = _flattening(runs)
     return models
-
-
-def _t_interval(values: list[float], seed: int = 0, replicates: int = 20000) -> list[float] | None:
-    """The 95% Student t interval of the mean of ``values`` (one per run; None for fewer than 2)."""
-    if len(values) < 2:
-        return None
-    v = np.asarray(values, dtype=float)
-    draws = v.mean() + v.std(ddof=1) / np.sqrt(v.size) * np.random.default_rng(seed).standard_t(v.size - 1, replicates)
-    return [float(x) for x in np.percentile(draws, [2.5, 97.5])]
 
 
 def _flattening(runs: list[dict]) -> float | None:
@@ -250,7 +241,8 @@ def sentence(r: dict, pair: str) -> str | None:
     return f"{LABELS[a]} against {LABELS[b]}: " + "; ".join(parts) + "."
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A fraction in percent, one decimal; "–" for none."""
     return "–" if v is None else f"{100 * v:.1f}"
 
 
@@ -282,7 +274,7 @@ def markdown(r: dict) -> str:
             lr = "–" if run["peak_lr"] is None else f"{run['peak_lr']:g}"
             lines.append(f"| {run['name']} | {run['seed']} | {lr} | {run['steps']} | {run['seconds'] / 60:.1f} | "
                          f"{_seconds(time_per_update([run['update_windows']]))} | {run['audio_hours']:.2f} | "
-                         f"{_pct(run['dev_accuracy'])}% | {run['reference']} {_pct(run['dev_reference'])}% | "
+                         f"{pct(run['dev_accuracy'])}% | {run['reference']} {pct(run['dev_reference'])}% | "
                          f"{_ratio(run)} |")
     lines += ["", ("| model | role | encoder parameters | runs | peak lr (sweep: dev accuracy) | s / update [95%] | "
                    "x reference (mean ± sd over runs) | rise over the last quarter |"), "|---|---|---:|---:|---|---:|---:|---:|"]
@@ -290,7 +282,7 @@ def markdown(r: dict) -> str:
         sweep = m.get("sweep")
         lr = "–" if m["peak_lr"] is None else f"{m['peak_lr']:g}"
         if sweep:
-            lr += " (" + ", ".join(f"{t['lr']:g}: {_pct(t['dev_accuracy'])}%" for t in sweep["tried"]) + \
+            lr += " (" + ", ".join(f"{t['lr']:g}: {pct(t['dev_accuracy'])}%" for t in sweep["tried"]) + \
                   f"; {sweep['steps']} updates)"
         ratio = m["dev_ratio"]
         said = "–" if ratio["mean"] is None else f"{ratio['mean']:.2f}" + (
@@ -337,7 +329,7 @@ def markdown(r: dict) -> str:
         cells = []
         for m in models:
             e = t["models"].get(m)
-            cells.append("–" if e is None else f"{_pct(e['value'])} [{_pct(e['ci'][0])}, {_pct(e['ci'][1])}]")
+            cells.append("–" if e is None else f"{pct(e['value'])} [{pct(e['ci'][0])}, {pct(e['ci'][1])}]")
         arrow = "higher" if t["higher_is_better"] else "lower"
         lines.append(f"| {task} ({t['metric']}, {arrow} is better, n={t['n_test']}, {t.get('units', '?')} "
                      f"{t['unit']}s) | " + " | ".join(cells) + " |")

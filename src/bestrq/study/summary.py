@@ -18,22 +18,16 @@ import json
 import re
 from pathlib import Path
 
-from .report import LABELS, NAMES, sentence
+from .report import LABELS, NAMES, pct, sentence
 
 BLOCK = re.compile(r"(<!-- verdicts: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /verdicts -->)", re.DOTALL)
 PAIRS = ("bestrq-wav2vec2", "bestrq-random")
-
-
 TIMED = {"wav2vec2": "wav2vec 2.0", "wav2vec2_conv": "wav2vec 2.0 with its conv waveform encoder"}
 
 
 def _speed(t: dict) -> str:
     """BEST-RQ's verdict from a ratio of the other model's time per update over its own."""
     return "better" if t["ci"][0] > 1 else "worse" if t["ci"][1] < 1 else "inconclusive"
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}"
 
 
 def block(r: dict) -> str:
@@ -45,13 +39,13 @@ def block(r: dict) -> str:
              + " | ".join(f"{LABELS[p.split('-')[0]]} − {LABELS[p.split('-')[1]]}: verdict" for p in pairs) + " |",
              "|---|" + "---:|" * len(models) + "---|" * len(pairs)]
     for task, t in r["tasks"].items():
-        cells = [f"{_pct(e['value'])} [{_pct(e['ci'][0])}, {_pct(e['ci'][1])}]" if (e := t["models"].get(m))
+        cells = [f"{pct(e['value'])} [{pct(e['ci'][0])}, {pct(e['ci'][1])}]" if (e := t["models"].get(m))
                  else "–" for m in models]
         for p in pairs:
             d = r["differences"].get(task, {}).get(p)
             cells.append("–" if d is None else f"{100 * d['value']:+.1f} [{100 * d['ci'][0]:+.1f}, "
                          f"{100 * d['ci'][1]:+.1f}] (90%: [{100 * d['ci90'][0]:+.1f}, {100 * d['ci90'][1]:+.1f}]), "
-                         f"±{_pct(d['margin'])}: **{d['verdict']}**")
+                         f"±{pct(d['margin'])}: **{d['verdict']}**")
         arrow = "higher" if t["higher_is_better"] else "lower"
         metric = "accuracy" if t["metric"] == "accuracy" else t["metric"].upper()
         lines.append(f"| {NAMES.get(task, task)} ({metric} %, "
@@ -81,11 +75,13 @@ def _results(doc: Path, path: str) -> Path:
     raise FileNotFoundError(f"{doc}: its verdicts block names {path}, which is not a file")
 
 
+def _rendered(doc: Path, m: re.Match) -> str:
+    return block(json.loads(_results(doc, m["path"]).read_text(encoding="utf-8")))
+
+
 def blocks(doc: Path) -> list[tuple[str, str, str]]:
     """Each verdicts block of ``doc``: (the results path it names, its text, what its results render)."""
-    text = doc.read_text(encoding="utf-8")
-    return [(m["path"], m["body"], block(json.loads(_results(doc, m["path"]).read_text(encoding="utf-8"))))
-            for m in BLOCK.finditer(text)]
+    return [(m["path"], m["body"], _rendered(doc, m)) for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))]
 
 
 def fill(doc: str | Path) -> int:
@@ -96,9 +92,5 @@ def fill(doc: str | Path) -> int:
     if not found and "<!-- verdicts:" in text:
         raise ValueError(f"{doc}: a verdicts block without its end marker <!-- /verdicts -->")
 
-    def render(m: re.Match) -> str:
-        r = json.loads(_results(doc, m["path"]).read_text(encoding="utf-8"))
-        return m.group(1) + block(r) + m.group(4)
-
-    doc.write_text(BLOCK.sub(render, text), encoding="utf-8")
+    doc.write_text(BLOCK.sub(lambda m: m.group(1) + _rendered(doc, m) + m.group(4), text), encoding="utf-8")
     return len(found)
